@@ -1,0 +1,123 @@
+"""Read and validate environment variables, naming the variable in every error."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name)
+    return None if value is None else value.strip()
+
+
+def _fail(name: str, value: str, expected: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"Environment variable {name}={value!r} is malformed: expected {expected}.")
+
+
+def read_str(name: str, default: str) -> str:
+    """Return the variable as a string, or the default when unset."""
+    value = _raw(name)
+    return default if value is None else value
+
+
+def read_bool(name: str, default: bool) -> bool:
+    """Return the variable as a boolean (1/0, true/false, yes/no, on/off)."""
+    value = _raw(name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _fail(name, value, "a boolean such as true or false")
+
+
+def read_list(name: str, default: list[str]) -> list[str]:
+    """Return a comma-separated variable as a list of non-empty items."""
+    value = _raw(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def read_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    """Return the variable as an integer, at least ``minimum`` when given."""
+    value = _raw(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise _fail(name, value, "an integer") from None
+    if minimum is not None and number < minimum:
+        raise _fail(name, value, f"an integer of at least {minimum}")
+    return number
+
+
+def read_seconds(
+    name: str,
+    default: timedelta | None,
+    *,
+    allow_zero: bool = True,
+    empty_means_none: bool = False,
+) -> timedelta | None:
+    """Return a duration given in (possibly fractional) seconds as a timedelta.
+
+    An empty value means "none" (no limit) only where ``empty_means_none`` is set.
+    """
+    value = _raw(name)
+    if value is None:
+        return default
+    if value == "":
+        if empty_means_none:
+            return None
+        raise _fail(name, value, "a number of seconds")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise _fail(name, value, "a number of seconds") from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise _fail(name, value, "a finite number of seconds")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        expected = "a non-negative number of seconds" if allow_zero else "a positive number of seconds"
+        raise _fail(name, value, expected)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise _fail(name, value, "a number of seconds that fits a duration") from None
+
+
+def read_database(name: str, default: str) -> dict[str, Any]:
+    """Return a Django DATABASES entry parsed from a database URL."""
+    value = _raw(name) or default
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in environ.Env.DB_SCHEMES:
+        raise _fail(name, value, "a database URL such as postgres://user:pass@host:5432/db or sqlite:///path")
+    try:
+        config = environ.Env.db_url_config(value)
+    except Exception as exc:  # django-environ raises several types for bad URLs
+        raise _fail(name, value, f"a database URL ({exc})") from None
+    return config
+
+
+def read_checked(name: str, default: T, cast: Callable[[str], T], expected: str) -> T:
+    """Return the variable converted by ``cast``; a failing cast names the variable."""
+    value = _raw(name)
+    if value is None or value == "":
+        return default
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        raise _fail(name, value, expected) from None

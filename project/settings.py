@@ -1,0 +1,238 @@
+"""Django settings, read from the environment (12-factor) and validated at start-up.
+
+Every variable is optional and defaults to the embedded mode (SQLite, local files, a
+server-less broker), except DJANGO_SECRET_KEY when debug is off. A malformed value stops
+start-up with an ImproperlyConfigured error that names the variable.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from project import envconf
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envconf.read_str("VAR_DIR", str(BASE_DIR / "var")))
+
+# --- Core --------------------------------------------------------------------------------
+DEBUG = envconf.read_bool("DJANGO_DEBUG", False)
+_INSECURE_KEY = "django-insecure-development-only-key-do-not-use-in-production-0000"
+SECRET_KEY = envconf.read_str("DJANGO_SECRET_KEY", "")
+if not DEBUG and (not SECRET_KEY or SECRET_KEY == _INSECURE_KEY or len(SECRET_KEY) < 50):
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY must be set to a random string of at least 50 characters when "
+        "DJANGO_DEBUG is off (make run generates one for the embedded mode)."
+    )
+if not SECRET_KEY:
+    SECRET_KEY = _INSECURE_KEY
+ALLOWED_HOSTS = envconf.read_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_celery_beat",
+    "tasks_app",
+    "retention",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ----------------------------------------------------------------------------
+_default_db = envconf.read_database("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+if _default_db["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and beat share one file in the embedded mode: wait for locks instead of
+    # failing, and take the write lock at BEGIN so transactions never deadlock on upgrade.
+    _default_db.setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+DATABASES = {"default": _default_db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- Static and media files ----------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(envconf.read_str("MEDIA_ROOT", str(VAR_DIR / "media")))
+
+AWS_STORAGE_BUCKET_NAME = envconf.read_str("AWS_STORAGE_BUCKET_NAME", "")
+AWS_S3_ENDPOINT_URL = envconf.read_str("AWS_S3_ENDPOINT_URL", "") or None
+AWS_S3_REGION_NAME = envconf.read_str("AWS_S3_REGION_NAME", "") or None
+AWS_ACCESS_KEY_ID = envconf.read_str("AWS_ACCESS_KEY_ID", "") or None
+AWS_SECRET_ACCESS_KEY = envconf.read_str("AWS_SECRET_ACCESS_KEY", "") or None
+
+if AWS_STORAGE_BUCKET_NAME:
+    _default_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": AWS_STORAGE_BUCKET_NAME,
+            "endpoint_url": AWS_S3_ENDPOINT_URL,
+            "region_name": AWS_S3_REGION_NAME,
+            "access_key": AWS_ACCESS_KEY_ID,
+            "secret_key": AWS_SECRET_ACCESS_KEY,
+            # Keys embed the task id, so a name never collides; never rename silently.
+            "file_overwrite": True,
+            "default_acl": None,
+            "querystring_auth": True,
+        },
+    }
+else:
+    _default_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(MEDIA_ROOT), "base_url": f"/{MEDIA_URL}", "allow_overwrite": True},
+    }
+STORAGES = {
+    "default": _default_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# The admin's static files are served by WhiteNoise straight from the apps, with debug off
+# and without a collectstatic step, so `web` is one command.
+WHITENOISE_USE_FINDERS = True
+
+# --- Celery ------------------------------------------------------------------------------
+CELERY_BROKER_URL = envconf.read_str("CELERY_BROKER_URL", "") or "filesystem://"
+if not CELERY_BROKER_URL.startswith(("filesystem://", "redis://", "rediss://", "memory://", "amqp://")):
+    raise ImproperlyConfigured(
+        f"Environment variable CELERY_BROKER_URL={CELERY_BROKER_URL!r} is malformed: expected a "
+        "broker URL such as redis://127.0.0.1:6379/0 or filesystem://."
+    )
+_BROKER_DIR = VAR_DIR / "broker"
+
+TASKS_LEASE = envconf.read_seconds("TASKS_LEASE", timedelta(seconds=30), allow_zero=False)
+TASKS_QUEUED_TIMEOUT = envconf.read_seconds("TASKS_QUEUED_TIMEOUT", timedelta(seconds=60), allow_zero=False)
+# Redis re-delivers an unacknowledged message after this long. Leases and the recovery
+# pass re-dispatch lost work much sooner; this only has to outlast the longest task so a
+# healthy long-running task is not delivered twice.
+CELERY_VISIBILITY_TIMEOUT = envconf.read_seconds("CELERY_VISIBILITY_TIMEOUT", timedelta(hours=2), allow_zero=False)
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The embedded broker is two folders; kombu does not create them itself.
+    for _folder in ("messages", "processed"):
+        (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_BROKER_DIR / "messages"),
+        "data_folder_out": str(_BROKER_DIR / "messages"),
+        "processed_folder": str(_BROKER_DIR / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.05,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": int(CELERY_VISIBILITY_TIMEOUT.total_seconds()),
+    }
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+CELERY_BEAT_SCHEDULER = "tasks_app.beat:InlineDatabaseScheduler"
+# Beat runs these itself (see tasks_app/beat.py) so they never wait behind user tasks.
+BEAT_INLINE_TASKS = frozenset(
+    envconf.read_list("BEAT_INLINE_TASKS", ["tasks_app.dispatch_due", "tasks_app.recover_stuck"])
+)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+
+# --- Tasks (tasks_app) ---------------------------------------------------------------------
+TASKS_IMPORTS = envconf.read_list("TASKS_IMPORTS", [])
+TASK_EXPIRES_IN = envconf.read_seconds("TASK_EXPIRES_IN", None, allow_zero=False, empty_means_none=True)
+RESULT_TTL = envconf.read_seconds("RESULT_TTL", None, empty_means_none=True)
+TASKS_MAX_EXPIRES_IN = envconf.read_seconds("TASKS_MAX_EXPIRES_IN", timedelta(days=3650), allow_zero=False)
+TASKS_MAX_PAYLOAD_BYTES = envconf.read_int("TASKS_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1)
+TASKS_DISPATCH_BATCH_SIZE = envconf.read_int("TASKS_DISPATCH_BATCH_SIZE", 500, minimum=1)
+TASKS_DISPATCH_HORIZON = envconf.read_seconds("TASKS_DISPATCH_HORIZON", timedelta(seconds=2), allow_zero=True)
+
+# --- Retention -----------------------------------------------------------------------------
+RETENTION_BATCH_SIZE = envconf.read_int("RETENTION_BATCH_SIZE", 500, minimum=1)
+RETENTION_ORPHAN_GRACE = envconf.read_seconds("RETENTION_ORPHAN_GRACE", timedelta(hours=1))
+RETENTION_LAG_ALERT = envconf.read_seconds("RETENTION_LAG_ALERT", timedelta(hours=1), allow_zero=False)
+RETENTION_CLAIM_TIMEOUT = envconf.read_seconds("RETENTION_CLAIM_TIMEOUT", timedelta(seconds=300), allow_zero=False)
+
+for _name, _value in (("TASK_EXPIRES_IN", TASK_EXPIRES_IN), ("RESULT_TTL", RESULT_TTL)):
+    if _value is not None and TASKS_MAX_EXPIRES_IN is not None and _value > TASKS_MAX_EXPIRES_IN:
+        raise ImproperlyConfigured(
+            f"Environment variable {_name} is longer than TASKS_MAX_EXPIRES_IN "
+            f"({int(TASKS_MAX_EXPIRES_IN.total_seconds())} seconds)."
+        )
+
+# --- HTTP API ------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# --- Logging and mail ------------------------------------------------------------------------
+ADMINS = [
+    tuple(entry.split(":", 1)) if ":" in entry else (entry, entry) for entry in envconf.read_list("DJANGO_ADMINS", [])
+]
+EMAIL_BACKEND = envconf.read_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+LOG_LEVEL = envconf.read_str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "tasks_app": {"level": LOG_LEVEL},
+        "retention": {"level": LOG_LEVEL},
+    },
+}

@@ -1,0 +1,1 @@
+"""Retention: policies, sweeps, purge, audit trail."""

@@ -1,0 +1,1 @@
+"""Retention models (policies, legal holds, audit trail, sweep runs)."""

@@ -1,0 +1,1 @@
+"""Tasks: submission, execution with an at-least-once guarantee, results and files."""

@@ -1,0 +1,233 @@
+"""Run one delivery of a task: take it, call its handler with a context, finish or retry."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.core.files.base import File
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from tasks_app import conf, hooks, registry
+from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.signals import task_finished
+from tasks_app.storage import save_object
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_BASE = timedelta(seconds=1)
+BACKOFF_CAP = timedelta(minutes=10)
+ERROR_MAX_CHARS = 10_000
+
+
+class PermanentFailure(Exception):
+    """Raise from a handler to fail the task at once, without further attempts."""
+
+
+class TaskContext:
+    """What a handler gets besides its payload: ``attempt``, ``task``, files, usage, logging."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.attempt = task.attempts
+        self.usage: dict[str, float] = {}
+        self.logger = logging.LoggerAdapter(
+            logging.getLogger(f"tasks_app.handlers.{task.task_type}"),
+            {"task_id": str(task.id), "attempt": task.attempts},
+        )
+
+    def save_file(self, name: str, data: bytes | str | File, kind: str = "file") -> StoredObject:
+        """Upload a file under ``tasks/<id>/<kind>/`` and record it in the manifest."""
+        return save_object(self.task, name, data, kind=kind, folder=kind)
+
+    def record_usage(self, **units: float) -> None:
+        """Add billing units (kept after the task's data expires)."""
+        for unit, amount in units.items():
+            if not isinstance(amount, int | float) or isinstance(amount, bool):
+                raise TypeError(f"usage {unit}={amount!r} must be a number")
+            self.usage[unit] = self.usage.get(unit, 0) + amount
+
+
+def backoff(attempt: int) -> timedelta:
+    """Delay before the next attempt: exponential in ``attempt``, capped, with jitter."""
+    exponent = min(max(attempt - 1, 0), 30)
+    ceiling = min(BACKOFF_BASE * (2**exponent), BACKOFF_CAP)
+    return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+
+
+def _merge_usage(current: Mapping[str, Any] | None, extra: Mapping[str, float]) -> dict[str, Any]:
+    merged = dict(current or {})
+    for unit, amount in extra.items():
+        merged[unit] = merged.get(unit, 0) + amount
+    return merged
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renew the running task's lease until stopped, so only a dead worker loses it."""
+
+    def __init__(self, task_id: UUID, attempt: int) -> None:
+        super().__init__(name=f"lease-{task_id}", daemon=True)
+        self.task_id = task_id
+        self.attempt = attempt
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = conf.lease().total_seconds() / 3
+        try:
+            while not self.stopped.wait(interval):
+                renewed = Task.objects.filter(pk=self.task_id, status=TaskStatus.RUNNING, attempts=self.attempt).update(
+                    lease_expires_at=timezone.now() + conf.lease()
+                )
+                if not renewed:
+                    return
+        except Exception:
+            logger.exception("lease renewal failed", extra={"task_id": str(self.task_id)})
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+def take(task_id: UUID | str, *, worker: str, now: datetime) -> Task | None:
+    """Move the task ``queued → running`` with a conditional UPDATE; None if not ours to run."""
+    taken = (
+        Task.objects.filter(pk=task_id, status=TaskStatus.QUEUED)
+        .filter(Q(run_at__isnull=True) | Q(run_at__lte=now))
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .update(
+            status=TaskStatus.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            status_changed_at=now,
+            lease_expires_at=now + conf.lease(),
+            worker=worker[:255],
+        )
+    )
+    if not taken:
+        return None
+    return Task.objects.get(pk=task_id)
+
+
+def _wait_until_due(task_id: UUID | str) -> None:
+    """Sleep until run_at if the message came (slightly) early; the DB row decides."""
+    run_at = Task.objects.filter(pk=task_id, status=TaskStatus.QUEUED).values_list("run_at", flat=True).first()
+    if run_at is None:
+        return
+    early = (run_at - timezone.now()).total_seconds()
+    if 0 < early <= conf.dispatch_horizon().total_seconds() + 1:
+        time.sleep(early)
+
+
+def execute(task_id: UUID | str, *, worker: str) -> str:
+    """Run one delivery of the task; return what happened (for logs and tests).
+
+    A delivery of a task that is not ``queued`` (finished, cancelled, running elsewhere,
+    purging, expired) or whose data already expired does nothing.
+    """
+    _wait_until_due(task_id)
+    task = take(task_id, worker=worker, now=timezone.now())
+    if task is None:
+        logger.info("delivery ignored", extra={"task_id": str(task_id)})
+        return "ignored"
+    spec = registry.get(task.task_type)
+    ctx = TaskContext(task)
+    if spec is None:
+        return _fail(task, ctx, f"Unknown task type {task.task_type!r} on worker {worker}", permanent=True)
+
+    keeper = _LeaseKeeper(task.id, task.attempts)
+    keeper.start()
+    try:
+        result = spec.handler(ctx, task.payload)
+        json.dumps(result, allow_nan=False)
+    except PermanentFailure as exc:
+        return _fail(task, ctx, _describe(exc), permanent=True)
+    except Exception as exc:
+        return _fail(task, ctx, _describe(exc), permanent=False)
+    finally:
+        keeper.stop()
+    return _succeed(task, ctx, result)
+
+
+def _describe(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc))
+    return text[-ERROR_MAX_CHARS:]
+
+
+def _lock_own_attempt(task: Task) -> Task | None:
+    """Lock the row if this attempt still holds it (a lost lease means another took over)."""
+    return (
+        Task.objects.select_for_update().filter(pk=task.pk, status=TaskStatus.RUNNING, attempts=task.attempts).first()
+    )
+
+
+def _succeed(task: Task, ctx: TaskContext, result: Any) -> str:
+    now = timezone.now()
+    with transaction.atomic():
+        row = _lock_own_attempt(task)
+        if row is None:
+            logger.warning("result dropped: lease lost", extra={"task_id": str(task.id)})
+            return "superseded"
+        ttl = row.result_ttl if row.result_ttl is not None else hooks.default_result_ttl(row)
+        if ttl is None or ttl > timedelta(0):
+            TaskResult.objects.update_or_create(task=row, defaults={"data": result, "created_at": now})
+        row.status = TaskStatus.SUCCEEDED
+        row.finished_at = now
+        row.status_changed_at = now
+        row.result_expires_at = now + ttl if ttl is not None else None
+        row.lease_expires_at = None
+        row.error = ""
+        row.usage = _merge_usage(row.usage, ctx.usage)
+        row.save(
+            update_fields=[
+                "status",
+                "finished_at",
+                "status_changed_at",
+                "result_expires_at",
+                "lease_expires_at",
+                "error",
+                "usage",
+            ]
+        )
+    logger.info("task succeeded", extra={"task_id": str(task.id), "attempt": task.attempts})
+    task_finished.send(sender=Task, task_id=task.id, status=TaskStatus.SUCCEEDED)
+    return TaskStatus.SUCCEEDED
+
+
+def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool) -> str:
+    now = timezone.now()
+    with transaction.atomic():
+        row = _lock_own_attempt(task)
+        if row is None:
+            return "superseded"
+        row.error = error
+        row.lease_expires_at = None
+        row.status_changed_at = now
+        row.usage = _merge_usage(row.usage, ctx.usage)
+        if permanent or row.attempts >= row.max_attempts:
+            row.status = TaskStatus.FAILED if permanent else TaskStatus.DEAD
+            row.finished_at = now
+        else:
+            row.status = TaskStatus.SCHEDULED
+            row.run_at = now + backoff(row.attempts)
+        row.save(
+            update_fields=["error", "lease_expires_at", "status_changed_at", "usage", "status", "finished_at", "run_at"]
+        )
+    logger.warning(
+        "task attempt failed",
+        extra={"task_id": str(task.id), "attempt": task.attempts, "status": row.status},
+    )
+    if row.status != TaskStatus.SCHEDULED:
+        task_finished.send(sender=Task, task_id=task.id, status=row.status)
+    return row.status

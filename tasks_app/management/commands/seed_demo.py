@@ -1,0 +1,58 @@
+"""Create the demo admin user and a few demo tasks with a short expiry (for ``make run``)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+
+from tasks_app.services import submit
+
+
+class Command(BaseCommand):
+    help = "Create the demo admin user and demo tasks, then print the admin URL and credentials."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--url", default="http://127.0.0.1:8000/admin/", help="Admin URL to print.")
+        parser.add_argument("--username", default="admin")
+        parser.add_argument("--expires-in", type=int, default=120, help="Demo tasks' data lifetime, seconds.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        username = options["username"]
+        password_file = Path(settings.VAR_DIR) / "demo-admin-password"
+        if not password_file.exists():
+            password_file.parent.mkdir(parents=True, exist_ok=True)
+            password_file.write_text(secrets.token_urlsafe(12))
+            password_file.chmod(0o600)
+        password = password_file.read_text().strip()
+
+        user_model = get_user_model()
+        user, _ = user_model.objects.get_or_create(username=username, defaults={"email": f"{username}@example.com"})
+        user.is_staff = user.is_superuser = True
+        user.set_password(password)
+        user.save()
+
+        lifetime = timedelta(seconds=options["expires_in"])
+        demo = [
+            ("demo.echo", {"hello": "world"}, None),
+            ("demo.report", {"customer": "ACME", "lines": 5}, None),
+            ("demo.report", {"customer": "Initech", "lines": 2}, timedelta(seconds=10)),
+            ("demo.flaky", {"succeed_on": 2}, None),
+            ("demo.sleep", {"seconds": 3}, timedelta(seconds=5)),
+        ]
+        for task_type, payload, delay in demo:
+            submit(task_type, payload, owner=user, delay=delay, expires_in=lifetime)
+
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\n  Admin:    {options['url']}\n"
+                f"  Username: {username}\n"
+                f"  Password: {password}\n"
+                f"  Created {len(demo)} demo tasks; their data expires in {options['expires_in']} s.\n"
+            )
+        )

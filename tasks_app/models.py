@@ -1,0 +1,164 @@
+"""Tasks, their results and the storage objects they own."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from tasks_app.querysets import TaskQuerySet
+
+
+class TaskStatus(models.TextChoices):
+    """Lifecycle of a task (see SPEC §4 States)."""
+
+    SCHEDULED = "scheduled", "scheduled"
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    DEAD = "dead", "dead"
+    CANCELLED = "cancelled", "cancelled"
+    PURGING = "purging", "purging"
+    EXPIRED = "expired", "expired"
+
+
+TERMINAL_STATUSES = (
+    TaskStatus.SUCCEEDED,
+    TaskStatus.FAILED,
+    TaskStatus.DEAD,
+    TaskStatus.CANCELLED,
+)
+PENDING_STATUSES = (TaskStatus.SCHEDULED, TaskStatus.QUEUED)
+
+
+class Task(models.Model):
+    """One submitted unit of work; after expiry a tombstone kept for billing."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # No database constraint: a billing tombstone keeps its owner id after the user is deleted.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="tasks",
+        help_text="Tenant the task belongs to; empty for system tasks.",
+    )
+    task_type = models.CharField(max_length=200, help_text="Registered task type, e.g. ocr.page.")
+    status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.SCHEDULED)
+    payload = models.JSONField(null=True, blank=True, help_text="Input; cleared on expiry.")
+    run_at = models.DateTimeField(null=True, blank=True, help_text="When the task becomes due.")
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    timeout = models.DurationField(help_text="Longest one attempt may run.")
+    created_at = models.DateTimeField(default=timezone.now)
+    status_changed_at = models.DateTimeField(
+        default=timezone.now, help_text="Last status change; ages claims and queued messages."
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the task's data is deleted; empty = never."
+    )
+    result_ttl = models.DurationField(
+        null=True, blank=True, help_text="Result lifetime after finishing; empty = the default."
+    )
+    result_expires_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
+    final_status = models.CharField(
+        max_length=16,
+        choices=TaskStatus.choices,
+        blank=True,
+        help_text="Status the task had before its data was deleted.",
+    )
+    usage = models.JSONField(default=dict, blank=True, help_text="Billing units; kept after expiry.")
+    error = models.TextField(blank=True, help_text="Last error; cleared on expiry.")
+    # NULL (not "") when absent, so the unique constraints ignore tasks without a key.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True, help_text="Worker holding the lease.")
+    purge_reason = models.CharField(
+        max_length=64, blank=True, help_text="Why the data is being deleted (while purging)."
+    )
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["run_at"], name="task_due_idx", condition=Q(status="scheduled")),
+            models.Index(fields=["status_changed_at"], name="task_queued_idx", condition=Q(status="queued")),
+            models.Index(fields=["lease_expires_at"], name="task_lease_idx", condition=Q(status="running")),
+            models.Index(fields=["status_changed_at"], name="task_purging_idx", condition=Q(status="purging")),
+            models.Index(
+                fields=["expires_at"],
+                name="task_expires_idx",
+                condition=Q(expires_at__isnull=False) & ~Q(status__in=["purging", "expired"]),
+            ),
+            models.Index(
+                fields=["result_expires_at"],
+                name="task_result_expires_idx",
+                condition=Q(result_expires_at__isnull=False),
+            ),
+            models.Index(fields=["task_type", "status", "finished_at"], name="task_type_status_fin_idx"),
+            models.Index(fields=["status", "finished_at"], name="task_status_fin_idx"),
+            models.Index(fields=["owner", "created_at"], name="task_owner_created_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                name="task_owner_idempotency_uniq",
+                condition=Q(owner__isnull=False, idempotency_key__isnull=False),
+            ),
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                name="task_system_idempotency_uniq",
+                condition=Q(owner__isnull=True, idempotency_key__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_type} {self.id} ({self.status})"
+
+    @property
+    def is_expired(self) -> bool:
+        """Whether the task's data is gone or going (read-only from here on)."""
+        return self.status in (TaskStatus.PURGING, TaskStatus.EXPIRED)
+
+
+class TaskResult(models.Model):
+    """The JSON result of a task; deleted when its TTL passes or the task expires."""
+
+    task = models.OneToOneField(Task, on_delete=models.CASCADE, related_name="result", primary_key=True)
+    data = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"result of {self.task_id}"
+
+
+class StoredObject(models.Model):
+    """One file in storage owned by a task: the manifest retention deletes from.
+
+    ``kind="input"`` is the submitted file; every other kind was written by the task
+    (``ctx.save_file``) and belongs to its result.
+    """
+
+    INPUT_KIND = "input"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="stored_objects")
+    kind = models.CharField(max_length=64)
+    key = models.CharField(max_length=1024, unique=True, help_text="Storage key under tasks/<id>/.")
+    size = models.BigIntegerField(help_text="Bytes.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["task", "kind"], name="storedobject_task_kind_idx")]
+
+    def __str__(self) -> str:
+        return self.key

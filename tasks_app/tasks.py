@@ -1,0 +1,48 @@
+"""Celery entry points of tasks_app: each takes ids and options and calls one service."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from celery import Task as CeleryTask
+from celery import shared_task
+
+from tasks_app import dispatch, executor, recovery, services
+
+
+@shared_task(name="tasks_app.run_task", bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_task(self: CeleryTask, task_id: str) -> str:
+    """Run one delivery of a task (a duplicate delivery does nothing)."""
+    return executor.execute(task_id, worker=f"{self.request.hostname}:{os.getpid()}")
+
+
+@shared_task(name="tasks_app.dispatch_due", ignore_result=True)
+def dispatch_due() -> int:
+    """Claim due scheduled tasks and publish them."""
+    return dispatch.dispatch_due()
+
+
+@shared_task(name="tasks_app.recover_stuck", ignore_result=True)
+def recover_stuck() -> dict[str, int]:
+    """Re-dispatch tasks whose worker died or whose message was lost."""
+    return asdict(recovery.recover_stuck())
+
+
+@shared_task(name="tasks_app.submit_scheduled", ignore_result=True)
+def submit_scheduled(
+    task_type: str,
+    payload: Any = None,
+    result_ttl: float | None = 0,
+    expires_in: float | None = None,
+) -> str:
+    """Submit one run of a recurring schedule (django-celery-beat PeriodicTask kwargs)."""
+    task = services.submit(
+        task_type,
+        payload,
+        result_ttl=None if result_ttl is None else timedelta(seconds=result_ttl),
+        expires_in=None if expires_in is None else timedelta(seconds=expires_in),
+    )
+    return str(task.id)

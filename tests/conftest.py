@@ -1,0 +1,66 @@
+"""Shared fixtures. The suite runs against real PostgreSQL, Redis and S3 (``make test``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        raise pytest.UsageError(
+            "The tests run against real PostgreSQL, Redis and S3: run `make test`, or "
+            "`python -m tests.services -- python -m pytest …` to start them."
+        )
+
+
+@pytest.fixture
+def make_user(db: None) -> Callable[..., Any]:
+    """Create users: ``make_user("alice")``."""
+    from django.contrib.auth import get_user_model
+
+    def make(username: str = "alice", **fields: Any) -> Any:
+        return get_user_model().objects.create_user(username=username, password="pw", **fields)
+
+    return make
+
+
+@pytest.fixture
+def bucket_keys() -> Callable[[str], set[str]]:
+    """List the keys in the test bucket (or local media) under a prefix."""
+    from django.core.files.storage import default_storage
+
+    def keys(prefix: str = "") -> set[str]:
+        bucket = getattr(default_storage, "bucket", None)
+        if bucket is not None:
+            return {obj.key for obj in bucket.objects.filter(Prefix=prefix)}
+        root = default_storage.path("")
+        found = set()
+        for base, _dirs, files in os.walk(root):
+            for name in files:
+                key = os.path.relpath(os.path.join(base, name), root).replace(os.sep, "/")
+                if key.startswith(prefix):
+                    found.add(key)
+        return found
+
+    return keys
+
+
+@pytest.fixture
+def task_types() -> Iterator[Callable[..., Any]]:
+    """Register throwaway task types for one test: ``task_types("t.ok", handler, max_attempts=2)``."""
+    from tasks_app import registry
+
+    registered: list[str] = []
+
+    def register(name: str, handler: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+        registry.task_type(name, **options)(handler)
+        registered.append(name)
+        return handler
+
+    yield register
+    for name in registered:
+        registry.unregister(name)

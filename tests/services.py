@@ -1,0 +1,277 @@
+"""Real services for the tests: PostgreSQL, Redis and an S3 endpoint (moto) on loopback.
+
+``python -m tests.services -- pytest …`` starts all three on free ports under a temporary
+directory, exports their URLs, runs the command, and stops every server by PID, even when
+the command fails or the run is interrupted. The chaos tests reuse the classes to stop and
+restart Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BUCKET = "test-tasks-bucket"
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the process that started us dies (no leaked servers)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _wait_for(check: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Server:
+    """A server process we started and stop by PID."""
+
+    name = "server"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def ready(self) -> bool:
+        return _port_open(self.port)
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv of our own
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet at this point
+            **self.popen_kwargs(),
+        )
+        log.close()
+        try:
+            _wait_for(lambda: self.proc.poll() is None and self.ready(), self.name)
+        except RuntimeError:
+            self.stop()
+            sys.stderr.write(self.log_path.read_text(errors="replace")[-3000:])
+            raise
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _find_binary(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    raise RuntimeError(f"{name} not found: run scripts/system-deps.sh (make test does)")
+
+
+class Postgres(Server):
+    name = "postgres"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.data = workdir / "pgdata"
+        self.socket_dir = workdir / "pgsock"
+        self.as_root = os.geteuid() == 0
+
+    def _as_user(self) -> dict[str, Any]:
+        # PostgreSQL refuses to run as root: run it as the postgres user when we are root.
+        return {"user": "postgres", "group": "postgres"} if self.as_root else {}
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        return self._as_user()
+
+    def init(self) -> None:
+        self.data.mkdir()
+        self.socket_dir.mkdir()
+        if self.as_root:
+            for path in (self.workdir, self.data, self.socket_dir):
+                shutil.chown(path, "postgres", "postgres")
+        subprocess.run(  # noqa: S603
+            [_find_binary("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            **self._as_user(),
+        )
+
+    def command(self) -> list[str]:
+        return [
+            _find_binary("postgres"), "-D", str(self.data), "-h", "127.0.0.1", "-p", str(self.port),
+            "-k", str(self.socket_dir), "-c", "fsync=off", "-c", "synchronous_commit=off",
+            "-c", "full_page_writes=off", "-c", "max_connections=300",
+        ]  # fmt: skip
+
+    def ready(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+        return True
+
+    def url(self, database: str = "tasks") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        if not self.data.exists():
+            self.init()
+        super().start()
+
+
+class Redis(Server):
+    name = "redis"
+
+    def command(self) -> list[str]:
+        return [
+            shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
+        ]  # fmt: skip
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+
+class S3(Server):
+    name = "moto"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.url()}/moto-api/", timeout=2):  # noqa: S310 - loopback
+            return True
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def create_bucket(self, name: str) -> None:
+        import boto3
+
+        client = boto3.client(
+            "s3", endpoint_url=self.url(), aws_access_key_id="testing",
+            aws_secret_access_key="testing", region_name="us-east-1",
+        )  # fmt: skip
+        client.create_bucket(Bucket=name)
+
+
+@contextlib.contextmanager
+def running_services(workdir: Path) -> Iterator[dict[str, str]]:
+    """Start PostgreSQL, Redis and S3; yield the environment that points the project at them."""
+    servers: list[Server] = []
+    try:
+        postgres = Postgres(workdir / "pg")
+        redis = Redis(workdir / "redis")
+        s3 = S3(workdir / "s3")
+        for server in (postgres, redis, s3):
+            server.workdir.mkdir(parents=True, exist_ok=True)
+            server.log_path = server.workdir / f"{server.name}.log"
+            server.start()
+            servers.append(server)
+        s3.create_bucket(BUCKET)
+        yield {
+            "DATABASE_URL": postgres.url(),
+            "CELERY_BROKER_URL": redis.url(),
+            "AWS_STORAGE_BUCKET_NAME": BUCKET,
+            "AWS_S3_ENDPOINT_URL": s3.url(),
+            "AWS_S3_REGION_NAME": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
+            "VAR_DIR": str(workdir / "var"),
+            "TEST_SERVICES_DIR": str(workdir),
+        }
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str]) -> int:
+    """Run ``argv`` (after ``--``) with the services up; return its exit code."""
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        argv = [sys.executable, "-m", "pytest"]
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="tasks-test-services-"))
+    workdir.chmod(0o755)
+    child: subprocess.Popen[bytes] | None = None
+    try:
+        with running_services(workdir) as env:
+            print(
+                f"services up: {env['DATABASE_URL']} {env['CELERY_BROKER_URL']} {env['AWS_S3_ENDPOINT_URL']}",
+                flush=True,
+            )
+            child = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)  # noqa: S603
+            return child.wait()
+    except KeyboardInterrupt:
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=30)
+            if child.poll() is None:
+                child.kill()
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
