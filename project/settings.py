@@ -85,6 +85,11 @@ if _default_db["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+else:
+    # Reuse connections across requests and Celery tasks (a new PostgreSQL connection costs
+    # more than a short task); health checks drop a connection the server closed.
+    _default_db["CONN_MAX_AGE"] = envconf.read_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
+    _default_db["CONN_HEALTH_CHECKS"] = True
 DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

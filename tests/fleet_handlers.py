@@ -1,0 +1,56 @@
+"""Task types for the fleet tests; each execution is counted in a table the handler writes."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.db import connection
+
+from tasks_app.registry import task_type
+
+TABLE = "fleet_execution"
+
+
+def ensure_table() -> None:
+    """Create an empty execution log (not a model: it belongs to the tests, not the product)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+            " id bigserial PRIMARY KEY, task_id uuid NOT NULL, attempt int NOT NULL, pid int NOT NULL,"
+            " started timestamptz NOT NULL DEFAULT clock_timestamp(), ended timestamptz)"
+        )
+        cursor.execute(f"TRUNCATE {TABLE}")
+
+
+def _record_start(ctx: Any) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {TABLE} (task_id, attempt, pid) VALUES (%s, %s, %s) RETURNING id",  # noqa: S608
+            [str(ctx.task.id), ctx.attempt, os.getpid()],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _record_end(row_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {TABLE} SET ended = clock_timestamp() WHERE id = %s", [row_id])  # noqa: S608
+
+
+@task_type("fleet.count", max_attempts=5, timeout=timedelta(seconds=60))
+def count(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Record the execution, optionally sleep, return the attempt."""
+    row = _record_start(ctx)
+    time.sleep(float(payload.get("sleep", 0)))
+    _record_end(row)
+    return {"attempt": ctx.attempt}
+
+
+@task_type("fleet.always_fails", max_attempts=3, timeout=timedelta(seconds=30))
+def always_fails(ctx: Any, payload: dict[str, Any]) -> None:
+    """Record the execution and fail: retried with backoff, then dead."""
+    row = _record_start(ctx)
+    _record_end(row)
+    raise RuntimeError(f"failing on purpose, attempt {ctx.attempt}")

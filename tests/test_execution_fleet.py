@@ -1,0 +1,239 @@
+"""The at-least-once guarantee with the real fleet: worker and beat from the Procfile, real
+PostgreSQL and Redis. Killed workers, a restarted broker and two beats lose no task."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_client
+from django.db import connection
+from django.utils import timezone
+
+import tests.fleet_handlers as handlers
+from tasks_app.models import Task, TaskStatus
+from tasks_app.services import submit
+from tests.fleet import Fleet, wait_until
+from tests.services import Redis
+
+pytestmark = [pytest.mark.fleet, pytest.mark.django_db(transaction=True)]
+
+SCALE = int(os.environ.get("CHAOS_SCALE", "1"))
+LEASE_SECONDS = 2
+QUEUED_TIMEOUT_SECONDS = 3
+
+
+def _rebind_publisher(url: str) -> None:
+    """Point this process's Celery publisher (used by submit) at ``url``."""
+    from project.celery import app
+
+    app.conf.broker_url = url
+    app.close()
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture(scope="session")
+def fleet_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    """A Redis the fleet tests own, so they can stop and restart it."""
+    server = Redis(tmp_path_factory.mktemp("fleet-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def _test_database_url() -> str:
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def _install_beat_entries() -> None:
+    # The transactional test database is emptied between tests; recreate the entries the
+    # data migration installs, at one second for the recovery pass so the tests are quick.
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    for name, task in [("dispatch", "tasks_app.dispatch_due"), ("recover", "tasks_app.recover_stuck")]:
+        PeriodicTask.objects.update_or_create(name=name, defaults={"task": task, "interval": every_second})
+
+
+@pytest.fixture
+def fleet(fleet_redis: Redis, tmp_path: Path) -> Iterator[Fleet]:
+    from django.conf import settings
+
+    original_broker = settings.CELERY_BROKER_URL
+    redis_client.Redis.from_url(fleet_redis.url()).flushall()
+    _rebind_publisher(fleet_redis.url())
+    handlers.ensure_table()
+    _install_beat_entries()
+    env = {
+        "DATABASE_URL": _test_database_url(),
+        "CELERY_BROKER_URL": fleet_redis.url(),
+        "TASKS_LEASE": str(LEASE_SECONDS),
+        "TASKS_QUEUED_TIMEOUT": str(QUEUED_TIMEOUT_SECONDS),
+        "TASKS_IMPORTS": "tests.fleet_handlers",
+        "WORKER_CONCURRENCY": "2",
+        "LOG_LEVEL": "INFO",
+    }
+    processes = Fleet(tmp_path, env)
+    yield processes
+    processes.stop_all()
+    _rebind_publisher(original_broker)
+
+
+def executions() -> dict[str, list[tuple[Any, Any, int]]]:
+    """Executions recorded by the handlers, per task id: (started, ended, attempt)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT task_id, started, ended, attempt FROM {handlers.TABLE} ORDER BY started")
+        rows = cursor.fetchall()
+    found: dict[str, list[tuple[Any, Any, int]]] = {}
+    for task_id, started, ended, attempt in rows:
+        found.setdefault(str(task_id), []).append((started, ended, attempt))
+    return found
+
+
+def statuses(ids: list[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in Task.objects.filter(pk__in=ids).values_list("status", flat=True):
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def all_in(ids: list[Any], status: str) -> bool:
+    return Task.objects.filter(pk__in=ids, status=status).count() == len(ids)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def test_sigkilled_worker_loses_no_task(fleet: Fleet) -> None:
+    # given a worker busy with slow tasks
+    first = fleet.start("worker")
+    fleet.start("beat")
+    ids = [submit("fleet.count", {"sleep": 1.5}).id for _ in range(12 * SCALE)]
+    wait_until(lambda: Task.objects.filter(pk__in=ids, status=TaskStatus.RUNNING).exists(), 60, "a running task")
+
+    # when the worker dies without warning (the whole process group, as if the machine died)
+    fleet.kill(first)
+    killed_running = list(Task.objects.filter(pk__in=ids, status=TaskStatus.RUNNING).values_list("id", flat=True))
+    fleet.start("worker")
+
+    # then every task succeeds; the interrupted ones took another attempt
+    wait_until(lambda: all_in(ids, TaskStatus.SUCCEEDED), 120 * SCALE, f"all succeeded, now {statuses(ids)}")
+    runs = executions()
+    assert killed_running, "the kill must interrupt running tasks for this test to mean anything"
+    assert all(len(runs[str(i)]) >= 1 for i in ids)
+    for task_id in killed_running:
+        task = Task.objects.get(pk=task_id)
+        assert task.attempts >= 2
+        assert runs[str(task_id)][-1][2] == task.attempts  # the last execution is the last attempt
+    print(
+        f"\nSIGKILL: submitted={len(ids)} succeeded={Task.objects.filter(pk__in=ids, status='succeeded').count()} "
+        f"interrupted={len(killed_running)} executions={sum(len(v) for v in runs.values())}"
+    )
+
+
+def test_restarted_broker_loses_no_task(fleet: Fleet, fleet_redis: Redis) -> None:
+    # given queued messages waiting in Redis with no worker to take them
+    fleet.start("beat")
+    now_ids = [submit("fleet.count", {}).id for _ in range(20 * SCALE)]
+    delayed_ids = [submit("fleet.count", {}, delay=timedelta(seconds=1)).id for _ in range(20 * SCALE)]
+    ids = now_ids + delayed_ids
+    wait_until(lambda: all_in(ids, TaskStatus.QUEUED), 30, f"all queued, now {statuses(ids)}")
+    broker = redis_client.Redis.from_url(fleet_redis.url())
+    assert broker.llen("celery") > 0
+
+    # when Redis restarts without persistence (every message is lost)
+    fleet_redis.restart()
+    assert redis_client.Redis.from_url(fleet_redis.url()).llen("celery") == 0
+    fleet.start("worker")
+
+    # then recovery publishes them again and every task runs
+    wait_until(lambda: all_in(ids, TaskStatus.SUCCEEDED), 90 * SCALE, f"all succeeded, now {statuses(ids)}")
+    runs = executions()
+    assert {str(i) for i in ids} <= set(runs)
+    for k, v in runs.items():
+        if len(v) > 1:
+            print("DUP", k, v, Task.objects.get(pk=k).attempts)
+    print(f"\nbroker restart: submitted={len(ids)} succeeded={len(ids)} executions={sum(len(v) for v in runs.values())}")
+
+
+def test_two_beats_never_run_a_task_twice_at_once(fleet: Fleet) -> None:
+    # given two beats and two workers
+    fleet.start("beat")
+    fleet.start("beat")
+    fleet.start("worker")
+    fleet.start("worker")
+    start = timezone.now() + timedelta(seconds=2)
+    count = 150 * SCALE
+    ids = [
+        submit("fleet.count", {"sleep": 0.05}, run_at=start + timedelta(milliseconds=20 * i)).id for i in range(count)
+    ]
+
+    # when they all come due
+    wait_until(lambda: all_in(ids, TaskStatus.SUCCEEDED), 120 * SCALE, f"all succeeded, now {statuses(ids)}")
+
+    # then each ran at least once and no two executions of one task overlapped
+    runs = executions()
+    assert {str(i) for i in ids} <= set(runs)
+    for task_id, spans in runs.items():
+        for (_, ended, _), (next_started, _, _) in zip(spans, spans[1:], strict=False):
+            assert ended is not None and ended <= next_started, f"task {task_id} ran twice at once"
+    duplicates = sum(len(v) - 1 for v in runs.values())
+    print(f"\ntwo beats: submitted={count} executions={sum(len(v) for v in runs.values())} duplicates={duplicates}")
+
+
+def test_delayed_tasks_never_start_early(fleet: Fleet) -> None:
+    # given tasks due over the next few seconds
+    fleet.start("worker")
+    fleet.start("beat")
+    time.sleep(3)  # let the fleet connect, so lateness measures dispatch and not start-up
+    start = timezone.now() + timedelta(seconds=2)
+    count = 200 * SCALE
+    ids = [submit("fleet.count", {}, run_at=start + timedelta(milliseconds=15 * i)).id for i in range(count)]
+
+    # when they run
+    wait_until(lambda: all_in(ids, TaskStatus.SUCCEEDED), 120 * SCALE, f"all succeeded, now {statuses(ids)}")
+
+    # then none started before its run_at (lateness is printed, never asserted)
+    lateness = [
+        (started - run_at).total_seconds() * 1000
+        for started, run_at in Task.objects.filter(pk__in=ids).values_list("started_at", "run_at")
+    ]
+    assert min(lateness) >= 0, f"a task started {-min(lateness):.1f} ms early"
+    print(
+        f"\ndelayed lateness over {count} tasks: p50={statistics.median(lateness):.1f} ms "
+        f"p99={percentile(lateness, 0.99):.1f} ms max={max(lateness):.1f} ms"
+    )
+
+
+def test_thousand_tasks_through_two_workers_and_retries_until_dead(fleet: Fleet) -> None:
+    # given two workers and a beat
+    fleet.start("worker")
+    fleet.start("worker")
+    fleet.start("beat")
+    ok_ids = [submit("fleet.count", {"n": i}).id for i in range(1000 * SCALE)]
+    failing_ids = [submit("fleet.always_fails", {}).id for _ in range(5)]
+
+    # when they all run
+    wait_until(lambda: all_in(ok_ids, TaskStatus.SUCCEEDED), 300 * SCALE, f"all succeeded, now {statuses(ok_ids)}")
+    wait_until(lambda: all_in(failing_ids, TaskStatus.DEAD), 60, f"failing ones dead, now {statuses(failing_ids)}")
+
+    # then every good task succeeded and the failing ones used exactly max_attempts
+    runs = executions()
+    assert {str(i) for i in ok_ids} <= set(runs)
+    for task in Task.objects.filter(pk__in=failing_ids):
+        assert task.attempts == task.max_attempts == 3
+        assert "failing on purpose, attempt 3" in task.error
+        assert [attempt for _, _, attempt in runs[str(task.id)]] == [1, 2, 3]
+    print(
+        f"\n1000 tasks: succeeded={len(ok_ids)} executions={sum(len(runs[str(i)]) for i in ok_ids)}; "
+        f"failing: dead={len(failing_ids)} attempts=3 each"
+    )
