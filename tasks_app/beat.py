@@ -21,16 +21,17 @@ logger = logging.getLogger(__name__)
 class InlineDatabaseScheduler(DatabaseScheduler):
     """DatabaseScheduler that executes ``BEAT_INLINE_TASKS`` in the beat process."""
 
-    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+    def apply_entry(self, entry: Any, producer: Any = None) -> None:
         if entry.task not in settings.BEAT_INLINE_TASKS:
-            return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
-        entry = self.reserve(entry) if advance else entry
+            super().apply_entry(entry, producer=producer)
+            return
+        # Once a second: run it quietly, logging only what it did or how it failed.
         close_old_connections()
-        result = self.app.tasks[entry.task].apply(args=entry.args, kwargs=entry.kwargs)
-        close_old_connections()
-        if result.failed():
-            logger.error(
-                "inline beat task failed",
-                extra={"task": entry.task, "error": repr(result.result)},
-            )
-        return result
+        try:
+            outcome = self.app.tasks[entry.task].run(*entry.args, **entry.kwargs)
+        except Exception:
+            logger.exception("inline beat task failed", extra={"task": entry.task})
+        else:
+            logger.debug("inline beat task ran", extra={"task": entry.task, "outcome": outcome})
+        finally:
+            close_old_connections()

@@ -60,10 +60,12 @@ def publish(tasks: Iterable[Task | Delivery], *, now: datetime | None = None) ->
                 "time_limit": soft + HARD_LIMIT_GRACE,
                 "producer": producer,
             }
+            kwargs: dict[str, str] = {}
             if delivery.run_at is not None and delivery.run_at > now:
                 # Bounded by the dispatch horizon (a second or two), never a long delay.
                 options["eta"] = delivery.run_at
-            app.send_task(RUN_TASK, args=[str(delivery.task_id)], **options)
+                kwargs["run_at"] = delivery.run_at.isoformat()
+            app.send_task(RUN_TASK, args=[str(delivery.task_id)], kwargs=kwargs, **options)
             sent += 1
     return sent
 

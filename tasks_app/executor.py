@@ -120,9 +120,8 @@ def take(task_id: UUID | str, *, worker: str, now: datetime) -> Task | None:
     return Task.objects.get(pk=task_id)
 
 
-def _wait_until_due(task_id: UUID | str) -> None:
-    """Sleep until run_at if the message came (slightly) early; the DB row decides."""
-    run_at = Task.objects.filter(pk=task_id, status=TaskStatus.QUEUED).values_list("run_at", flat=True).first()
+def _wait_until_due(run_at: datetime | None) -> None:
+    """Sleep until run_at if the message came (slightly) early; the row's own run_at still decides."""
     if run_at is None:
         return
     early = (run_at - timezone.now()).total_seconds()
@@ -130,13 +129,13 @@ def _wait_until_due(task_id: UUID | str) -> None:
         time.sleep(early)
 
 
-def execute(task_id: UUID | str, *, worker: str) -> str:
+def execute(task_id: UUID | str, *, worker: str, run_at: datetime | None = None) -> str:
     """Run one delivery of the task; return what happened (for logs and tests).
 
     A delivery of a task that is not ``queued`` (finished, cancelled, running elsewhere,
     purging, expired) or whose data already expired does nothing.
     """
-    _wait_until_due(task_id)
+    _wait_until_due(run_at)
     task = take(task_id, worker=worker, now=timezone.now())
     if task is None:
         logger.info("delivery ignored", extra={"task_id": str(task_id)})
@@ -165,41 +164,39 @@ def _describe(exc: BaseException) -> str:
     return text[-ERROR_MAX_CHARS:]
 
 
-def _lock_own_attempt(task: Task) -> Task | None:
-    """Lock the row if this attempt still holds it (a lost lease means another took over)."""
-    return (
-        Task.objects.select_for_update().filter(pk=task.pk, status=TaskStatus.RUNNING, attempts=task.attempts).first()
+def _finish(task: Task, **changes: Any) -> bool:
+    """Write the outcome if this attempt still holds the task (a lost lease means another took over)."""
+    return bool(
+        Task.objects.filter(pk=task.pk, status=TaskStatus.RUNNING, attempts=task.attempts).update(
+            lease_expires_at=None, **changes
+        )
     )
 
 
 def _succeed(task: Task, ctx: TaskContext, result: Any) -> str:
     now = timezone.now()
+    ttl = task.result_ttl if task.result_ttl is not None else hooks.default_result_ttl(task)
     with transaction.atomic():
-        row = _lock_own_attempt(task)
-        if row is None:
+        # Only this attempt writes usage while it holds the lease, so merging in Python is safe.
+        finished = _finish(
+            task,
+            status=TaskStatus.SUCCEEDED,
+            finished_at=now,
+            status_changed_at=now,
+            result_expires_at=now + ttl if ttl is not None else None,
+            error="",
+            usage=_merge_usage(task.usage, ctx.usage),
+        )
+        if not finished:
             logger.warning("result dropped: lease lost", extra={"task_id": str(task.id)})
             return "superseded"
-        ttl = row.result_ttl if row.result_ttl is not None else hooks.default_result_ttl(row)
         if ttl is None or ttl > timedelta(0):
-            TaskResult.objects.update_or_create(task=row, defaults={"data": result, "created_at": now})
-        row.status = TaskStatus.SUCCEEDED
-        row.finished_at = now
-        row.status_changed_at = now
-        row.result_expires_at = now + ttl if ttl is not None else None
-        row.lease_expires_at = None
-        row.error = ""
-        row.usage = _merge_usage(row.usage, ctx.usage)
-        row.save(
-            update_fields=[
-                "status",
-                "finished_at",
-                "status_changed_at",
-                "result_expires_at",
-                "lease_expires_at",
-                "error",
-                "usage",
-            ]
-        )
+            TaskResult.objects.bulk_create(
+                [TaskResult(task=task, data=result, created_at=now)],
+                update_conflicts=True,
+                unique_fields=["task"],
+                update_fields=["data", "created_at"],
+            )
     logger.info("task succeeded", extra={"task_id": str(task.id), "attempt": task.attempts})
     task_finished.send(sender=Task, task_id=task.id, status=TaskStatus.SUCCEEDED)
     return TaskStatus.SUCCEEDED
@@ -207,27 +204,21 @@ def _succeed(task: Task, ctx: TaskContext, result: Any) -> str:
 
 def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool) -> str:
     now = timezone.now()
-    with transaction.atomic():
-        row = _lock_own_attempt(task)
-        if row is None:
-            return "superseded"
-        row.error = error
-        row.lease_expires_at = None
-        row.status_changed_at = now
-        row.usage = _merge_usage(row.usage, ctx.usage)
-        if permanent or row.attempts >= row.max_attempts:
-            row.status = TaskStatus.FAILED if permanent else TaskStatus.DEAD
-            row.finished_at = now
-        else:
-            row.status = TaskStatus.SCHEDULED
-            row.run_at = now + backoff(row.attempts)
-        row.save(
-            update_fields=["error", "lease_expires_at", "status_changed_at", "usage", "status", "finished_at", "run_at"]
-        )
+    changes: dict[str, Any] = {
+        "error": error,
+        "status_changed_at": now,
+        "usage": _merge_usage(task.usage, ctx.usage),
+    }
+    if permanent or task.attempts >= task.max_attempts:
+        changes.update(status=TaskStatus.FAILED if permanent else TaskStatus.DEAD, finished_at=now)
+    else:
+        changes.update(status=TaskStatus.SCHEDULED, run_at=now + backoff(task.attempts))
+    if not _finish(task, **changes):
+        return "superseded"
     logger.warning(
         "task attempt failed",
-        extra={"task_id": str(task.id), "attempt": task.attempts, "status": row.status},
+        extra={"task_id": str(task.id), "attempt": task.attempts, "status": changes["status"]},
     )
-    if row.status != TaskStatus.SCHEDULED:
-        task_finished.send(sender=Task, task_id=task.id, status=row.status)
-    return row.status
+    if changes["status"] != TaskStatus.SCHEDULED:
+        task_finished.send(sender=Task, task_id=task.id, status=changes["status"])
+    return changes["status"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Task as CeleryTask
@@ -14,9 +14,10 @@ from tasks_app import dispatch, executor, recovery, services
 
 
 @shared_task(name="tasks_app.run_task", bind=True, acks_late=True, reject_on_worker_lost=True)
-def run_task(self: CeleryTask, task_id: str) -> str:
+def run_task(self: CeleryTask, task_id: str, run_at: str | None = None) -> str:
     """Run one delivery of a task (a duplicate delivery does nothing)."""
-    return executor.execute(task_id, worker=f"{self.request.hostname}:{os.getpid()}")
+    due = datetime.fromisoformat(run_at) if run_at else None
+    return executor.execute(task_id, worker=f"{self.request.hostname}:{os.getpid()}", run_at=due)
 
 
 @shared_task(name="tasks_app.dispatch_due", ignore_result=True)

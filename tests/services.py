@@ -166,9 +166,15 @@ class Postgres(Server):
         return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        if not self.data.exists():
+        fresh = not self.data.exists()
+        if fresh:
             self.init()
         super().start()
+        if fresh:
+            import psycopg
+
+            with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+                conn.execute("CREATE DATABASE tasks")
 
 
 class Redis(Server):

@@ -1,0 +1,240 @@
+"""Executor, dispatcher and recovery against real PostgreSQL (no worker processes)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from tasks_app import dispatch, recovery
+from tasks_app.executor import PermanentFailure, backoff, execute
+from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.services import cancel, submit
+from tasks_app.tasks import submit_scheduled
+
+pytestmark = pytest.mark.django_db
+
+
+def test_success_stores_result_usage_and_files(bucket_keys: Any, task_types: Any) -> None:
+    def handler(ctx: Any, payload: Any) -> Any:
+        ctx.save_file("out.txt", b"hello", kind="output")
+        ctx.record_usage(pages=2)
+        ctx.record_usage(pages=1, seconds=0.5)
+        return {"n": payload["n"] * 2}
+
+    task_types("t.files", handler)
+    task = submit("t.files", {"n": 21}, result_ttl=timedelta(minutes=5))
+
+    assert execute(task.id, worker="w1") == TaskStatus.SUCCEEDED
+
+    task.refresh_from_db()
+    assert task.status == TaskStatus.SUCCEEDED
+    assert task.attempts == 1
+    assert task.result.data == {"n": 42}
+    assert task.result_expires_at == task.finished_at + timedelta(minutes=5)
+    assert task.usage == {"pages": 3, "seconds": 0.5}
+    assert task.lease_expires_at is None
+    key = f"tasks/{task.id}/output/out.txt"
+    assert list(StoredObject.objects.filter(task=task).values_list("key", "kind", "size")) == [(key, "output", 5)]
+    assert bucket_keys(f"tasks/{task.id}/") == {key}
+
+
+def test_re_execution_overwrites_files_without_duplicate_manifest_rows(task_types: Any) -> None:
+    task_types("t.rewrite", lambda ctx, p: ctx.save_file("a.bin", b"x" * ctx.attempt, kind="out") and None)
+    task = submit("t.rewrite", {})
+    execute(task.id, worker="w")
+    Task.objects.filter(pk=task.pk).update(status=TaskStatus.QUEUED)  # a redelivery after a lost lease
+    execute(task.id, worker="w")
+    assert list(StoredObject.objects.filter(task=task).values_list("size", flat=True)) == [2]
+
+
+def test_result_ttl_zero_stores_no_result() -> None:
+    task = submit("demo.echo", {"a": 1}, result_ttl=timedelta(0))
+    execute(task.id, worker="w")
+    task.refresh_from_db()
+    assert task.status == TaskStatus.SUCCEEDED
+    assert not TaskResult.objects.filter(task=task).exists()
+    assert task.result_expires_at == task.finished_at
+
+
+@pytest.mark.parametrize(
+    "status",
+    [TaskStatus.SUCCEEDED, TaskStatus.CANCELLED, TaskStatus.RUNNING, TaskStatus.PURGING, TaskStatus.EXPIRED],
+)
+def test_delivery_of_a_task_not_queued_does_nothing(status: str, task_types: Any) -> None:
+    calls: list[int] = []
+    task_types("t.count", lambda ctx, p: calls.append(1))
+    task = submit("t.count", {})
+    Task.objects.filter(pk=task.pk).update(status=status)
+    assert execute(task.id, worker="w") == "ignored"
+    task.refresh_from_db()
+    assert (task.status, task.attempts, calls) == (status, 0, [])
+
+
+def test_cancelled_task_is_never_run(task_types: Any) -> None:
+    calls: list[int] = []
+    task_types("t.count", lambda ctx, p: calls.append(1))
+    task = submit("t.count", {})
+    assert cancel(task)
+    assert execute(task.id, worker="w") == "ignored"
+    assert calls == []
+
+
+def test_task_whose_data_expired_before_it_ran_is_not_run(task_types: Any) -> None:
+    calls: list[int] = []
+    task_types("t.count", lambda ctx, p: calls.append(1))
+    past = timezone.now() - timedelta(hours=1)
+    task = submit("t.count", {}, expires_in=timedelta(minutes=1), now=past)
+    assert execute(task.id, worker="w") == "ignored"
+    assert calls == []
+    assert dispatch.claim_due(timezone.now(), ahead=timedelta(0), limit=10) == []
+
+
+def test_failures_retry_with_backoff_then_dead(task_types: Any) -> None:
+    def broken(ctx: Any, payload: Any) -> None:
+        ctx.record_usage(tries=1)
+        raise ValueError(f"boom {ctx.attempt}")
+
+    task_types("t.broken", broken, max_attempts=3)
+    task = submit("t.broken", {})
+    for attempt in (1, 2):
+        before = timezone.now()
+        assert execute(task.id, worker="w") == TaskStatus.SCHEDULED
+        task.refresh_from_db()
+        assert task.attempts == attempt
+        assert f"boom {attempt}" in task.error
+        assert before < task.run_at <= timezone.now() + timedelta(seconds=2 ** (attempt - 1))
+        Task.objects.filter(pk=task.pk).update(status=TaskStatus.QUEUED, run_at=timezone.now())
+    assert execute(task.id, worker="w") == TaskStatus.DEAD
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == (TaskStatus.DEAD, 3)
+    assert "boom 3" in task.error
+    assert task.finished_at is not None
+    assert task.usage == {"tries": 3}
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    for attempt in range(1, 8):
+        delay = backoff(attempt)
+        assert timedelta(seconds=2 ** (attempt - 1)) * 0.5 <= delay <= timedelta(seconds=2 ** (attempt - 1))
+    assert backoff(100) <= timedelta(minutes=10)
+
+
+def test_permanent_failure_fails_at_once(task_types: Any) -> None:
+    def refuse(ctx: Any, payload: Any) -> None:
+        raise PermanentFailure("bad document")
+
+    task_types("t.refuse", refuse, max_attempts=5)
+    task = submit("t.refuse", {})
+    assert execute(task.id, worker="w") == TaskStatus.FAILED
+    task.refresh_from_db()
+    assert task.attempts == 1
+    assert "bad document" in task.error
+
+
+def test_lost_lease_drops_the_late_result(task_types: Any) -> None:
+    def slow(ctx: Any, payload: Any) -> str:
+        # meanwhile recovery gave the task to another worker
+        Task.objects.filter(pk=ctx.task.pk).update(attempts=ctx.attempt + 1)
+        return "late"
+
+    task_types("t.slow", slow)
+    task = submit("t.slow", {})
+    assert execute(task.id, worker="w") == "superseded"
+    assert not TaskResult.objects.filter(task=task).exists()
+
+
+def test_dispatcher_claims_only_due_rows_within_the_horizon() -> None:
+    now = timezone.now()
+    soon = submit("demo.echo", {}, delay=timedelta(milliseconds=500), now=now)
+    later = submit("demo.echo", {}, delay=timedelta(minutes=5), now=now)
+    claimed = dispatch.claim_due(now, ahead=timedelta(seconds=1), limit=100)
+    assert [d.task_id for d in claimed] == [soon.id]
+    assert claimed[0].run_at == soon.run_at
+    soon.refresh_from_db()
+    later.refresh_from_db()
+    assert (soon.status, later.status) == (TaskStatus.QUEUED, TaskStatus.SCHEDULED)
+
+
+def test_dispatch_due_works_in_bounded_batches(settings: Any) -> None:
+    settings.TASKS_DISPATCH_BATCH_SIZE = 3
+    now = timezone.now()
+    for _ in range(7):
+        submit("demo.echo", {}, delay=timedelta(seconds=1), now=now - timedelta(seconds=5))
+    assert dispatch.dispatch_due(now, max_batches=2) == 6
+    assert dispatch.dispatch_due(now) == 1
+    assert Task.objects.filter(status=TaskStatus.QUEUED).count() == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_dispatchers_claim_disjoint_rows() -> None:
+    now = timezone.now()
+    ids = {submit("demo.echo", {}, delay=timedelta(seconds=1), now=now - timedelta(seconds=5)).id for _ in range(60)}
+    barrier = threading.Barrier(3)
+    claimed: list[Any] = []
+
+    def claimer() -> None:
+        barrier.wait(timeout=10)
+        try:
+            for _ in range(10):
+                claimed.extend(d.task_id for d in dispatch.claim_due(now, ahead=timedelta(0), limit=5))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claimer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(ids)
+
+
+def test_recovery_requeues_expired_leases_and_buries_the_last_attempt() -> None:
+    now = timezone.now()
+    retry = submit("demo.echo", {})
+    last = submit("demo.echo", {})
+    healthy = submit("demo.echo", {})
+    Task.objects.filter(pk=retry.pk).update(status="running", attempts=1, lease_expires_at=now - timedelta(seconds=1))
+    Task.objects.filter(pk=last.pk).update(status="running", attempts=3, lease_expires_at=now - timedelta(seconds=1))
+    Task.objects.filter(pk=healthy.pk).update(status="running", attempts=1, lease_expires_at=now + timedelta(seconds=9))
+
+    counts = recovery.recover_stuck(now)
+
+    assert (counts.expired_leases, counts.dead) == (2, 1)
+    statuses = dict(Task.objects.values_list("id", "status"))
+    assert statuses == {retry.id: "queued", last.id: "dead", healthy.id: "running"}
+    assert Task.objects.get(pk=last.pk).error == recovery.WORKER_LOST
+
+
+def test_recovery_republishes_tasks_queued_too_long(settings: Any) -> None:
+    settings.TASKS_QUEUED_TIMEOUT = timedelta(seconds=60)
+    now = timezone.now()
+    stale = submit("demo.echo", {}, now=now - timedelta(minutes=5))
+    fresh = submit("demo.echo", {}, now=now - timedelta(seconds=10))
+    counts = recovery.recover_stuck(now)
+    assert counts.requeued == 1
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stale.status_changed_at == now  # not republished again until another timeout passes
+    assert fresh.status_changed_at == now - timedelta(seconds=10)
+    assert recovery.recover_stuck(now).requeued == 0
+
+
+def test_scheduled_submission_defaults_to_no_result() -> None:
+    task = Task.objects.get(pk=submit_scheduled("demo.echo", {"x": 1}))
+    assert task.result_ttl == timedelta(0)
+    assert task.expires_at is None
+    kept = Task.objects.get(pk=submit_scheduled("demo.echo", {"x": 1}, result_ttl=3600, expires_in=86400))
+    assert kept.result_ttl == timedelta(hours=1)
+    assert kept.expires_at == kept.created_at + timedelta(days=1)
+
+
+def test_beat_entries_are_installed_by_migration() -> None:
+    tasks = dict(PeriodicTask.objects.values_list("task", "interval__every"))
+    assert tasks["tasks_app.dispatch_due"] == 1
+    assert "tasks_app.recover_stuck" in tasks
