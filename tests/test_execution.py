@@ -238,3 +238,24 @@ def test_beat_entries_are_installed_by_migration() -> None:
     tasks = dict(PeriodicTask.objects.values_list("task", "interval__every"))
     assert tasks["tasks_app.dispatch_due"] == 1
     assert "tasks_app.recover_stuck" in tasks
+
+
+@pytest.mark.django_db(transaction=True)
+def test_long_task_renews_its_lease_so_recovery_leaves_it_alone(settings: Any, task_types: Any) -> None:
+    settings.TASKS_LEASE = timedelta(milliseconds=600)
+    seen: dict[str, Any] = {}
+
+    def long_running(ctx: Any, payload: Any) -> str:
+        import time
+
+        time.sleep(1.5)  # well past one lease
+        seen["recovered"] = recovery.recover_stuck(timezone.now()).expired_leases
+        seen["lease"] = Task.objects.get(pk=ctx.task.pk).lease_expires_at
+        return "done"
+
+    task_types("t.long", long_running)
+    task = submit("t.long", {})
+    started = timezone.now()
+    assert execute(task.id, worker="w") == TaskStatus.SUCCEEDED
+    assert seen["recovered"] == 0
+    assert seen["lease"] > started + timedelta(seconds=1)
