@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from tasks_app.services import submit
 
@@ -48,11 +50,24 @@ class Command(BaseCommand):
         for task_type, payload, delay in demo:
             submit(task_type, payload, owner=user, delay=delay, expires_in=lifetime)
 
+        # A recurring schedule, editable in the admin (Periodic tasks): results not stored.
+        every_minute, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.MINUTES)
+        PeriodicTask.objects.update_or_create(
+            name="demo: echo every minute",
+            defaults={
+                "task": "tasks_app.submit_scheduled",
+                "interval": every_minute,
+                "kwargs": json.dumps(
+                    {"task_type": "demo.echo", "payload": {"scheduled": True}, "expires_in": options["expires_in"]}
+                ),
+            },
+        )
+
         self.stdout.write(
             self.style.SUCCESS(
                 f"\n  Admin:    {options['url']}\n"
                 f"  Username: {username}\n"
                 f"  Password: {password}\n"
-                f"  Created {len(demo)} demo tasks; their data expires in {options['expires_in']} s.\n"
+                f"  Created {len(demo)} demo tasks and a schedule; their data expires in {options['expires_in']} s.\n"
             )
         )
