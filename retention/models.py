@@ -1,1 +1,364 @@
-"""Retention models (policies, legal holds, audit trail, sweep runs)."""
+"""Retention models: policies, legal holds, the append-only audit trail, sweep runs, listing cursors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from retention.querysets import (
+    AppendOnlyError,
+    AuditRecordQuerySet,
+    LegalHoldQuerySet,
+    RetentionPolicyQuerySet,
+    SweepRunQuerySet,
+)
+from tasks_app.models import TERMINAL_STATUSES, Task
+
+__all__ = [
+    "AppendOnlyError",
+    "AuditAction",
+    "AuditRecord",
+    "LegalHold",
+    "ListingCursor",
+    "PolicyMode",
+    "Reason",
+    "RetentionPolicy",
+    "SweepKind",
+    "SweepRun",
+]
+
+TERMINAL_STATUS_CHOICES = [(str(status), status.label) for status in TERMINAL_STATUSES]
+
+
+class PolicyMode(models.TextChoices):
+    """Whether a policy deletes, or only records what it would delete (a canary rollout)."""
+
+    ENFORCE = "enforce", "enforce"
+    SHADOW = "shadow", "shadow"
+
+
+class AuditAction(models.TextChoices):
+    """What an audit record says happened."""
+
+    TASK_PURGED = "task_purged", "task purged"
+    RESULT_PURGED = "result_purged", "result purged"
+    ORPHAN_DELETED = "orphan_deleted", "orphan deleted"
+    USER_ERASURE = "user_erasure", "user erasure"
+    SHADOW_WOULD_PURGE = "shadow_would_purge", "shadow: would purge"
+
+
+class Reason:
+    """Why data was deleted (``AuditRecord.reason``); policy reasons carry the policy's id."""
+
+    EXPIRES_AT = "expires_at"
+    COUNT_CAP = "count_cap"
+    USER_REQUEST = "user_request"
+    ORPHAN = "orphan"
+    RESULT_TTL = "result_ttl"
+    POLICY_PREFIX = "policy:"
+
+    @staticmethod
+    def policy(policy_id: int) -> str:
+        """Return the reason naming a policy's age limit (``policy:<id>``)."""
+        return f"{Reason.POLICY_PREFIX}{policy_id}"
+
+
+class SweepKind(models.TextChoices):
+    """The four sweeps (``retention_sweep --kind``)."""
+
+    TASKS = "tasks", "expired tasks"
+    RESULTS = "results", "expired results"
+    POLICIES = "policies", "policies"
+    ORPHANS = "orphans", "orphaned objects"
+
+
+class RetentionPolicy(models.Model):
+    """How long finished tasks and their results are kept, for a task type and/or terminal status.
+
+    The most specific enabled policy decides a task: type+status > type > status > default.
+    """
+
+    task_type = models.CharField(
+        max_length=200, blank=True, help_text="Task type this policy covers; blank = every type."
+    )
+    status = models.CharField(
+        max_length=16,
+        blank=True,
+        choices=TERMINAL_STATUS_CHOICES,
+        error_messages={"invalid_choice": "%(value)r is not a terminal status (succeeded, failed, dead, cancelled)."},
+        help_text="Terminal status this policy covers; blank = every terminal status.",
+    )
+    keep_for = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="Delete tasks this long after they finished (created, if they never finished); empty = no age limit.",
+    )
+    keep_last = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Keep only the newest N tasks (by finish time) per task type and status; empty = no count cap.",
+    )
+    result_ttl = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="Default result lifetime after a task succeeds, for tasks submitted without one; "
+        "empty = the RESULT_TTL setting.",
+    )
+    mode = models.CharField(
+        max_length=16,
+        choices=PolicyMode.choices,
+        default=PolicyMode.ENFORCE,
+        help_text="Shadow records what would be deleted (audit action shadow_would_purge) and deletes nothing.",
+    )
+    enabled = models.BooleanField(default=True, help_text="Disabled policies are ignored.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+        help_text="Who last changed the policy.",
+    )
+
+    objects = RetentionPolicyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "retention policy"
+        verbose_name_plural = "retention policies"
+        ordering = ["task_type", "status"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task_type", "status"],
+                condition=Q(enabled=True),
+                name="retentionpolicy_enabled_scope_uniq",
+                violation_error_message="Another enabled policy already covers this task type and status.",
+            ),
+            models.CheckConstraint(
+                condition=Q(keep_for__isnull=False) | Q(keep_last__isnull=False) | Q(result_ttl__isnull=False),
+                name="retentionpolicy_sets_a_rule",
+                violation_error_message="Set at least one of keep for, keep last or result TTL.",
+            ),
+            models.CheckConstraint(
+                condition=Q(keep_last__isnull=True) | Q(keep_last__gte=1),
+                name="retentionpolicy_keep_last_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(keep_for__isnull=True) | Q(keep_for__gte=timedelta(0)),
+                name="retentionpolicy_keep_for_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(result_ttl__isnull=True) | Q(result_ttl__gte=timedelta(0)),
+                name="retentionpolicy_result_ttl_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope_label} ({self.mode}{'' if self.enabled else ', disabled'})"
+
+    @property
+    def scope_label(self) -> str:
+        """Human description of what the policy covers."""
+        return f"{self.task_type or 'any type'} / {self.status or 'any status'}"
+
+    @property
+    def specificity(self) -> int:
+        """3 for type+status, 2 for type, 1 for status, 0 for the default: higher wins."""
+        return (2 if self.task_type else 0) + (1 if self.status else 0)
+
+    @property
+    def is_shadow(self) -> bool:
+        return self.mode == PolicyMode.SHADOW
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        if self.keep_for is None and self.keep_last is None and self.result_ttl is None:
+            errors.setdefault("__all__", []).append("Set at least one of keep for, keep last or result TTL.")
+        if self.keep_for is not None and self.keep_for < timedelta(0):
+            errors.setdefault("keep_for", []).append("Keep for must not be negative.")
+        if self.result_ttl is not None and self.result_ttl < timedelta(0):
+            errors.setdefault("result_ttl", []).append("Result TTL must not be negative.")
+        if self.keep_last is not None and self.keep_last < 1:
+            errors.setdefault("keep_last", []).append("Keep last must be at least 1 (leave it empty for no cap).")
+        if errors:
+            raise ValidationError(errors)
+
+
+class LegalHold(models.Model):
+    """Blocks every deletion of the tasks it matches until released.
+
+    A hold matches a task when every field it sets matches: a hold on an owner alone covers
+    all that owner's tasks.
+    """
+
+    task = models.ForeignKey(
+        Task,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="legal_holds",
+        help_text="One task; empty = not limited to one task.",
+    )
+    # No database constraint, like Task.owner: the hold outlives the user account.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+        help_text="Every task of this owner; empty = not limited to one owner.",
+    )
+    task_type = models.CharField(max_length=200, blank=True, help_text="Every task of this type; blank = any type.")
+    reason = models.TextField(help_text="Why the data must be kept (case or ticket reference).")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    released_at = models.DateTimeField(null=True, blank=True, help_text="When the hold was lifted; empty = active.")
+
+    objects = LegalHoldQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "legal hold"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "task_type"], name="legalhold_active_idx", condition=Q(released_at=None)),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(task__isnull=False) | Q(owner__isnull=False) | ~Q(task_type=""),
+                name="legalhold_sets_a_scope",
+                violation_error_message="A legal hold must name a task, an owner or a task type.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        parts = [
+            f"task {self.task_id}" if self.task_id else "",
+            f"owner {self.owner_id}" if self.owner_id else "",
+            f"type {self.task_type}" if self.task_type else "",
+        ]
+        state = "released" if self.released_at else "active"
+        return f"hold on {', '.join(p for p in parts if p)} ({state})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.released_at is None
+
+    def clean(self) -> None:
+        if self.task_id is None and self.owner_id is None and not self.task_type:
+            raise ValidationError("A legal hold must name a task, an owner or a task type.")
+
+
+class SweepRun(models.Model):
+    """One run of a sweep: what it claimed, purged, failed and freed.
+
+    A run fans its chunks out to workers; each chunk adds its counts, and the run is
+    finished when its last part (the sweep itself or a chunk) is done.
+    """
+
+    kind = models.CharField(max_length=16, choices=SweepKind.choices)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="Empty while chunks are still running.")
+    claimed = models.PositiveIntegerField(default=0, help_text="Tasks (or orphaned objects) taken on.")
+    purged = models.PositiveIntegerField(default=0, help_text="Tasks, results or orphaned objects deleted.")
+    failed = models.PositiveIntegerField(default=0, help_text="Items left for a later run after an error.")
+    shadow = models.PositiveIntegerField(default=0, help_text="Shadow-mode records written (nothing deleted).")
+    objects_deleted = models.PositiveBigIntegerField(default=0)
+    bytes_freed = models.PositiveBigIntegerField(default=0)
+    missing_objects = models.PositiveIntegerField(
+        default=0, help_text="Manifest rows whose object was missing from storage."
+    )
+    errors = models.JSONField(default=list, blank=True, help_text="Error messages (the first few).")
+    pending_parts = models.IntegerField(default=1, help_text="Parts (the sweep and its chunks) not yet done.")
+
+    objects = SweepRunQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "sweep run"
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["kind", "-started_at"], name="sweeprun_kind_started_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} sweep at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class AuditRecord(models.Model):
+    """One deletion (or, in shadow mode, one deletion that would have happened); append-only.
+
+    No foreign keys to tasks or users: the record outlives both. The ORM refuses updates
+    and deletes, and on PostgreSQL a trigger refuses them from SQL too.
+    """
+
+    task_id = models.UUIDField(null=True, blank=True, help_text="The task; empty for an object outside tasks/<id>/.")
+    owner_id = models.BigIntegerField(null=True, blank=True, help_text="The task's owner (user id).")
+    task_type = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=32, choices=AuditAction.choices)
+    reason = models.CharField(
+        max_length=64, help_text="expires_at, policy:<id>, count_cap, user_request, orphan or result_ttl."
+    )
+    policy_id = models.BigIntegerField(null=True, blank=True, help_text="The policy that decided, if any.")
+    objects_deleted = models.PositiveBigIntegerField(default=0)
+    bytes_freed = models.PositiveBigIntegerField(default=0)
+    occurred_at = models.DateTimeField(default=timezone.now)
+    sweep_run = models.ForeignKey(
+        SweepRun, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_records"
+    )
+
+    objects = AuditRecordQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "audit record"
+        indexes = [
+            models.Index(fields=["occurred_at"], name="auditrecord_occurred_idx"),
+            models.Index(fields=["task_id", "action"], name="auditrecord_task_action_idx"),
+        ]
+        constraints = [
+            # Shadow mode records a task once per policy however many sweeps see it.
+            models.UniqueConstraint(
+                fields=["task_id", "policy_id"],
+                condition=Q(action="shadow_would_purge"),
+                name="auditrecord_shadow_once_uniq",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.task_id} ({self.reason})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("Audit records are append-only: an existing record cannot be changed.")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise AppendOnlyError("Audit records are append-only: they cannot be deleted.")
+
+
+class ListingCursor(models.Model):
+    """Where a storage listing resumes (the orphan sweep), with a lease so one sweep lists at a time."""
+
+    name = models.CharField(max_length=64, unique=True)
+    position = models.CharField(max_length=1024, blank=True, help_text="Last key handled; blank = the start.")
+    leased_until = models.DateTimeField(null=True, blank=True, help_text="A sweep holds the listing until then.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "listing cursor"
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.position or 'start'}"

@@ -1,0 +1,125 @@
+"""Named, chainable filters over retention's models, and the legal-hold filter over tasks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NoReturn
+
+from django.db import models
+from django.db.models import Exists, OuterRef, Q
+
+
+class AppendOnlyError(Exception):
+    """Raised on any attempt to change or delete an audit record."""
+
+
+class RetentionPolicyQuerySet(models.QuerySet):
+    """Filters over retention policies."""
+
+    def enabled(self) -> RetentionPolicyQuerySet:
+        return self.filter(enabled=True)
+
+    def enforcing(self) -> RetentionPolicyQuerySet:
+        from retention.models import PolicyMode
+
+        return self.enabled().filter(mode=PolicyMode.ENFORCE)
+
+    def shadowing(self) -> RetentionPolicyQuerySet:
+        from retention.models import PolicyMode
+
+        return self.enabled().filter(mode=PolicyMode.SHADOW)
+
+    def with_age_or_count_rule(self) -> RetentionPolicyQuerySet:
+        """Policies that delete tasks (not only set a result TTL)."""
+        return self.filter(Q(keep_for__isnull=False) | Q(keep_last__isnull=False))
+
+    def matching(self, task_type: str, status: str) -> RetentionPolicyQuerySet:
+        """Policies whose scope covers this task type and status (any specificity)."""
+        return self.filter(task_type__in=["", task_type], status__in=["", status])
+
+
+class LegalHoldQuerySet(models.QuerySet):
+    """Filters over legal holds."""
+
+    def active(self) -> LegalHoldQuerySet:
+        return self.filter(released_at__isnull=True)
+
+    def released(self) -> LegalHoldQuerySet:
+        return self.filter(released_at__isnull=False)
+
+    def covering_outer_task(self, task_path: str = "") -> LegalHoldQuerySet:
+        """Holds matching the enclosing query's task (for ``Exists``): every field a hold sets matches.
+
+        ``task_path`` leads from the enclosing query's rows to the task (``"task__"`` for results).
+        """
+        return self.filter(
+            Q(task__isnull=True) | Q(task=OuterRef(f"{task_path}pk")),
+            Q(owner__isnull=True) | Q(owner=OuterRef(f"{task_path}owner_id")),
+            Q(task_type="") | Q(task_type=OuterRef(f"{task_path}task_type")),
+        )
+
+    def covering(self, task: Any) -> LegalHoldQuerySet:
+        """Holds matching one task."""
+        owner = Q(owner__isnull=True) | Q(owner=task.owner_id) if task.owner_id is not None else Q(owner__isnull=True)
+        return self.filter(
+            Q(task__isnull=True) | Q(task=task.pk),
+            owner,
+            Q(task_type="") | Q(task_type=task.task_type),
+        )
+
+
+def active_hold_exists(task_path: str = "") -> Exists:
+    """``Exists`` over the active legal holds covering the outer query's task."""
+    from retention.models import LegalHold
+
+    return Exists(LegalHold.objects.active().covering_outer_task(task_path))
+
+
+def exclude_held(rows: models.QuerySet, task_path: str = "") -> models.QuerySet:
+    """Rows whose task is under no active legal hold (``task_path`` as in ``covering_outer_task``)."""
+    return rows.filter(~active_hold_exists(task_path))
+
+
+def only_held(rows: models.QuerySet, task_path: str = "") -> models.QuerySet:
+    """Rows whose task is under at least one active legal hold."""
+    return rows.filter(active_hold_exists(task_path))
+
+
+class AuditRecordQuerySet(models.QuerySet):
+    """Audit records: readable and insertable; every bulk change or delete raises."""
+
+    def between(self, since: datetime, until: datetime) -> AuditRecordQuerySet:
+        """Records with ``since <= occurred_at < until``."""
+        return self.filter(occurred_at__gte=since, occurred_at__lt=until)
+
+    def for_task(self, task_id: Any) -> AuditRecordQuerySet:
+        return self.filter(task_id=task_id)
+
+    def update(self, **kwargs: Any) -> NoReturn:
+        raise AppendOnlyError("Audit records are append-only: they cannot be updated.")
+
+    def bulk_update(self, objs: Any, fields: Any, batch_size: int | None = None) -> NoReturn:
+        raise AppendOnlyError("Audit records are append-only: they cannot be updated.")
+
+    def update_or_create(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise AppendOnlyError("Audit records are append-only: use create().")
+
+    def delete(self) -> NoReturn:
+        raise AppendOnlyError("Audit records are append-only: they cannot be deleted.")
+
+    def _raw_delete(self, using: Any) -> NoReturn:
+        # The deletion collector's fast path (cascades) bypasses delete().
+        raise AppendOnlyError("Audit records are append-only: they cannot be deleted.")
+
+
+class SweepRunQuerySet(models.QuerySet):
+    """Filters over sweep runs."""
+
+    def unfinished(self) -> SweepRunQuerySet:
+        return self.filter(finished_at__isnull=True)
+
+    def of_kind(self, kind: str) -> SweepRunQuerySet:
+        return self.filter(kind=kind)
+
+    def with_failures(self) -> SweepRunQuerySet:
+        return self.filter(failed__gt=0)
