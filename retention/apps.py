@@ -6,8 +6,16 @@ from django.apps import AppConfig
 
 
 class RetentionConfig(AppConfig):
-    """Connects retention to tasks_app's hooks."""
+    """Connects retention to tasks_app's hooks (tasks_app never imports retention)."""
 
     name = "retention"
     verbose_name = "Retention"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from retention import policies, receivers
+        from tasks_app import hooks
+        from tasks_app.signals import task_finished
+
+        task_finished.connect(receivers.on_task_finished, dispatch_uid="retention.purge_after_finish")
+        hooks.set_result_ttl_resolver(policies.default_result_ttl)

@@ -1,0 +1,128 @@
+"""The audit trail: building records for purges, and the streamed CSV export."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from retention.models import AuditAction, AuditRecord, Reason
+
+CSV_COLUMNS = [
+    "task_id",
+    "owner_id",
+    "task_type",
+    "action",
+    "reason",
+    "objects_deleted",
+    "bytes_freed",
+    "occurred_at",
+]
+# A spreadsheet treats a cell starting with one of these as a formula (OWASP "CSV injection").
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+EXPORT_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class DecodedReason:
+    """A claim's ``purge_reason`` split into what the audit record says."""
+
+    action: str
+    reason: str
+    policy_id: int | None
+
+
+def decode_purge_reason(purge_reason: str) -> DecodedReason:
+    """Map a task's ``purge_reason`` (``expires_at``, ``user_request``, ``policy:<id>``, ``count_cap:<id>``)."""
+    if purge_reason == Reason.USER_REQUEST:
+        return DecodedReason(AuditAction.USER_ERASURE, Reason.USER_REQUEST, None)
+    if purge_reason.startswith(Reason.POLICY_PREFIX):
+        return DecodedReason(AuditAction.TASK_PURGED, purge_reason, _int_or_none(purge_reason.split(":", 1)[1]))
+    if purge_reason.startswith(f"{Reason.COUNT_CAP}:"):
+        return DecodedReason(AuditAction.TASK_PURGED, Reason.COUNT_CAP, _int_or_none(purge_reason.split(":", 1)[1]))
+    return DecodedReason(AuditAction.TASK_PURGED, purge_reason or Reason.EXPIRES_AT, None)
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def purge_record(
+    *,
+    task_id: UUID,
+    owner_id: int | None,
+    task_type: str,
+    purge_reason: str,
+    objects_deleted: int,
+    bytes_freed: int,
+    occurred_at: datetime,
+    sweep_run_id: int | None,
+) -> AuditRecord:
+    """The (unsaved) record of one task's purge."""
+    decoded = decode_purge_reason(purge_reason)
+    return AuditRecord(
+        task_id=task_id,
+        owner_id=owner_id,
+        task_type=task_type,
+        action=decoded.action,
+        reason=decoded.reason,
+        policy_id=decoded.policy_id,
+        objects_deleted=objects_deleted,
+        bytes_freed=bytes_freed,
+        occurred_at=occurred_at,
+        sweep_run_id=sweep_run_id,
+    )
+
+
+# --- CSV -------------------------------------------------------------------------------------------
+
+
+def neutralise(cell: str) -> str:
+    """Prefix a cell a spreadsheet would evaluate as a formula with a quote, so it stays text."""
+    return f"'{cell}" if cell.startswith(FORMULA_PREFIXES) else cell
+
+
+def _iso_utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def csv_row(record: AuditRecord) -> list[str]:
+    """One record as CSV cells, in CSV_COLUMNS order, every cell neutralised."""
+    cells: list[Any] = [
+        record.task_id or "",
+        "" if record.owner_id is None else record.owner_id,
+        record.task_type,
+        record.action,
+        record.reason,
+        record.objects_deleted,
+        record.bytes_freed,
+        _iso_utc(record.occurred_at),
+    ]
+    return [neutralise(str(cell)) for cell in cells]
+
+
+class _Line:
+    """A write-only file that hands back what csv.writer writes (Django's streaming-CSV recipe)."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_lines(records: Iterable[AuditRecord]) -> Iterator[str]:
+    """The header and one line per record, lazily."""
+    writer = csv.writer(_Line(), lineterminator="\r\n")
+    yield writer.writerow(CSV_COLUMNS)
+    for record in records:
+        yield writer.writerow(csv_row(record))
+
+
+def export(since: datetime, until: datetime) -> Iterator[str]:
+    """CSV lines of every record with ``since <= occurred_at < until``, streamed from the database."""
+    records = AuditRecord.objects.between(since, until).order_by("occurred_at", "pk").iterator(chunk_size=EXPORT_CHUNK)
+    return csv_lines(records)

@@ -1,0 +1,226 @@
+"""Batched, idempotent deletion (and listing) of storage objects; the only place that deletes them.
+
+S3 goes through the django-storages bucket's client: ``DeleteObjects`` with up to 1,000 keys a
+call. Any other backend (the local file system) deletes key by key. A key that is already
+gone counts as deleted; any other error is retried with backoff, and keys still not deleted
+after the last attempt are returned so the caller keeps their task for a later run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
+
+from botocore.exceptions import BotoCoreError, ClientError
+from django.core.files.storage import Storage, default_storage
+
+logger = logging.getLogger(__name__)
+
+DELETE_BATCH = 1000  # S3 DeleteObjects accepts at most 1,000 keys per call.
+LIST_PAGE = 1000  # S3 ListObjectsV2 returns at most 1,000 keys per call.
+DELETE_ATTEMPTS = 4
+RETRY_BASE_DELAY = 0.2  # seconds; doubled per attempt, with jitter
+RETRY_MAX_DELAY = 5.0  # seconds
+# Transient storage errors; anything else is a bug and propagates.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError, ClientError, OSError)
+MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+sleep = time.sleep  # replaced in tests
+
+
+@dataclass
+class DeleteOutcome:
+    """How many keys were confirmed deleted (or already gone), and the keys that were not."""
+
+    deleted: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    calls: int = 0
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object found by a storage listing."""
+
+    key: str
+    size: int
+    modified: datetime
+
+
+def is_s3(storage: Storage) -> bool:
+    """Whether the storage is django-storages' S3 backend (has a boto3 bucket)."""
+    return hasattr(storage, "bucket_name") and hasattr(storage, "bucket")
+
+
+def _s3_key(storage: Storage, name: str) -> str:
+    from storages.utils import clean_name
+
+    # The same name → key mapping S3Storage uses for save() (its ``location`` prefix included).
+    return storage._normalize_name(clean_name(name))  # type: ignore[attr-defined]
+
+
+def _s3_name(storage: Storage, key: str) -> str:
+    location = (getattr(storage, "location", "") or "").strip("/")
+    if location and key.startswith(f"{location}/"):
+        return key[len(location) + 1 :]
+    return key
+
+
+def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Lists of up to ``size`` items, consuming ``items`` lazily (itertools.batched is 3.12+)."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _backoff(attempt: int) -> float:
+    ceiling = min(RETRY_BASE_DELAY * (2 ** (attempt - 1)), RETRY_MAX_DELAY)
+    return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+
+
+def _s3_delete(storage: Storage, names: list[str]) -> dict[str, str]:
+    """One DeleteObjects call; return the names S3 reported as not deleted."""
+    client = storage.bucket.meta.client  # type: ignore[attr-defined]
+    by_key = {_s3_key(storage, name): name for name in names}
+    response = client.delete_objects(
+        Bucket=storage.bucket_name,  # type: ignore[attr-defined]
+        Delete={"Objects": [{"Key": key} for key in by_key], "Quiet": True},
+    )
+    errors: dict[str, str] = {}
+    for error in response.get("Errors", []):
+        if error.get("Code") in MISSING_KEY_CODES:
+            continue
+        name = by_key.get(error.get("Key", ""), error.get("Key", ""))
+        errors[name] = f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+    return errors
+
+
+def _prune_empty_dirs(storage: Storage, name: str) -> None:
+    """Remove the now-empty folders of a deleted local file, up to (not including) the top folder."""
+    path = storage.path(name)
+    top = storage.path(name.split("/", 1)[0]) if "/" in name else os.path.dirname(path)
+    parent = os.path.dirname(path)
+    while parent.startswith(top) and parent != top:
+        try:
+            os.rmdir(parent)
+        except OSError:  # not empty (or already gone): stop climbing
+            return
+        parent = os.path.dirname(parent)
+
+
+def _local_delete(storage: Storage, names: list[str]) -> dict[str, str]:
+    """Delete key by key (FileSystemStorage ignores a missing file); return the names that failed."""
+    errors: dict[str, str] = {}
+    for name in names:
+        try:
+            storage.delete(name)
+        except FileNotFoundError:
+            pass
+        except STORAGE_ERRORS as exc:
+            errors[name] = repr(exc)
+            continue
+        if hasattr(storage, "path"):
+            try:
+                _prune_empty_dirs(storage, name)
+            except NotImplementedError:
+                pass
+    return errors
+
+
+def _delete_with_retries(
+    deleter: Callable[[Storage, list[str]], dict[str, str]], storage: Storage, names: list[str], outcome: DeleteOutcome
+) -> dict[str, str]:
+    pending, errors = names, {}
+    for attempt in range(1, DELETE_ATTEMPTS + 1):
+        outcome.calls += 1
+        try:
+            errors = deleter(storage, pending)
+        except STORAGE_ERRORS as exc:
+            errors = {name: repr(exc) for name in pending}
+        if not errors:
+            return {}
+        pending = list(errors)
+        if attempt < DELETE_ATTEMPTS:
+            logger.info("storage delete retry", extra={"attempt": attempt, "keys": len(pending)})
+            sleep(_backoff(attempt))
+    return errors
+
+
+def delete_keys(names: Iterable[str], *, storage: Storage | None = None) -> DeleteOutcome:
+    """Delete objects by storage name, in batches; never raises for storage errors.
+
+    ``names`` may be a lazy iterator (a manifest streamed from the database): at most one
+    batch is held in memory.
+    """
+    storage = storage or default_storage
+    deleter = _s3_delete if is_s3(storage) else _local_delete
+    outcome = DeleteOutcome()
+    for batch in batched(names, DELETE_BATCH):
+        failed = _delete_with_retries(deleter, storage, batch, outcome)
+        outcome.deleted += len(batch) - len(failed)
+        outcome.failed.update(failed)
+    if outcome.failed:
+        logger.warning(
+            "storage objects not deleted",
+            extra={"count": len(outcome.failed), "keys": sorted(outcome.failed)[:10]},
+        )
+    return outcome
+
+
+# --- Listing -------------------------------------------------------------------------------------
+
+
+def _iter_s3(storage: Storage, prefix: str, start_after: str) -> Iterator[ListedObject]:
+    client = storage.bucket.meta.client  # type: ignore[attr-defined]
+    params = {"Bucket": storage.bucket_name, "Prefix": _s3_key(storage, prefix), "MaxKeys": LIST_PAGE}  # type: ignore[attr-defined]
+    if start_after:
+        params["StartAfter"] = _s3_key(storage, start_after)
+    while True:
+        page = client.list_objects_v2(**params)
+        for item in page.get("Contents", []):
+            yield ListedObject(key=_s3_name(storage, item["Key"]), size=item["Size"], modified=item["LastModified"])
+        if not page.get("IsTruncated"):
+            return
+        params["ContinuationToken"] = page["NextContinuationToken"]
+        params.pop("StartAfter", None)
+
+
+def _iter_local_dir(root: str, relative: str, start_after: str) -> Iterator[ListedObject]:
+    """Files under ``root/relative`` in the byte order S3 lists keys in, skipping keys <= start_after."""
+    try:
+        entries = list(os.scandir(os.path.join(root, relative)))
+    except FileNotFoundError:
+        return
+    # A folder sorts by its name plus "/" so the walk yields keys in plain string order.
+    named = sorted((f"{relative}{e.name}" + ("/" if e.is_dir() else ""), e) for e in entries)
+    for name, entry in named:
+        if entry.is_dir():
+            # Every key below starts with ``name``: skip the folder when the cursor is past all of them.
+            if start_after >= name and not start_after.startswith(name):
+                continue
+            yield from _iter_local_dir(root, name, start_after)
+        elif name > start_after:
+            stat = entry.stat()
+            yield ListedObject(key=name, size=stat.st_size, modified=datetime.fromtimestamp(stat.st_mtime, tz=UTC))
+
+
+def iter_objects(prefix: str, *, start_after: str = "", storage: Storage | None = None) -> Iterator[ListedObject]:
+    """Objects under ``prefix`` in key order, starting after ``start_after``; lazy, page by page."""
+    storage = storage or default_storage
+    if is_s3(storage):
+        return _iter_s3(storage, prefix, start_after)
+    if hasattr(storage, "path"):
+        return _iter_local_dir(storage.path(""), prefix, start_after)
+    raise NotImplementedError(f"listing is not supported for {type(storage).__name__}")
+
+
+def list_objects(
+    prefix: str, *, start_after: str = "", limit: int, storage: Storage | None = None
+) -> list[ListedObject]:
+    """At most ``limit`` objects under ``prefix`` after ``start_after``, in key order."""
+    return list(islice(iter_objects(prefix, start_after=start_after, storage=storage), limit))

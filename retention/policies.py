@@ -1,0 +1,279 @@
+"""Why and when a task's data is due for deletion.
+
+Due = the earliest of the task's own ``expires_at``, the age limit (``keep_for``) of the most
+specific enabled policy for its terminal status, and that policy's count cap (``keep_last``:
+only the newest N per task type and status are kept). The most specific policy decides a task
+entirely: type+status > type > status > default. Active legal holds block everything.
+
+Every function returns a queryset (never a list of ids), so sweeps take bounded batches of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, QuerySet
+
+from retention import conf
+from retention.models import PolicyMode, Reason, RetentionPolicy
+from retention.querysets import exclude_held, only_held
+from tasks_app import conf as tasks_conf
+from tasks_app.models import PENDING_STATUSES, TERMINAL_STATUSES, StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.querysets import TaskQuerySet
+
+TERMINAL = [str(status) for status in TERMINAL_STATUSES]
+# Running tasks are purged when they finish (the task_finished signal), never mid-run.
+EXPIRABLE = [str(status) for status in PENDING_STATUSES] + TERMINAL
+GONE = [TaskStatus.PURGING, TaskStatus.EXPIRED]
+
+
+# --- Own expiry, claims, results ---------------------------------------------------------------
+
+
+def expiry_due(now: datetime) -> TaskQuerySet:
+    """Tasks whose own ``expires_at`` has passed, not running, not held."""
+    # The exclude repeats the partial index's predicate so PostgreSQL can use task_expires_idx.
+    tasks = Task.objects.filter(expires_at__lte=now, status__in=EXPIRABLE).exclude(status__in=GONE)
+    return exclude_held(tasks)
+
+
+def stale_claims(now: datetime) -> TaskQuerySet:
+    """Tasks left ``purging`` longer than RETENTION_CLAIM_TIMEOUT (their purger died or failed)."""
+    return Task.objects.filter(status=TaskStatus.PURGING, status_changed_at__lt=now - conf.claim_timeout())
+
+
+def _results_due_rows(rows: QuerySet, now: datetime) -> QuerySet:
+    rows = rows.filter(task__result_expires_at__lte=now).exclude(task__status__in=GONE)
+    return exclude_held(rows, task_path="task__")
+
+
+def results_due_ids(now: datetime, *, after: str | None, limit: int) -> list[str]:
+    """Ids (ascending, after ``after``) of live tasks past ``result_expires_at`` with a result left.
+
+    Driven from the result and manifest tables, which shrink as results are purged, rather
+    than from tasks, whose past ``result_expires_at`` stays for the API to answer 410.
+    """
+    results = _results_due_rows(TaskResult.objects.all(), now)
+    files = _results_due_rows(StoredObject.objects.exclude(kind=StoredObject.INPUT_KIND), now)
+    if after:
+        results, files = results.filter(task_id__gt=after), files.filter(task_id__gt=after)
+    first = list(results.order_by("task_id").values_list("task_id", flat=True)[:limit])
+    second = list(files.order_by("task_id").values_list("task_id", flat=True).distinct()[:limit])
+    return [str(task_id) for task_id in sorted(set(first) | set(second))[:limit]]
+
+
+def results_due(now: datetime) -> TaskQuerySet:
+    """Live tasks past ``result_expires_at`` that still have a result or result files (for counts)."""
+    has_result = Exists(TaskResult.objects.filter(task=OuterRef("pk")))
+    has_files = Exists(StoredObject.objects.filter(task=OuterRef("pk")).exclude(kind=StoredObject.INPUT_KIND))
+    tasks = Task.objects.filter(result_expires_at__lte=now).exclude(status__in=GONE).filter(has_result | has_files)
+    return exclude_held(tasks)
+
+
+# --- Policies ----------------------------------------------------------------------------------
+
+
+def enabled_policies() -> list[RetentionPolicy]:
+    """Every enabled policy, by id."""
+    return list(RetentionPolicy.objects.enabled().order_by("pk"))
+
+
+def most_specific(policies: Iterable[RetentionPolicy], task_type: str, status: str) -> RetentionPolicy | None:
+    """The policy deciding a task of this type and status: type+status > type > status > default."""
+    candidates = [p for p in policies if p.task_type in ("", task_type) and p.status in ("", status)]
+    return max(candidates, key=lambda p: p.specificity, default=None)
+
+
+def governed(policy: RetentionPolicy, policies: Sequence[RetentionPolicy]) -> TaskQuerySet:
+    """Terminal tasks this policy decides: its scope minus what a more specific policy takes."""
+    tasks = Task.objects.filter(status=policy.status) if policy.status else Task.objects.filter(status__in=TERMINAL)
+    if policy.task_type:
+        tasks = tasks.filter(task_type=policy.task_type)
+    for other in policies:
+        if other.pk == policy.pk or other.specificity <= policy.specificity:
+            continue
+        if policy.task_type and other.task_type and other.task_type != policy.task_type:
+            continue
+        if policy.status and other.status and other.status != policy.status:
+            continue
+        taken = Q()
+        if other.task_type:
+            taken &= Q(task_type=other.task_type)
+        if other.status:
+            taken &= Q(status=other.status)
+        tasks = tasks.exclude(taken)
+    return tasks
+
+
+def age_cutoff(policy: RetentionPolicy, now: datetime) -> datetime | None:
+    """Tasks finished (or created, if never finished) at or before this are due by age."""
+    return None if policy.keep_for is None else now - policy.keep_for
+
+
+def age_due(policy: RetentionPolicy, policies: Sequence[RetentionPolicy], now: datetime) -> TaskQuerySet:
+    """Governed tasks older than the policy's ``keep_for``, not held (empty without ``keep_for``)."""
+    cutoff = age_cutoff(policy, now)
+    if cutoff is None:
+        return Task.objects.none()
+    old = Q(finished_at__lte=cutoff) | Q(finished_at__isnull=True, created_at__lte=cutoff)
+    return exclude_held(governed(policy, policies).filter(old))
+
+
+def count_cap_groups(policy: RetentionPolicy, policies: Sequence[RetentionPolicy]) -> list[tuple[str, str]]:
+    """The (task type, status) groups the policy's ``keep_last`` applies to."""
+    if policy.keep_last is None:
+        return []
+    groups = governed(policy, policies).order_by().values_list("task_type", "status").distinct()
+    return sorted(groups)
+
+
+def count_due(
+    policy: RetentionPolicy, policies: Sequence[RetentionPolicy], task_type: str, status: str
+) -> TaskQuerySet:
+    """Tasks of one group beyond the newest ``keep_last`` (newest by ``finished_at``), not held."""
+    if policy.keep_last is None:
+        return Task.objects.none()
+    group = governed(policy, policies).filter(task_type=task_type, status=status)
+    # The N-th newest row is the boundary: one index walk of N rows, not a paginated scan.
+    newest_first = (F("finished_at").desc(nulls_last=True), F("pk").desc())
+    boundary = list(
+        group.order_by(*newest_first).values_list("finished_at", "pk")[policy.keep_last - 1 : policy.keep_last]
+    )
+    if not boundary:
+        return Task.objects.none()
+    finished_at, pk = boundary[0]
+    if finished_at is None:
+        older = Q(finished_at__isnull=True, pk__lt=pk)
+    else:
+        older = Q(finished_at__lt=finished_at) | Q(finished_at=finished_at, pk__lt=pk) | Q(finished_at__isnull=True)
+    return exclude_held(group.filter(older))
+
+
+def count_reason(policy: RetentionPolicy) -> str:
+    """The claim reason of a count-cap deletion (audited as ``count_cap`` with the policy's id)."""
+    return f"{Reason.COUNT_CAP}:{policy.pk}"
+
+
+# --- Result TTL --------------------------------------------------------------------------------
+
+
+def default_result_ttl(task: Task) -> timedelta | None:
+    """A task's default result TTL: the deciding policy's ``result_ttl``, else RESULT_TTL.
+
+    Results are stored only on success, so the policy for the ``succeeded`` status decides.
+    """
+    policies = RetentionPolicy.objects.enabled().matching(task.task_type, TaskStatus.SUCCEEDED)
+    policy = most_specific(policies, task.task_type, TaskStatus.SUCCEEDED)
+    if policy is not None and policy.result_ttl is not None:
+        return policy.result_ttl
+    return tasks_conf.result_ttl()
+
+
+# --- One task: when and why ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a task's data is due and which rule decides it."""
+
+    at: datetime | None
+    reason: str
+    policy: RetentionPolicy | None = None
+    held: bool = False
+
+
+def deadline(task: Task, now: datetime, policies: Sequence[RetentionPolicy] | None = None) -> Deadline:
+    """The earliest rule deleting ``task`` (own expiry, policy age, count cap); ``at`` None = never."""
+    if task.status in GONE:
+        return Deadline(at=task.expired_at, reason=task.purge_reason or "")
+    policies = enabled_policies() if policies is None else policies
+    held = only_held(Task.objects.filter(pk=task.pk)).exists()
+    candidates: list[tuple[datetime, str, RetentionPolicy | None]] = []
+    if task.expires_at is not None:
+        candidates.append((task.expires_at, Reason.EXPIRES_AT, None))
+    policy = most_specific(policies, task.task_type, task.status) if task.status in TERMINAL else None
+    if policy is not None and policy.mode == PolicyMode.ENFORCE:
+        if policy.keep_for is not None:
+            candidates.append(
+                ((task.finished_at or task.created_at) + policy.keep_for, Reason.policy(policy.pk), policy)
+            )
+        if (
+            policy.keep_last is not None
+            and count_due(policy, policies, task.task_type, task.status).filter(pk=task.pk).exists()
+        ):
+            candidates.append((now, Reason.COUNT_CAP, policy))
+    if not candidates:
+        return Deadline(at=None, reason="", held=held)
+    at, reason, deciding = min(candidates, key=lambda c: c[0])
+    return Deadline(at=at, reason=reason, policy=deciding, held=held)
+
+
+# --- Preview and lag -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyPreview:
+    """What one policy would delete now."""
+
+    policy: RetentionPolicy
+    by_age: int
+    by_count: int
+    held: int
+
+
+def preview(now: datetime) -> list[PolicyPreview]:
+    """For every enabled policy with an age or count rule: what it would delete now."""
+    policies = enabled_policies()
+    rows = []
+    for policy in policies:
+        if policy.keep_for is None and policy.keep_last is None:
+            continue
+        by_age = age_due(policy, policies, now)
+        by_count = 0
+        for task_type, status in count_cap_groups(policy, policies):
+            by_count += count_due(policy, policies, task_type, status).exclude(pk__in=by_age.values("pk")).count()
+        cutoff = age_cutoff(policy, now)
+        held = (
+            only_held(
+                governed(policy, policies).filter(
+                    Q(finished_at__lte=cutoff) | Q(finished_at__isnull=True, created_at__lte=cutoff)
+                )
+            ).count()
+            if cutoff is not None
+            else 0
+        )
+        rows.append(PolicyPreview(policy=policy, by_age=by_age.count(), by_count=by_count, held=held))
+    return rows
+
+
+def retention_lag(now: datetime) -> timedelta:
+    """Age of the oldest overdue deletion (own expiry, result TTL, policy age, stale claim); 0 if none."""
+    overdue_since: list[datetime] = []
+    oldest = expiry_due(now).aggregate(at=Min("expires_at"))["at"]
+    if oldest is not None:
+        overdue_since.append(oldest)
+    oldest = results_due(now).aggregate(at=Min("result_expires_at"))["at"]
+    if oldest is not None:
+        overdue_since.append(oldest)
+    oldest = stale_claims(now).aggregate(at=Min("status_changed_at"))["at"]
+    if oldest is not None:
+        overdue_since.append(oldest)
+    policies = enabled_policies()
+    for policy in policies:
+        if policy.mode != PolicyMode.ENFORCE or policy.keep_for is None:
+            continue
+        due = age_due(policy, policies, now).aggregate(fin=Min("finished_at"), created=Min("created_at"))
+        started = due["fin"] or due["created"]
+        if started is not None:
+            overdue_since.append(started + policy.keep_for)
+    if not overdue_since:
+        return timedelta(0)
+    return max(now - min(overdue_since), timedelta(0))
+
+
+def status_counts() -> dict[str, int]:
+    """Tasks per status."""
+    rows = Task.objects.order_by().values_list("status").annotate(n=Count("pk"))
+    return {status: n for status, n in rows}

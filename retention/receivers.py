@@ -1,0 +1,35 @@
+"""What retention plugs into tasks_app in ready(): the finished-task signal and the result-TTL hook."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from retention import services
+
+logger = logging.getLogger(__name__)
+
+PURGE_EXPIRED_TASK = "retention.purge_expired_task"
+
+
+def on_task_finished(sender: Any, task_id: UUID, status: str, **kwargs: Any) -> None:
+    """A task finished after its expiry passed while it ran: hand its purge to the fleet.
+
+    The executor must not wait for storage deletes, and a lost message is harmless: the
+    tasks sweep finds the same task on its next run.
+    """
+    try:
+        if not services.needs_purge_after_finish(task_id, now=timezone.now()):
+            return
+        from project.celery import app
+
+        transaction.on_commit(lambda: app.signature(PURGE_EXPIRED_TASK, args=[str(task_id)]).apply_async())
+        logger.info("purge after finish requested", extra={"task_id": str(task_id), "status": status})
+    except Exception:
+        logger.exception(
+            "purge after finish not requested; the tasks sweep will purge it", extra={"task_id": str(task_id)}
+        )

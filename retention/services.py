@@ -1,0 +1,91 @@
+"""Retention's public write paths: user erasure, purge after a late finish, legal holds."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db.models import Case, F, Q, QuerySet, Value, When
+from django.utils import timezone
+
+from retention import policies, purge
+from retention.models import LegalHold, Reason
+from retention.querysets import exclude_held
+from tasks_app.models import Task, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+
+class TaskOnLegalHold(Exception):
+    """The task is under an active legal hold: its data must not be deleted."""
+
+
+def purge_now(task: Task | UUID | str, *, now: datetime | None = None) -> bool:
+    """Erase a task's data at its owner's request, in this process; return whether it is gone.
+
+    Audited as ``user_erasure`` / ``user_request``. A running task cannot lose its data under
+    the handler's feet: it is marked for erasure and purged as soon as it finishes (False is
+    returned). False is also returned if some objects could not be deleted; the tasks sweep
+    finishes the purge after RETENTION_CLAIM_TIMEOUT. Raises TaskOnLegalHold if a hold covers
+    the task, Task.DoesNotExist for an unknown id.
+    """
+    now = now or timezone.now()
+    task_id = getattr(task, "pk", task)
+    row = Task.objects.get(pk=task_id)
+    if row.status == TaskStatus.EXPIRED:
+        return True
+    if LegalHold.objects.active().covering(row).exists():
+        raise TaskOnLegalHold(f"task {task_id} is under a legal hold")
+    if row.status == TaskStatus.RUNNING:
+        deferred = Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING).update(
+            purge_reason=Reason.USER_REQUEST,
+            expires_at=Case(
+                When(Q(expires_at__isnull=True) | Q(expires_at__gt=now), then=Value(now)), default=F("expires_at")
+            ),
+        )
+        if deferred:
+            logger.info("erasure deferred until the task finishes", extra={"task_id": str(task_id)})
+            return False
+    claimable = Task.objects.filter(pk=task_id).exclude(
+        status__in=[TaskStatus.RUNNING, TaskStatus.PURGING, TaskStatus.EXPIRED]
+    )
+    purge.claim(exclude_held(claimable), reason=Reason.USER_REQUEST, now=now, limit=1, skip_locked=False)
+    # Also finishes a claim another purger holds: the final transaction audits it once.
+    purge.purge_claimed([task_id], now=now)
+    logger.info("user erasure", extra={"task_id": str(task_id)})
+    return Task.objects.filter(pk=task_id, status=TaskStatus.EXPIRED).exists()
+
+
+def purge_if_expired(task_id: UUID | str, *, now: datetime) -> bool:
+    """Purge a task that finished after its ``expires_at`` passed; return whether it was purged."""
+    claimed = purge.claim(
+        policies.expiry_due(now).filter(pk=task_id), reason=Reason.EXPIRES_AT, now=now, limit=1, skip_locked=False
+    )
+    if not claimed:
+        return False
+    counts = purge.purge_claimed(claimed, now=now)
+    return counts.purged == 1
+
+
+def needs_purge_after_finish(task_id: UUID | str, *, now: datetime) -> bool:
+    """Whether a task that just finished is already past its ``expires_at``."""
+    return policies.expiry_due(now).filter(pk=task_id).exists()
+
+
+def release_holds(holds: QuerySet, *, now: datetime) -> int:
+    """Release active legal holds; the tasks they covered become deletable again."""
+    released = holds.filter(released_at__isnull=True).update(released_at=now)
+    if released:
+        logger.info("legal holds released", extra={"count": released})
+    return released
+
+
+def hold(*, reason: str, created_by: Any = None, **scope: Any) -> LegalHold:
+    """Place a legal hold (scope: ``task``, ``owner`` and/or ``task_type``), validated like the admin."""
+    legal_hold = LegalHold(reason=reason, created_by=created_by, **scope)
+    legal_hold.full_clean()
+    legal_hold.save()
+    logger.info("legal hold placed", extra={"hold_id": legal_hold.pk})
+    return legal_hold

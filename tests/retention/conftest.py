@@ -1,0 +1,123 @@
+"""Fixtures for the retention tests: task factories, the bucket, local storage, Celery in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.storage import PREFIX, save_object
+
+
+@pytest.fixture(autouse=True)
+def celery_in_process() -> Iterator[None]:
+    """Run Celery messages in-process (eagerly) so no retention message reaches the shared broker."""
+    import retention.tasks  # noqa: F401 - registers the tasks, so signatures run eagerly
+    from project.celery import app
+
+    before = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = before
+
+
+@pytest.fixture(autouse=True)
+def no_backoff_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the retry backoff of storage deletes instead of sleeping."""
+    from retention import objects
+
+    slept: list[float] = []
+    monkeypatch.setattr(objects, "sleep", slept.append)
+    return slept
+
+
+@pytest.fixture
+def no_default_policy(db: None) -> None:
+    """Disable the migration's default policy (dead: 90 days, newest 10,000) for tests of their own policies."""
+    from retention.models import RetentionPolicy
+
+    RetentionPolicy.objects.update(enabled=False)
+
+
+@pytest.fixture
+def make_task(db: None) -> Callable[..., Task]:
+    """Create a task row directly: ``make_task(status="succeeded", files={"out/a.txt": b"..."}, result={...})``."""
+
+    def make(
+        task_type: str = "demo.report",
+        *,
+        status: str = TaskStatus.SUCCEEDED,
+        owner: Any = None,
+        created_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        expires_at: datetime | None = None,
+        result_expires_at: datetime | None = None,
+        result: Any = None,
+        files: dict[str, bytes] | None = None,
+        input_file: bytes | None = None,
+        **fields: Any,
+    ) -> Task:
+        now = timezone.now()
+        created_at = created_at or now
+        if finished_at is None and status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD):
+            finished_at = created_at
+        task = Task.objects.create(
+            task_type=task_type,
+            status=status,
+            owner=owner,
+            payload=fields.pop("payload", {"secret": "payload"}),
+            timeout=timedelta(minutes=1),
+            created_at=created_at,
+            status_changed_at=finished_at or created_at,
+            finished_at=finished_at,
+            expires_at=expires_at,
+            result_expires_at=result_expires_at,
+            usage=fields.pop("usage", {"pages": 1}),
+            error=fields.pop("error", "boom" if status in (TaskStatus.FAILED, TaskStatus.DEAD) else ""),
+            **fields,
+        )
+        if result is not None:
+            TaskResult.objects.create(task=task, data=result)
+        for name, data in (files or {}).items():
+            folder, _, filename = name.rpartition("/")
+            save_object(task, filename, data, kind=folder or "file", folder=folder or "file")
+        if input_file is not None:
+            save_object(task, "input.bin", input_file, kind=StoredObject.INPUT_KIND, folder="input")
+        return task
+
+    return make
+
+
+@pytest.fixture
+def s3_client() -> Any:
+    """The boto3 client of the django-storages bucket (the one retention deletes through)."""
+    return default_storage.bucket.meta.client
+
+
+@pytest.fixture
+def empty_bucket(s3_client: Any) -> None:
+    """Remove every object under tasks/ left by earlier tests (their rows were rolled back: orphans)."""
+    bucket = default_storage.bucket
+    keys = [{"Key": obj.key} for obj in bucket.objects.filter(Prefix=PREFIX)]
+    for start in range(0, len(keys), 1000):
+        s3_client.delete_objects(Bucket=bucket.name, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
+
+
+@pytest.fixture
+def local_storage(settings: Any, tmp_path: Any) -> Any:
+    """Switch the default storage to local files under tmp_path (Django resets its storage caches)."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "media"), "allow_overwrite": True},
+        },
+    }
+    from django.core.files.storage import default_storage as storage
+
+    return storage

@@ -1,0 +1,364 @@
+"""The purge path end to end: claim → objects deleted → one transaction (audit, rows, tombstone)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.files.base import ContentFile
+from django.utils import timezone
+
+from retention import purge, services, sweeps
+from retention.models import AuditAction, AuditRecord, LegalHold, SweepKind, SweepRun
+from retention.purge import PurgeCounts
+from tasks_app.executor import execute
+from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.services import submit
+from tasks_app.storage import task_prefix
+
+
+def _bytes_of(task: Task) -> tuple[int, int]:
+    rows = list(StoredObject.objects.filter(task=task).values_list("size", flat=True))
+    return len(rows), sum(rows)
+
+
+@pytest.mark.django_db
+def test_tasks_with_files_expire_completely_and_leave_a_billing_tombstone(make_user: Any, bucket_keys: Any) -> None:
+    # given two finished demo.report tasks (input file + two result files + a result) that expire in an hour
+    owner = make_user("alice")
+    tasks = []
+    for customer in ("ACME", "Initech"):
+        task = submit(
+            "demo.report",
+            {"customer": customer},
+            owner=owner,
+            expires_in=timedelta(hours=1),
+            input_file=ContentFile(b"input document", name="in.txt"),
+        )
+        assert execute(task.id, worker="test") == TaskStatus.SUCCEEDED
+        tasks.append(Task.objects.get(pk=task.pk))
+    expected = {task.pk: _bytes_of(task) for task in tasks}
+    assert all(count == 3 for count, _ in expected.values())
+    assert all(bucket_keys(task_prefix(task.pk)) for task in tasks)
+    later = timezone.now() + timedelta(hours=1, seconds=1)
+
+    # when the tasks sweep runs after expiry
+    run = sweeps.sweep_tasks(later)
+
+    # then nothing of the tasks is left but the tombstone, and each has exactly one audit record
+    for before in tasks:
+        task = Task.objects.get(pk=before.pk)
+        assert not TaskResult.objects.filter(task_id=task.pk).exists()
+        assert not StoredObject.objects.filter(task_id=task.pk).exists()
+        assert bucket_keys(task_prefix(task.pk)) == set()
+        assert task.status == TaskStatus.EXPIRED
+        assert task.expired_at == later
+        assert task.payload is None
+        assert task.error == ""
+        assert task.result_expires_at is None
+        assert (task.owner_id, task.task_type, task.created_at, task.finished_at) == (
+            before.owner_id,
+            before.task_type,
+            before.created_at,
+            before.finished_at,
+        )
+        assert task.final_status == TaskStatus.SUCCEEDED
+        assert task.usage == {"pages": 1}
+        (record,) = AuditRecord.objects.filter(task_id=task.pk)
+        assert (record.action, record.reason) == (AuditAction.TASK_PURGED, "expires_at")
+        assert (record.objects_deleted, record.bytes_freed) == expected[task.pk]
+        assert (record.owner_id, record.task_type, record.sweep_run_id) == (owner.pk, "demo.report", run.pk)
+    assert (run.kind, run.claimed, run.purged, run.failed) == (SweepKind.TASKS, 2, 2, 0)
+    assert run.objects_deleted == 6
+    assert run.bytes_freed == sum(b for _, b in expected.values())
+    assert run.finished_at is not None
+
+
+@pytest.mark.django_db
+def test_nothing_is_claimed_before_expiry(make_task: Any) -> None:
+    # given a task expiring in a minute
+    now = timezone.now()
+    task = make_task(expires_at=now + timedelta(minutes=1), files={"out/a.txt": b"a"})
+
+    # when the sweep runs now
+    run = sweeps.sweep_tasks(now)
+
+    # then it is untouched
+    assert run.claimed == 0
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.SUCCEEDED
+    assert StoredObject.objects.filter(task=task).count() == 1
+
+
+@pytest.mark.django_db
+def test_failure_after_objects_are_deleted_leaves_the_task_purging_until_a_later_sweep_finishes_it(
+    make_task: Any, bucket_keys: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    # given an expired task with files, and a tombstone step that fails once
+    now = timezone.now()
+    task = make_task(expires_at=now - timedelta(seconds=1), files={"out/a.txt": b"aaa", "out/b.txt": b"bb"}, result=1)
+    real_tombstone = purge._tombstone
+    failures = iter([RuntimeError("database went away mid-transaction")])
+
+    def flaky_tombstone(*args: Any, **kwargs: Any) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        real_tombstone(*args, **kwargs)
+
+    monkeypatch.setattr(purge, "_tombstone", flaky_tombstone)
+
+    # when the first sweep deletes the objects and then fails before committing
+    first = sweeps.sweep_tasks(now)
+
+    # then the objects are gone but the transaction rolled back: still purging, nothing audited
+    row = Task.objects.get(pk=task.pk)
+    assert row.status == TaskStatus.PURGING
+    assert row.purge_reason == "expires_at"
+    assert bucket_keys(task_prefix(task.pk)) == set()
+    assert StoredObject.objects.filter(task=task).count() == 2
+    assert TaskResult.objects.filter(task=task).exists()
+    assert not AuditRecord.objects.filter(task_id=task.pk).exists()
+    assert (first.purged, first.failed) == (0, 1)
+    assert first.errors
+
+    # when a sweep runs before the claim timeout: the claim is not taken over yet
+    assert sweeps.sweep_tasks(now + timedelta(seconds=10)).claimed == 0
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.PURGING
+
+    # when a sweep runs after the claim timeout
+    later = now + settings.RETENTION_CLAIM_TIMEOUT + timedelta(seconds=1)
+    second = sweeps.sweep_tasks(later)
+
+    # then it finishes the purge with exactly one audit record counting both objects
+    assert second.purged == 1
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.EXPIRED
+    (record,) = AuditRecord.objects.filter(task_id=task.pk)
+    assert (record.reason, record.objects_deleted, record.bytes_freed) == ("expires_at", 2, 5)
+
+
+@pytest.mark.django_db
+def test_the_same_purge_twice_and_interleaved_audits_once(make_task: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a claimed task
+    now = timezone.now()
+    task = make_task(expires_at=now, files={"out/a.txt": b"a"})
+    claimed = purge.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=10)
+    assert claimed == [task.pk]
+
+    # when a second purger finishes the same task between this one's object deletion and its transaction
+    real_finish = purge._finish
+    raced: list[PurgeCounts] = []
+
+    def finish_after_a_rival(*args: Any, **kwargs: Any) -> PurgeCounts:
+        if not raced:
+            raced.append(PurgeCounts())
+            raced[0] = purge.purge_claimed(claimed, now=now)
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(purge, "_finish", finish_after_a_rival)
+    mine = purge.purge_claimed(claimed, now=now)
+    # and the purge is run once more afterwards
+    again = purge.purge_claimed(claimed, now=now)
+
+    # then exactly one purge counts it and there is one audit record
+    assert (raced[0].purged, mine.purged, again.purged) == (1, 0, 0)
+    assert AuditRecord.objects.filter(task_id=task.pk).count() == 1
+
+
+@pytest.mark.django_db
+def test_batch_size_three_claims_in_batches_of_three(make_task: Any, settings: Any) -> None:
+    # given 7 expired tasks and a batch size of 3
+    settings.RETENTION_BATCH_SIZE = 3
+    now = timezone.now()
+    for i in range(7):
+        make_task(expires_at=now - timedelta(minutes=i))
+    chunks: list[int] = []
+
+    class Recording(sweeps.InProcess):
+        def purge_tasks(self, task_ids: list[Any], run_id: int) -> None:
+            chunks.append(len(task_ids))
+            super().purge_tasks(task_ids, run_id)
+
+    # when the sweep runs
+    run = sweeps.sweep_tasks(now, fanout=Recording(now))
+
+    # then it claimed 3 + 3 + 1 and purged all of them
+    assert chunks == [3, 3, 1]
+    assert (run.claimed, run.purged) == (7, 7)
+    assert Task.objects.filter(status=TaskStatus.EXPIRED).count() == 7
+
+
+@pytest.mark.django_db
+def test_fleet_sweep_fans_out_chunks_and_re_enqueues_while_more_remains(
+    make_task: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    # given 5 expired tasks, batches of 2 and one batch per sweep message
+    settings.RETENTION_BATCH_SIZE = 2
+    settings.RETENTION_SWEEP_BATCHES = 1
+    now = timezone.now()
+    for _ in range(5):
+        make_task(expires_at=now - timedelta(seconds=1), files={"out/a.txt": b"x"})
+    from retention.tasks import sweep_expired_tasks
+
+    # when beat's message runs on a worker (eagerly here: chunks and continuations run as sent)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        sweep_expired_tasks.delay()
+
+    # then the one run claimed 2 + 2 + 1 through three chunks and three sweep messages, and finished
+    (run,) = SweepRun.objects.filter(kind=SweepKind.TASKS)
+    assert len(callbacks) == 3 + 2  # three chunks, two continuations
+    assert (run.claimed, run.purged, run.objects_deleted, run.pending_parts) == (5, 5, 5, 0)
+    assert run.finished_at is not None
+    assert Task.objects.filter(status=TaskStatus.EXPIRED).count() == 5
+
+
+@pytest.mark.django_db
+def test_scheduled_and_queued_tasks_past_expiry_are_cancelled_and_purged_unrun(make_task: Any) -> None:
+    # given a scheduled and a queued task whose data expired before they ran
+    now = timezone.now()
+    scheduled = make_task(status=TaskStatus.SCHEDULED, run_at=now + timedelta(hours=1), expires_at=now)
+    queued = make_task(status=TaskStatus.QUEUED, expires_at=now, input_file=b"input")
+
+    # when the sweep runs
+    sweeps.sweep_tasks(now)
+
+    # then both are tombstones that record they never ran, and the worker ignores a late delivery
+    for task in (scheduled, queued):
+        row = Task.objects.get(pk=task.pk)
+        assert (row.status, row.final_status, row.attempts) == (TaskStatus.EXPIRED, TaskStatus.CANCELLED, 0)
+        assert row.finished_at == now
+    assert execute(queued.pk, worker="test") == "ignored"
+    assert AuditRecord.objects.get(task_id=queued.pk).objects_deleted == 1
+
+
+@pytest.mark.django_db
+def test_running_task_whose_expiry_passes_is_purged_right_after_it_finishes(
+    task_types: Any, bucket_keys: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    # given a handler during which the task's expiry passes, and a sweep that runs meanwhile
+    seen_by_sweep: list[int] = []
+
+    def handler(ctx: Any, payload: Any) -> dict[str, int]:
+        Task.objects.filter(pk=ctx.task.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+        ctx.save_file("out.txt", b"written while running", kind="output")
+        seen_by_sweep.append(sweeps.sweep_tasks(timezone.now()).claimed)
+        return {"ok": 1}
+
+    task_types("t.slow", handler)
+    task = submit("t.slow", {}, expires_in=timedelta(hours=1))
+
+    # when the task runs and finishes (the finished signal's purge message runs in-process)
+    with django_capture_on_commit_callbacks(execute=True):
+        status = execute(task.pk, worker="test")
+
+    # then the sweep left the running task alone, and it was purged as soon as it finished
+    assert status == TaskStatus.SUCCEEDED
+    assert seen_by_sweep == [0]
+    row = Task.objects.get(pk=task.pk)
+    assert (row.status, row.final_status) == (TaskStatus.EXPIRED, TaskStatus.SUCCEEDED)
+    assert bucket_keys(task_prefix(task.pk)) == set()
+    record = AuditRecord.objects.get(task_id=task.pk)
+    assert (record.action, record.reason, record.objects_deleted, record.sweep_run_id) == (
+        AuditAction.TASK_PURGED,
+        "expires_at",
+        1,
+        None,
+    )
+
+
+@pytest.mark.django_db
+def test_purge_now_erases_in_process_and_audits_the_user_request(make_user: Any, bucket_keys: Any) -> None:
+    # given a finished task with files and a result, which would otherwise live for a year
+    owner = make_user()
+    task = submit("demo.report", {"customer": "ACME"}, owner=owner, expires_in=timedelta(days=365))
+    execute(task.pk, worker="test")
+
+    # when its owner asks for erasure
+    gone = services.purge_now(task)
+
+    # then it is erased before purge_now returns, audited as a user erasure; asking again changes nothing
+    assert gone is True
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.EXPIRED
+    assert bucket_keys(task_prefix(task.pk)) == set()
+    assert services.purge_now(task.pk) is True
+    (record,) = AuditRecord.objects.filter(task_id=task.pk)
+    assert (record.action, record.reason, record.objects_deleted) == (AuditAction.USER_ERASURE, "user_request", 2)
+
+
+@pytest.mark.django_db
+def test_purge_now_of_a_running_task_waits_for_it_to_finish(
+    task_types: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    # given a handler that asks for erasure of its own task while it runs
+    answers: list[bool] = []
+
+    def handler(ctx: Any, payload: Any) -> int:
+        answers.append(services.purge_now(ctx.task.pk))
+        ctx.save_file("late.txt", b"still written", kind="output")
+        return 1
+
+    task_types("t.erase", handler)
+    task = submit("t.erase", {})
+
+    # when the task runs to the end
+    with django_capture_on_commit_callbacks(execute=True):
+        execute(task.pk, worker="test")
+
+    # then erasure was deferred, and done as a user erasure once the task finished
+    assert answers == [False]
+    row = Task.objects.get(pk=task.pk)
+    assert (row.status, row.final_status) == (TaskStatus.EXPIRED, TaskStatus.SUCCEEDED)
+    record = AuditRecord.objects.get(task_id=task.pk)
+    assert (record.action, record.reason, record.objects_deleted) == (AuditAction.USER_ERASURE, "user_request", 1)
+
+
+@pytest.mark.django_db
+def test_purge_now_refuses_a_task_under_legal_hold(make_user: Any, make_task: Any) -> None:
+    # given a task whose owner is under a legal hold
+    owner = make_user()
+    task = make_task(owner=owner, files={"out/a.txt": b"evidence"})
+    services.hold(reason="case 42", owner=owner)
+
+    # when erasure is requested, then it is refused and nothing is deleted
+    with pytest.raises(services.TaskOnLegalHold):
+        services.purge_now(task)
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.SUCCEEDED
+    assert StoredObject.objects.filter(task=task).count() == 1
+    assert not AuditRecord.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_hold_placed_after_the_claim_gives_the_claim_back(make_task: Any) -> None:
+    # given an expired task claimed for purge, then put under a legal hold
+    now = timezone.now()
+    task = make_task(task_type="t.evidence", expires_at=now, files={"out/a.txt": b"evidence"})
+    purge.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+    LegalHold.objects.create(task_type="t.evidence", reason="subpoena")
+
+    # when the claimed task is purged
+    counts = purge.purge_claimed([task.pk], now=now)
+
+    # then nothing is deleted and the task is back to its status
+    assert counts.purged == 0
+    row = Task.objects.get(pk=task.pk)
+    assert (row.status, row.final_status, row.purge_reason) == (TaskStatus.SUCCEEDED, "", "")
+    assert StoredObject.objects.filter(task=task).count() == 1
+
+
+@pytest.mark.django_db
+def test_old_sweep_runs_that_did_nothing_are_pruned_and_the_others_kept(make_task: Any) -> None:
+    # given runs from 40 days ago: one empty, one with an error, one that purged a task; and an empty recent one
+    now = timezone.now()
+    old = now - timedelta(days=40)
+    empty = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=old, finished_at=old)
+    failing = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=old, finished_at=old, errors=["boom"])
+    busy = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=old, finished_at=old, purged=1)
+    recent = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=now, finished_at=now)
+
+    # when empty runs are pruned
+    pruned = sweeps.prune_empty_runs(now)
+
+    # then only the old empty one is gone
+    assert pruned == 1
+    assert set(SweepRun.objects.values_list("pk", flat=True)) == {failing.pk, busy.pk, recent.pk}
+    assert not SweepRun.objects.filter(pk=empty.pk).exists()

@@ -1,0 +1,112 @@
+"""Result TTL: the result and the files the handler wrote go; the task and its input stay."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.files.base import ContentFile
+from django.utils import timezone
+
+from retention import sweeps
+from retention.models import AuditAction, AuditRecord
+from tasks_app.executor import execute
+from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.services import submit
+from tasks_app.storage import task_prefix
+
+
+def _run_report(owner: Any, result_ttl: timedelta) -> Task:
+    task = submit(
+        "demo.report",
+        {"customer": "ACME"},
+        owner=owner,
+        result_ttl=result_ttl,
+        input_file=ContentFile(b"the input", name="in.txt"),
+    )
+    assert execute(task.pk, worker="test") == TaskStatus.SUCCEEDED
+    return Task.objects.get(pk=task.pk)
+
+
+@pytest.mark.django_db
+def test_result_ttl_zero_stores_no_result_and_the_next_sweep_deletes_the_result_files(
+    make_user: Any, bucket_keys: Any
+) -> None:
+    # given a task run with result_ttl=0: no TaskResult, but the handler wrote two result files
+    owner = make_user()
+    task = _run_report(owner, timedelta(0))
+    assert not TaskResult.objects.filter(task=task).exists()
+    assert task.result_expires_at == task.finished_at
+    result_keys = {o.key for o in StoredObject.objects.filter(task=task).exclude(kind="input")}
+    assert len(result_keys) == 2
+    assert result_keys <= bucket_keys(task_prefix(task.pk))
+
+    # when the results sweep runs
+    run = sweeps.sweep_results(timezone.now())
+
+    # then the result files are gone and audited; the task row and its input file are untouched
+    row = Task.objects.get(pk=task.pk)
+    assert (row.status, row.payload) == (TaskStatus.SUCCEEDED, {"customer": "ACME"})
+    assert list(StoredObject.objects.filter(task=task).values_list("kind", flat=True)) == ["input"]
+    assert bucket_keys(task_prefix(task.pk)) == {StoredObject.objects.get(task=task).key}
+    record = AuditRecord.objects.get(task_id=task.pk)
+    assert (record.action, record.reason, record.objects_deleted, record.owner_id) == (
+        AuditAction.RESULT_PURGED,
+        "result_ttl",
+        2,
+        owner.pk,
+    )
+    assert run.purged == 1
+
+    # when the sweep runs again, then nothing more happens
+    assert sweeps.sweep_results(timezone.now() + timedelta(minutes=1)).claimed == 0
+    assert AuditRecord.objects.filter(task_id=task.pk).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_short_result_ttl_keeps_the_result_until_it_passes(make_user: Any) -> None:
+    # given a task whose result lives five minutes
+    task = _run_report(make_user(), timedelta(minutes=5))
+    assert TaskResult.objects.filter(task=task).exists()
+
+    # when the sweep runs before the TTL passed, then the result stays
+    assert sweeps.sweep_results(task.finished_at + timedelta(minutes=4)).claimed == 0
+    assert TaskResult.objects.filter(task=task).exists()
+
+    # when it runs after the TTL passed
+    sweeps.sweep_results(task.finished_at + timedelta(minutes=5, seconds=1))
+
+    # then the result and its files are gone, audited once; result_expires_at still tells the API why
+    assert not TaskResult.objects.filter(task=task).exists()
+    assert StoredObject.objects.filter(task=task).count() == 1
+    row = Task.objects.get(pk=task.pk)
+    assert row.status == TaskStatus.SUCCEEDED
+    assert row.result_expires_at == task.result_expires_at
+    assert AuditRecord.objects.get(task_id=task.pk).objects_deleted == 2
+
+
+@pytest.mark.django_db
+def test_results_are_swept_in_batches_by_task_id(make_task: Any, settings: Any) -> None:
+    # given seven tasks with expired results (some only a TaskResult, some only files) and a batch size of 3
+    settings.RETENTION_BATCH_SIZE = 3
+    now = timezone.now()
+    tasks = [make_task(result_expires_at=now, result={"n": i}) for i in range(4)]
+    tasks += [make_task(result_expires_at=now, files={"out/a.txt": b"a"}) for _ in range(3)]
+    keep = make_task(result_expires_at=now + timedelta(hours=1), result={"n": 99})
+    chunks: list[list[str]] = []
+
+    class Recording(sweeps.InProcess):
+        def purge_results(self, task_ids: list[str], run_id: int) -> None:
+            chunks.append(task_ids)
+            super().purge_results(task_ids, run_id)
+
+    # when the results sweep runs
+    run = sweeps.sweep_results(now, fanout=Recording(now))
+
+    # then it walked the ids in order in batches of at most three and purged all seven
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    flat = [i for chunk in chunks for i in chunk]
+    assert flat == sorted(flat) == sorted(str(t.pk) for t in tasks)
+    assert run.purged == 7
+    assert TaskResult.objects.filter(task=keep).exists()
