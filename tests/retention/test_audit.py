@@ -1,0 +1,168 @@
+"""The audit trail: append-only in the ORM and in PostgreSQL; the CSV report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import DatabaseError, connection, transaction
+
+from retention import audit
+from retention.models import AppendOnlyError, AuditAction, AuditRecord, SweepRun
+
+
+def _record(**fields: Any) -> AuditRecord:
+    values = {
+        "task_id": uuid.uuid4(),
+        "owner_id": 7,
+        "task_type": "ocr.page",
+        "action": AuditAction.TASK_PURGED,
+        "reason": "expires_at",
+        "objects_deleted": 2,
+        "bytes_freed": 300,
+        "occurred_at": datetime(2026, 3, 1, 12, 30, 15, tzinfo=UTC),
+    }
+    values.update(fields)
+    return AuditRecord.objects.create(**values)
+
+
+@pytest.mark.django_db
+def test_the_orm_refuses_to_change_or_delete_audit_records() -> None:
+    # given a record
+    record = _record()
+
+    # when anything tries to change or delete it through the ORM, then it raises and the row is unchanged
+    with pytest.raises(AppendOnlyError):
+        AuditRecord.objects.filter(pk=record.pk).update(reason="tampered")
+    with pytest.raises(AppendOnlyError):
+        AuditRecord.objects.filter(pk=record.pk).delete()
+    with pytest.raises(AppendOnlyError):
+        AuditRecord.objects.bulk_update([record], ["reason"])
+    record.reason = "tampered"
+    with pytest.raises(AppendOnlyError):
+        record.save()
+    with pytest.raises(AppendOnlyError):
+        record.delete()
+    run = SweepRun.objects.create(kind="tasks")
+    _record(sweep_run=run)
+    with pytest.raises(Exception, match="protected"):
+        run.delete()
+    assert AuditRecord.objects.get(pk=record.pk).reason == "expires_at"
+    assert AuditRecord.objects.count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE retention_auditrecord SET reason = 'tampered'",
+        "UPDATE retention_auditrecord SET bytes_freed = 0 WHERE id = %s",
+        "DELETE FROM retention_auditrecord WHERE id = %s",
+        "DELETE FROM retention_auditrecord",
+    ],
+)
+def test_postgresql_refuses_update_and_delete_from_raw_sql(statement: str) -> None:
+    # given a record
+    record = _record()
+
+    # when raw SQL tries to change it, then PostgreSQL's trigger refuses
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(statement, [record.pk] if "%s" in statement else None)
+    assert AuditRecord.objects.get(pk=record.pk).reason == "expires_at"
+    # while inserting still works
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO retention_auditrecord (task_type, action, reason, objects_deleted, bytes_freed, occurred_at) "
+            "VALUES ('x', 'orphan_deleted', 'orphan', 0, 0, now())"
+        )
+    assert AuditRecord.objects.count() == 2
+
+
+def _rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+@pytest.mark.django_db
+def test_csv_has_the_contract_columns_iso_utc_times_and_neutralised_formulas() -> None:
+    # given records, two of them with task types a spreadsheet would run as formulas
+    plain = _record(occurred_at=datetime(2026, 3, 1, 14, 0, tzinfo=UTC), owner_id=None)
+    formula = _record(task_type='=HYPERLINK("http://evil")', occurred_at=datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    others = [_record(task_type=f"{c}cmd|' /C calc'!A0") for c in "+-@\t\r"]
+    _record(occurred_at=datetime(2026, 3, 5, tzinfo=UTC))  # outside the range
+
+    # when exported
+    rows = _rows("".join(audit.export(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))))
+
+    # then the header and the rows, oldest first, with every formula-looking cell quoted
+    assert rows[0] == [
+        "task_id",
+        "owner_id",
+        "task_type",
+        "action",
+        "reason",
+        "objects_deleted",
+        "bytes_freed",
+        "occurred_at",
+    ]
+    assert rows[1] == [
+        str(formula.task_id),
+        "7",
+        '\'=HYPERLINK("http://evil")',
+        "task_purged",
+        "expires_at",
+        "2",
+        "300",
+        "2026-03-01T12:00:00Z",
+    ]
+    assert [row[2] for row in rows[2:7]] == [f"'{r.task_type}" for r in others]
+    assert rows[7][:2] == [str(plain.task_id), ""]
+    assert rows[7][7] == "2026-03-01T14:00:00Z"
+    assert len(rows) == 8
+    assert not any(cell.startswith(audit.FORMULA_PREFIXES) for row in rows[1:] for cell in row)
+
+
+@pytest.mark.django_db
+def test_retention_report_writes_csv_between_dates_and_datetimes(tmp_path: Any) -> None:
+    # given records on two days
+    first = _record(occurred_at=datetime(2026, 3, 1, 23, 59, tzinfo=UTC))
+    second = _record(occurred_at=datetime(2026, 3, 2, 0, 30, tzinfo=UTC))
+    out = tmp_path / "report.csv"
+
+    # when the report covers one day by date, one by datetimes with offsets, and goes to a file or stdout
+    call_command("retention_report", since="2026-03-01", until="2026-03-01", output=str(out))
+    stdout = io.StringIO()
+    call_command("retention_report", since="2026-03-02T01:00:00+01:00", until="2026-03-02T00:31:00Z", stdout=stdout)
+
+    # then each contains its record only
+    assert [row[0] for row in _rows(out.read_text())[1:]] == [str(first.task_id)]
+    assert [row[0] for row in _rows(stdout.getvalue())[1:]] == [str(second.task_id)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("since", "until", "message"),
+    [
+        ("yesterday", "2026-03-02", "--since 'yesterday' is not an ISO 8601"),
+        ("2026-03-01", "2026-13-40", "--until '2026-13-40' is not an ISO 8601"),
+        ("2026-03-01T10:00:00", "2026-03-02", "--since '2026-03-01T10:00:00' has no UTC offset"),
+        ("2026-03-05", "2026-03-01", "--since '2026-03-05' must be before --until"),
+    ],
+)
+def test_retention_report_names_the_bad_option(since: str, until: str, message: str) -> None:
+    with pytest.raises(CommandError) as raised:
+        call_command("retention_report", since=since, until=until, stdout=io.StringIO())
+    assert message in str(raised.value)
+
+
+def test_the_purge_reason_decodes_into_action_reason_and_policy() -> None:
+    assert audit.decode_purge_reason("user_request") == audit.DecodedReason("user_erasure", "user_request", None)
+    assert audit.decode_purge_reason("policy:12") == audit.DecodedReason("task_purged", "policy:12", 12)
+    assert audit.decode_purge_reason("count_cap:3") == audit.DecodedReason("task_purged", "count_cap", 3)
+    assert audit.decode_purge_reason("expires_at") == audit.DecodedReason("task_purged", "expires_at", None)
+    assert audit.neutralise("-1") == "'-1"
+    assert audit.neutralise("a=b") == "a=b"
