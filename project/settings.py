@@ -162,12 +162,13 @@ TASKS_QUEUED_TIMEOUT = envconf.read_seconds("TASKS_QUEUED_TIMEOUT", timedelta(se
 CELERY_VISIBILITY_TIMEOUT = envconf.read_seconds("CELERY_VISIBILITY_TIMEOUT", timedelta(hours=2), allow_zero=False)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # The embedded broker is two folders; kombu does not create them itself.
-    for _folder in ("messages", "processed"):
+    for _folder in ("messages", "processed", "control"):
         (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_BROKER_DIR / "messages"),
         "data_folder_out": str(_BROKER_DIR / "messages"),
         "processed_folder": str(_BROKER_DIR / "processed"),
+        "control_folder": str(_BROKER_DIR / "control"),
         "store_processed": False,
         "polling_interval": 0.05,
     }
