@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
-
-T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -110,14 +107,3 @@ def read_database(name: str, default: str) -> dict[str, Any]:
     except Exception as exc:  # django-environ raises several types for bad URLs
         raise _fail(name, value, f"a database URL ({exc})") from None
     return config
-
-
-def read_checked(name: str, default: T, cast: Callable[[str], T], expected: str) -> T:
-    """Return the variable converted by ``cast``; a failing cast names the variable."""
-    value = _raw(name)
-    if value is None or value == "":
-        return default
-    try:
-        return cast(value)
-    except (TypeError, ValueError):
-        raise _fail(name, value, expected) from None
