@@ -107,7 +107,9 @@ USE_TZ = True
 
 # --- Static and media files ----------------------------------------------------------------
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# Static files are served from the apps by WhiteNoise (WHITENOISE_USE_FINDERS below); set
+# STATIC_ROOT only to run collectstatic for another front server.
+STATIC_ROOT = envconf.read_str("STATIC_ROOT", "") or None
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(envconf.read_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 
