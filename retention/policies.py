@@ -163,8 +163,9 @@ def default_result_ttl(task: Task) -> timedelta | None:
     """A task's default result TTL: the deciding policy's ``result_ttl``, else RESULT_TTL.
 
     Results are stored only on success, so the policy for the ``succeeded`` status decides.
+    A shadow policy deletes nothing, so its ``result_ttl`` does not apply.
     """
-    policies = RetentionPolicy.objects.enabled().matching(task.task_type, TaskStatus.SUCCEEDED)
+    policies = RetentionPolicy.objects.enforcing().matching(task.task_type, TaskStatus.SUCCEEDED)
     policy = most_specific(policies, task.task_type, TaskStatus.SUCCEEDED)
     if policy is not None and policy.result_ttl is not None:
         return policy.result_ttl

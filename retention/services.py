@@ -33,29 +33,40 @@ def purge_now(task: Task | UUID | str, *, now: datetime | None = None) -> bool:
     """
     now = now or timezone.now()
     task_id = getattr(task, "pk", task)
-    row = Task.objects.get(pk=task_id)
-    if row.status == TaskStatus.EXPIRED:
-        return True
-    if LegalHold.objects.active().covering(row).exists():
-        raise TaskOnLegalHold(f"task {task_id} is under a legal hold")
-    if row.status == TaskStatus.RUNNING:
-        deferred = Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING).update(
-            purge_reason=Reason.USER_REQUEST,
-            expires_at=Case(
-                When(Q(expires_at__isnull=True) | Q(expires_at__gt=now), then=Value(now)), default=F("expires_at")
-            ),
-        )
-        if deferred:
-            logger.info("erasure deferred until the task finishes", extra={"task_id": str(task_id)})
-            return False
-    claimable = Task.objects.filter(pk=task_id).exclude(
-        status__in=[TaskStatus.RUNNING, TaskStatus.PURGING, TaskStatus.EXPIRED]
-    )
-    purge.claim(exclude_held(claimable), reason=Reason.USER_REQUEST, now=now, limit=1, skip_locked=False)
+    # A worker may take the task between our read and our claim: look again until the claim
+    # or the deferral sticks, so the request is never dropped.
+    for _ in range(5):
+        row = Task.objects.get(pk=task_id)
+        if row.status == TaskStatus.EXPIRED:
+            return True
+        if LegalHold.objects.active().covering(row).exists():
+            raise TaskOnLegalHold(f"task {task_id} is under a legal hold")
+        if row.status == TaskStatus.PURGING:
+            break
+        if row.status == TaskStatus.RUNNING:
+            if _defer_erasure(task_id, now):
+                return False
+            continue
+        unchanged = Task.objects.filter(pk=task_id, status=row.status)
+        if purge.claim(exclude_held(unchanged), reason=Reason.USER_REQUEST, now=now, limit=1, skip_locked=False):
+            break
     # Also finishes a claim another purger holds: the final transaction audits it once.
     purge.purge_claimed([task_id], now=now)
     logger.info("user erasure", extra={"task_id": str(task_id)})
     return Task.objects.filter(pk=task_id, status=TaskStatus.EXPIRED).exists()
+
+
+def _defer_erasure(task_id: UUID | str, now: datetime) -> bool:
+    """Mark a running task for erasure when it finishes; False if it is no longer running."""
+    deferred = Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING).update(
+        purge_reason=Reason.USER_REQUEST,
+        expires_at=Case(
+            When(Q(expires_at__isnull=True) | Q(expires_at__gt=now), then=Value(now)), default=F("expires_at")
+        ),
+    )
+    if deferred:
+        logger.info("erasure deferred until the task finishes", extra={"task_id": str(task_id)})
+    return bool(deferred)
 
 
 def purge_if_expired(task_id: UUID | str, *, now: datetime) -> bool:

@@ -362,3 +362,32 @@ def test_old_sweep_runs_that_did_nothing_are_pruned_and_the_others_kept(make_tas
     assert pruned == 1
     assert set(SweepRun.objects.values_list("pk", flat=True)) == {failing.pk, busy.pk, recent.pk}
     assert not SweepRun.objects.filter(pk=empty.pk).exists()
+
+
+@pytest.mark.django_db
+def test_erasure_racing_a_worker_is_deferred_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a queued task that a worker takes between purge_now's read and its claim
+    from retention import purge as purge_module
+    from retention import services as retention_services
+    from tasks_app.executor import take
+
+    task = submit("demo.echo", {"secret": 1})
+    original_claim = purge_module.claim
+    raced: list[bool] = []
+
+    def claim_after_a_worker_took_it(*args: Any, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(take(task.pk, worker="racer", now=timezone.now()) is not None)
+        return original_claim(*args, **kwargs)
+
+    monkeypatch.setattr(purge_module, "claim", claim_after_a_worker_took_it)
+
+    # when the owner asks for erasure
+    gone = retention_services.purge_now(task)
+
+    # then the erasure is recorded on the running task and happens when it finishes
+    assert raced == [True]
+    assert gone is False
+    task.refresh_from_db()
+    assert (task.status, task.purge_reason) == (TaskStatus.RUNNING, "user_request")
+    assert task.expires_at is not None

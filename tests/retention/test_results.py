@@ -17,7 +17,7 @@ from tasks_app.services import submit
 from tasks_app.storage import task_prefix
 
 
-def _run_report(owner: Any, result_ttl: timedelta) -> Task:
+def _run_report(owner: Any, result_ttl: timedelta | None) -> Task:
     task = submit(
         "demo.report",
         {"customer": "ACME"},
@@ -110,3 +110,17 @@ def test_results_are_swept_in_batches_by_task_id(make_task: Any, settings: Any) 
     assert flat == sorted(flat) == sorted(str(t.pk) for t in tasks)
     assert run.purged == 7
     assert TaskResult.objects.filter(task=keep).exists()
+
+
+@pytest.mark.django_db
+def test_a_shadow_policys_result_ttl_deletes_nothing(make_user: Any, no_default_policy: None) -> None:
+    # given a shadow policy that would keep results for a minute, and one that enforces an hour
+    from retention.models import PolicyMode, RetentionPolicy
+
+    RetentionPolicy.objects.create(task_type="demo.report", result_ttl=timedelta(minutes=1), mode=PolicyMode.SHADOW)
+    shadowed = _run_report(make_user(), result_ttl=None)
+
+    # then the shadow policy sets no deadline: the result lives as long as the task
+    assert shadowed.result_expires_at is None
+    assert sweeps.sweep_results(timezone.now() + timedelta(hours=1)).claimed == 0
+    assert TaskResult.objects.filter(task=shadowed).exists()
