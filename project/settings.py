@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
+from kombu.transport import TRANSPORT_ALIASES
 
 from project import envconf
 
@@ -149,7 +150,7 @@ WHITENOISE_USE_FINDERS = True
 
 # --- Celery ------------------------------------------------------------------------------
 CELERY_BROKER_URL = envconf.read_str("CELERY_BROKER_URL", "") or "filesystem://"
-if not CELERY_BROKER_URL.startswith(("filesystem://", "redis://", "rediss://", "memory://", "amqp://")):
+if CELERY_BROKER_URL.split("://", 1)[0] not in TRANSPORT_ALIASES or "://" not in CELERY_BROKER_URL:
     raise ImproperlyConfigured(
         f"Environment variable CELERY_BROKER_URL={CELERY_BROKER_URL!r} is malformed: expected a "
         "broker URL such as redis://127.0.0.1:6379/0 or filesystem://."
@@ -193,6 +194,12 @@ CELERY_BEAT_SCHEDULER = "tasks_app.beat:InlineDatabaseScheduler"
 BEAT_INLINE_TASKS = frozenset(
     envconf.read_list("BEAT_INLINE_TASKS", ["tasks_app.dispatch_due", "tasks_app.recover_stuck"])
 )
+# Retention sweeps and purge chunks get their own queue: workers consume it alongside the
+# user tasks' queue (round-robin), so a backlog of user tasks cannot hold deletions back.
+CELERY_TASK_ROUTES = {"retention.*": {"queue": "retention"}}
+# Keep database connections across tasks (see project/celery.py); reuse is bounded by
+# CONN_MAX_AGE and health checks instead of reconnecting for every task.
+CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 

@@ -34,6 +34,10 @@ class PermanentFailure(Exception):
     """Raise from a handler to fail the task at once, without further attempts."""
 
 
+class LeaseLost(Exception):
+    """This attempt no longer holds the task (another took over, or its data was purged)."""
+
+
 class TaskContext:
     """What a handler gets besides its payload: ``attempt``, ``task``, files, usage, logging."""
 
@@ -47,7 +51,13 @@ class TaskContext:
         )
 
     def save_file(self, name: str, data: bytes | str | File, kind: str = "file") -> StoredObject:
-        """Upload a file under ``tasks/<id>/<kind>/`` and record it in the manifest."""
+        """Upload a file under ``tasks/<id>/<kind>/`` and record it in the manifest.
+
+        Refused once this attempt lost the task: a late writer must not add files to a task
+        that another attempt now owns, or that retention already purged.
+        """
+        if not Task.objects.filter(pk=self.task.pk, status=TaskStatus.RUNNING, attempts=self.attempt).exists():
+            raise LeaseLost(f"task {self.task.id} attempt {self.attempt} no longer holds its lease")
         return save_object(self.task, name, data, kind=kind, folder=kind)
 
     def record_usage(self, **units: float) -> None:

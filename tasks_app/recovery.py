@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from tasks_app import conf
-from tasks_app.dispatch import Delivery, publish_safely
+from tasks_app.dispatch import Delivery, broker_backlog, publish_safely
 from tasks_app.models import Task, TaskStatus
 from tasks_app.signals import task_finished
 
@@ -56,18 +56,31 @@ def _recover_expired_leases(now: datetime, limit: int, counts: Recovered) -> int
     return len(rows)
 
 
+def _stale_queued(now: datetime, cutoff: datetime) -> QuerySet[Task]:
+    return (
+        Task.objects.filter(status=TaskStatus.QUEUED, status_changed_at__lt=cutoff)
+        .filter(Q(run_at__isnull=True) | Q(run_at__lt=cutoff))
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+    )
+
+
 def _republish_stale_queued(now: datetime, limit: int, counts: Recovered) -> int:
     """Tasks queued too long (message lost with the broker): publish them again.
 
-    A duplicate of a message that was not lost is harmless: only one delivery can move
-    the row ``queued → running``.
+    Under a plain backlog the broker still holds a message for every queued row, and
+    re-sending would only lengthen the queue; so this acts only when the broker holds fewer
+    messages than there are queued rows (or cannot tell). A duplicate of a message that was
+    not lost is harmless: only one delivery can move the row ``queued → running``.
     """
     cutoff = now - conf.queued_timeout()
+    if not _stale_queued(now, cutoff).exists():
+        return 0
+    backlog = broker_backlog()
+    if backlog is not None and backlog >= Task.objects.filter(status=TaskStatus.QUEUED).count():
+        return 0
     with transaction.atomic():
         rows = list(
-            Task.objects.filter(status=TaskStatus.QUEUED, status_changed_at__lt=cutoff)
-            .filter(Q(run_at__isnull=True) | Q(run_at__lt=cutoff))
-            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+            _stale_queued(now, cutoff)
             .select_for_update(skip_locked=True)
             .order_by("status_changed_at")
             .values_list("id", "timeout")[:limit]

@@ -211,7 +211,18 @@ def test_recovery_requeues_expired_leases_and_buries_the_last_attempt() -> None:
     assert Task.objects.get(pk=last.pk).error == recovery.WORKER_LOST
 
 
-def test_recovery_republishes_tasks_queued_too_long(settings: Any) -> None:
+@pytest.fixture
+def empty_broker() -> Any:
+    """The test Redis, emptied: as after a restart that lost every message."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.flushdb()
+    return client
+
+
+def test_recovery_republishes_tasks_queued_too_long(settings: Any, empty_broker: Any) -> None:
     settings.TASKS_QUEUED_TIMEOUT = timedelta(seconds=60)
     now = timezone.now()
     stale = submit("demo.echo", {}, now=now - timedelta(minutes=5))
@@ -259,3 +270,45 @@ def test_long_task_renews_its_lease_so_recovery_leaves_it_alone(settings: Any, t
     assert execute(task.id, worker="w") == TaskStatus.SUCCEEDED
     assert seen["recovered"] == 0
     assert seen["lease"] > started + timedelta(seconds=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recovery_leaves_a_backlog_alone_while_the_broker_still_holds_its_messages(
+    settings: Any, empty_broker: Any
+) -> None:
+    # given tasks waiting a long time behind a backlog, each with its message in Redis
+    settings.TASKS_QUEUED_TIMEOUT = timedelta(seconds=60)
+    ids = [submit("demo.echo", {"n": i}).id for i in range(5)]
+    assert empty_broker.llen("celery") == 5
+    later = timezone.now() + timedelta(minutes=10)
+
+    # when recovery runs, nothing is re-sent: no message was lost
+    assert recovery.recover_stuck(later).requeued == 0
+    assert empty_broker.llen("celery") == 5
+
+    # and when the broker loses them, recovery sends each again
+    empty_broker.flushdb()
+    assert recovery.recover_stuck(later).requeued == 5
+    assert empty_broker.llen("celery") == 5
+    assert Task.objects.filter(pk__in=ids, status=TaskStatus.QUEUED).count() == 5
+
+
+def test_a_handler_that_lost_its_lease_cannot_add_files(task_types: Any, bucket_keys: Any) -> None:
+    from tasks_app.executor import LeaseLost
+
+    outcome: list[str] = []
+
+    def late_writer(ctx: Any, payload: Any) -> None:
+        Task.objects.filter(pk=ctx.task.pk).update(status=TaskStatus.EXPIRED)  # purged meanwhile
+        try:
+            ctx.save_file("late.txt", b"too late", kind="out")
+        except LeaseLost:
+            outcome.append("refused")
+            raise
+
+    task_types("t.late", late_writer)
+    task = submit("t.late", {})
+    assert execute(task.id, worker="w") == "superseded"
+    assert outcome == ["refused"]
+    assert not StoredObject.objects.filter(task=task).exists()
+    assert bucket_keys(f"tasks/{task.id}/") == set()
