@@ -176,19 +176,15 @@ class Ours:
 
 
 def _count_rows(run: str) -> int:
-    from django.db import connection
+    from bench.celery_tasks import recorded
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM bench_start WHERE run = %s", [run])
-        return int(cursor.fetchone()[0])
+    return recorded(run)
 
 
 def _rows(run: str) -> list[tuple[int, float, float]]:
-    from django.db import connection
+    from bench.celery_tasks import starts
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT seq, prerun, body FROM bench_start WHERE run = %s ORDER BY seq", [run])
-        return [(int(seq), float(prerun), float(body)) for seq, prerun, body in cursor.fetchall()]
+    return [(seq, prerun, body) for seq, (prerun, body) in sorted(starts(run).items())]
 
 
 # --- Running ----------------------------------------------------------------------------------
@@ -343,10 +339,8 @@ def main() -> int:
 
     from django.conf import settings
 
-    from bench.celery_tasks import ensure_table
     from tests.fleet import Fleet
 
-    ensure_table()
     logdir = Path(tempfile.mkdtemp(prefix="bench-fleet-", dir=os.environ.get("TEST_SERVICES_DIR")))
     fleet = Fleet(logdir, {"TASKS_IMPORTS": os.environ["TASKS_IMPORTS"], "WORKER_CONCURRENCY": "2"})
     baseline, ours = Baseline(), Ours()
