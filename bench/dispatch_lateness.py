@@ -202,7 +202,7 @@ def run_one(mechanism: Baseline | Ours, workload: Workload, per_submit: float) -
     n = len(workload.offsets)
     # The same lead for both mechanisms: long enough that every row is committed well before
     # its run_at, so the numbers measure dispatch and execution, not submission.
-    lead = MIN_SLACK_SECONDS + 0.5 + 2 * n * per_submit
+    lead = MIN_SLACK_SECONDS + 0.5 + 3 * n * per_submit
     first_due = time.time() + lead
     due = [first_due + offset for offset in workload.offsets]
     mechanism.publish(run, due)
