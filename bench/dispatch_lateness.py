@@ -54,6 +54,7 @@ class Outcome:
     delivery_ms: list[float]  # Celery hands the message to a pool process − intended start
     in_task_ms: list[float]  # recorded start − that hand-over (our executor's own overhead)
     slack_s: float  # how long before the first due time the last task was submitted
+    connections: int = 0  # PostgreSQL sessions opened while the run went on (all processes)
     notes: list[str] = field(default_factory=list)
 
 
@@ -200,6 +201,7 @@ def submit_cost(mechanism: Baseline | Ours, samples: int = 20) -> float:
 def run_one(mechanism: Baseline | Ours, workload: Workload, per_submit: float) -> Outcome:
     run = f"{workload.name}-{mechanism.name}-{time.time_ns()}"
     n = len(workload.offsets)
+    sessions_before = _sessions()
     # The same lead for both mechanisms: long enough that every row is committed well before
     # its run_at, so the numbers measure dispatch and execution, not submission.
     lead = MIN_SLACK_SECONDS + 0.5 + 3 * n * per_submit
@@ -214,7 +216,17 @@ def run_one(mechanism: Baseline | Ours, workload: Workload, per_submit: float) -
     if slack < MIN_SLACK_SECONDS:
         outcome.notes.append(f"submitted only {slack:.2f} s ahead: lateness includes submission")
     time.sleep(1.0)  # let the fleet settle (acks, lease threads) before the next run
+    outcome.connections = _sessions() - sessions_before
     return outcome
+
+
+def _sessions() -> int:
+    """Sessions PostgreSQL has opened on this database so far (its statistics lag by up to 1 s)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        return int(cursor.fetchone()[0])
 
 
 def warm_up(baseline: Baseline, ours: Ours) -> None:
@@ -263,6 +275,7 @@ def breakdown(outcomes: list[Outcome]) -> str:
         "in task p50 ms",
         "in task p99 ms",
         "starts/s",
+        "db connections opened",
         "submitted ahead s",
     ]
     rows = []
@@ -280,6 +293,7 @@ def breakdown(outcomes: list[Outcome]) -> str:
                 f"{statistics.median(o.in_task_ms):.1f}",
                 f"{percentile(o.in_task_ms, 0.99):.1f}",
                 rate,
+                str(o.connections),
                 f"{o.slack_s:.2f}",
             ]
         )
@@ -379,7 +393,8 @@ def main() -> int:
     print(table(outcomes))
     print()
     print("Where the time went: 'to pool' = Celery handed the message to a pool process − intended start;")
-    print("'in task' = recorded start − that hand-over (our executor before Task.started_at, ~0 for plain Celery)")
+    print("'in task' = recorded start − that hand-over (our executor before Task.started_at, ~0 for plain Celery);")
+    print("'starts/s' = spike size / last start's lateness; 'db connections opened' = PostgreSQL sessions in the run")
     print(breakdown(outcomes))
     for o in outcomes:
         for note in o.notes:
