@@ -34,6 +34,11 @@ chaos: $(VENV)/.dev
 	@scripts/system-deps.sh
 	CHAOS_SCALE=$${CHAOS_SCALE:-5} $(BIN)/python -m tests.services -- $(BIN)/python -m pytest -m "chaos or fleet" $(PYTEST_ARGS)
 
+## bench: start lateness of delayed tasks, plain Celery ETA against our dispatcher (BENCH_SCALE=1).
+bench: $(VENV)/.dev
+	@scripts/system-deps.sh
+	$(BIN)/python -m tests.services -- $(BIN)/python -m bench.dispatch_lateness
+
 lint: $(VENV)/.dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 

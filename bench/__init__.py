@@ -1,0 +1,1 @@
+"""Benchmarks that run against real services and the real fleet (``make bench``)."""
