@@ -356,7 +356,8 @@ def main() -> int:
     from tests.fleet import Fleet
 
     logdir = Path(tempfile.mkdtemp(prefix="bench-fleet-", dir=os.environ.get("TEST_SERVICES_DIR")))
-    fleet = Fleet(logdir, {"TASKS_IMPORTS": os.environ["TASKS_IMPORTS"], "WORKER_CONCURRENCY": "2"})
+    concurrency = os.environ.get("WORKER_CONCURRENCY", "2")
+    fleet = Fleet(logdir, {"TASKS_IMPORTS": os.environ["TASKS_IMPORTS"], "WORKER_CONCURRENCY": concurrency})
     baseline, ours = Baseline(), Ours()
     outcomes: list[Outcome] = []
     try:
@@ -371,7 +372,7 @@ def main() -> int:
         per_submit = max(submit_cost(baseline), submit_cost(ours))
         horizon = settings.TASKS_DISPATCH_HORIZON.total_seconds()
         print(
-            f"fleet up: 1 beat (dispatch every 1 s, horizon {horizon:g} s), 1 worker (concurrency 2); "
+            f"fleet up: 1 beat (dispatch every 1 s, horizon {horizon:g} s), 1 worker (concurrency {concurrency}); "
             f"BENCH_SCALE={factor:g}; {per_submit * 1000:.1f} ms per submission; load average {_load()}",
             flush=True,
         )
