@@ -11,19 +11,7 @@ from django.utils import timezone
 
 from retention import services
 from retention.models import AuditRecord, LegalHold, RetentionPolicy, SweepRun
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Machine-written rows: no add, change or delete from the admin."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+from tasks_app.admin import ReadOnlyAdmin
 
 
 @admin.register(RetentionPolicy)
