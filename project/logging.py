@@ -9,10 +9,17 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``2026-01-01 12:00:00 INFO tasks_app.executor task succeeded task_id=… attempt=1``."""
+    """``2026-01-01 12:00:00 INFO tasks_app.executor task succeeded task_id=… attempt=1``.
+
+    Only our own loggers' extras are printed; libraries (Celery's ``data=…``) keep their format.
+    """
+
+    own_loggers = ("tasks_app", "retention", "project")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
+        if not record.name.startswith(self.own_loggers):
+            return line
         extras = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
         if not extras:
             return line
