@@ -52,14 +52,14 @@ def _test_database_url() -> str:
     return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
-def _install_beat_entries() -> None:
+def _install_beat_entries(*extra: str) -> None:
     # The transactional test database is emptied between tests; recreate the entries the
-    # data migration installs, at one second for the recovery pass so the tests are quick.
+    # data migrations install, every second so the tests are quick.
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
-    for name, task in [("dispatch", "tasks_app.dispatch_due"), ("recover", "tasks_app.recover_stuck")]:
-        PeriodicTask.objects.update_or_create(name=name, defaults={"task": task, "interval": every_second})
+    for task in ("tasks_app.dispatch_due", "tasks_app.recover_stuck", *extra):
+        PeriodicTask.objects.update_or_create(name=task, defaults={"task": task, "interval": every_second})
 
 
 @pytest.fixture
@@ -238,3 +238,34 @@ def test_thousand_tasks_through_two_workers_and_retries_until_dead(fleet: Fleet)
         f"\n1000 tasks: succeeded={len(ok_ids)} executions={sum(len(runs[str(i)]) for i in ok_ids)}; "
         f"failing: dead={len(failing_ids)} attempts=3 each"
     )
+
+
+def test_fleet_purges_expired_tasks_while_user_tasks_back_up(fleet: Fleet, bucket_keys: Any) -> None:
+    from django.core.files.base import ContentFile
+
+    from retention.models import AuditAction, AuditRecord
+    from tasks_app.models import StoredObject
+
+    # given a worker with a backlog of slow user tasks, and the tasks sweep in beat
+    _install_beat_entries("retention.sweep_expired_tasks")
+    fleet.start("worker")
+    fleet.start("beat")
+    backlog = [submit("fleet.count", {"sleep": 0.5}).id for _ in range(60)]
+    expiring = [
+        submit("demo.echo", {"secret": i}, expires_in=timedelta(seconds=2), input_file=ContentFile(b"pii", name="in"))
+        for i in range(5)
+    ]
+    ids = [task.id for task in expiring]
+
+    # when their expiry passes while the backlog still waits
+    wait_until(lambda: all_in(ids, TaskStatus.EXPIRED), 60, f"all purged, now {statuses(ids)}")
+
+    # then the sweep, routed to its own queue, did not wait for the backlog: files, rows, audit
+    waiting = Task.objects.filter(pk__in=backlog).exclude(status=TaskStatus.SUCCEEDED).count()
+    assert waiting > 0, "the purge should overtake the backlog (15 s of work), not wait behind it"
+    assert not StoredObject.objects.filter(task_id__in=ids).exists()
+    assert all(bucket_keys(f"tasks/{task_id}/") == set() for task_id in ids)
+    records = AuditRecord.objects.filter(task_id__in=ids)
+    assert sorted(records.values_list("action", "objects_deleted")) == [(AuditAction.TASK_PURGED, 1)] * 5
+    assert set(Task.objects.filter(pk__in=ids).values_list("final_status", "payload")) == {("cancelled", None)}
+    print(f"\nfleet retention: 5 expired tasks purged while {waiting} of {len(backlog)} backlog tasks still waited")
