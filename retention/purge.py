@@ -79,8 +79,8 @@ def claim(
 ) -> list[UUID]:
     """Mark up to ``limit`` of ``tasks`` ``purging`` with ``reason``; return their ids.
 
-    ``final_status`` keeps the status before the claim; a task that never ran (scheduled or
-    queued) is recorded as ``cancelled``. A reason already on the row (an erasure requested
+    ``final_status`` keeps the status before the claim (a task that never ran becomes
+    ``cancelled`` in its tombstone). A reason already on the row (an erasure requested
     while the task was running) is kept.
     """
     with transaction.atomic():
@@ -88,14 +88,11 @@ def claim(
             tasks.order_by(*order_by).select_for_update(skip_locked=skip_locked).values_list("pk", flat=True)[:limit]
         )
         if ids:
-            pending = [str(status) for status in PENDING_STATUSES]
+            # final_status keeps the status as it was, so a claim given back (a legal hold)
+            # restores it exactly; the tombstone turns a never-run task into "cancelled".
             Task.objects.filter(pk__in=ids).update(
                 status=TaskStatus.PURGING,
-                final_status=Case(When(status__in=pending, then=Value(TaskStatus.CANCELLED)), default=F("status")),
-                finished_at=Case(
-                    When(status__in=pending, then=Value(now, output_field=DateTimeField())),
-                    default=F("finished_at"),
-                ),
+                final_status=F("status"),
                 purge_reason=Case(When(purge_reason="", then=Value(reason)), default=F("purge_reason")),
                 status_changed_at=now,
                 lease_expires_at=None,
@@ -153,8 +150,17 @@ def _manifest_stats(manifest: QuerySet) -> dict[UUID, tuple[int, int]]:
 
 
 def _tombstone(task_ids: list[UUID], now: datetime) -> None:
-    """Clear everything but the billing record: id, owner, type, timestamps, final status, usage."""
+    """Clear everything but the billing record: id, owner, type, timestamps, final status, usage.
+
+    A task purged before it ran (scheduled or queued) is recorded as cancelled at that moment.
+    """
+    pending = [str(status) for status in PENDING_STATUSES]
     Task.objects.filter(pk__in=task_ids).update(
+        final_status=Case(When(final_status__in=pending, then=Value(TaskStatus.CANCELLED)), default=F("final_status")),
+        finished_at=Case(
+            When(final_status__in=pending, then=Value(now, output_field=DateTimeField())),
+            default=F("finished_at"),
+        ),
         status=TaskStatus.EXPIRED,
         expired_at=now,
         status_changed_at=now,

@@ -391,3 +391,20 @@ def test_erasure_racing_a_worker_is_deferred_not_dropped(monkeypatch: pytest.Mon
     task.refresh_from_db()
     assert (task.status, task.purge_reason) == (TaskStatus.RUNNING, "user_request")
     assert task.expires_at is not None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", [TaskStatus.SCHEDULED, TaskStatus.QUEUED])
+def test_a_claim_given_back_restores_a_pending_task_unrun(make_task: Any, status: str) -> None:
+    # given a task that never ran, claimed at expiry, then put under a legal hold
+    now = timezone.now()
+    task = make_task(task_type="t.evidence", status=status, expires_at=now)
+    purge.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+    LegalHold.objects.create(task=task, reason="subpoena")
+
+    # when the claimed task is purged
+    assert purge.purge_claimed([task.pk], now=now).purged == 0
+
+    # then it is pending again, not cancelled, and may still run
+    row = Task.objects.get(pk=task.pk)
+    assert (row.status, row.final_status, row.finished_at) == (status, "", None)
