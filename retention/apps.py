@@ -13,9 +13,16 @@ class RetentionConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
         from retention import policies, receivers
+        from retention.models import RetentionPolicy
         from tasks_app import hooks
         from tasks_app.signals import task_finished
 
         task_finished.connect(receivers.on_task_finished, dispatch_uid="retention.purge_after_finish")
         hooks.set_result_ttl_resolver(policies.default_result_ttl)
+        for signal in (post_save, post_delete):
+            signal.connect(
+                policies.forget_policies, sender=RetentionPolicy, dispatch_uid=f"retention.forget_policies.{signal}"
+            )

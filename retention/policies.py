@@ -10,9 +10,11 @@ Every function returns a queryset (never a list of ids), so sweeps take bounded 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db.models import Count, Exists, F, Min, OuterRef, Q, QuerySet
 
@@ -159,14 +161,34 @@ def count_reason(policy: RetentionPolicy) -> str:
 # --- Result TTL --------------------------------------------------------------------------------
 
 
+# Every delivery asks for its result TTL: keep the (small) policy table in memory for a few
+# seconds instead of querying it per task. Saving a policy clears this process's copy at
+# once (forget_policies); other processes see an edit within POLICY_CACHE_SECONDS.
+POLICY_CACHE_SECONDS = 5.0
+_policy_cache: tuple[float, list[RetentionPolicy]] | None = None
+
+
+def _enforcing_policies() -> list[RetentionPolicy]:
+    global _policy_cache
+    now = time.monotonic()
+    if _policy_cache is None or now - _policy_cache[0] > POLICY_CACHE_SECONDS:
+        _policy_cache = (now, list(RetentionPolicy.objects.enforcing()))
+    return _policy_cache[1]
+
+
+def forget_policies(**kwargs: Any) -> None:
+    """Drop the cached policies (connected to RetentionPolicy's post_save and post_delete)."""
+    global _policy_cache
+    _policy_cache = None
+
+
 def default_result_ttl(task: Task) -> timedelta | None:
     """A task's default result TTL: the deciding policy's ``result_ttl``, else RESULT_TTL.
 
     Results are stored only on success, so the policy for the ``succeeded`` status decides.
     A shadow policy deletes nothing, so its ``result_ttl`` does not apply.
     """
-    policies = RetentionPolicy.objects.enforcing().matching(task.task_type, TaskStatus.SUCCEEDED)
-    policy = most_specific(policies, task.task_type, TaskStatus.SUCCEEDED)
+    policy = most_specific(_enforcing_policies(), task.task_type, TaskStatus.SUCCEEDED)
     if policy is not None and policy.result_ttl is not None:
         return policy.result_ttl
     return tasks_conf.result_ttl()

@@ -64,3 +64,13 @@ def task_types() -> Iterator[Callable[..., Any]]:
     yield register
     for name in registered:
         registry.unregister(name)
+
+
+@pytest.fixture(autouse=True)
+def fresh_policy_cache() -> Iterator[None]:
+    """Rolled-back policies send no signal: start and end every test with no cached policy."""
+    from retention import policies
+
+    policies.forget_policies()
+    yield
+    policies.forget_policies()
