@@ -179,6 +179,44 @@ def _store_input(task: Task, input_file: File | bytes) -> StoredObject:
     return save_object(task, name, input_file, kind=StoredObject.INPUT_KIND, folder="input")
 
 
+def _schedule_period(name: str) -> timedelta | None:
+    """How often the django-celery-beat entry ``name`` fires (None when it is not periodic)."""
+    from django_celery_beat.models import PeriodicTask
+
+    entry = PeriodicTask.objects.select_related("interval").filter(name=name).first()
+    if entry is None:
+        return None
+    if entry.interval is not None:
+        return timedelta(**{entry.interval.period: entry.interval.every})
+    if entry.crontab_id is not None:
+        return timedelta(minutes=1)  # a crontab fires at most once a minute
+    return None
+
+
+def submit_scheduled(
+    task_type: str,
+    payload: Any = None,
+    *,
+    result_ttl: timedelta | None = timedelta(0),
+    expires_in: timedelta | None = None,
+    schedule_name: str | None = None,
+    now: datetime | None = None,
+) -> Task:
+    """Submit one run of a recurring schedule; at most one task per schedule period.
+
+    Two beats (or a re-delivered message) fire the same entry at different instants of one
+    period; both map to the same period bucket and so to one idempotency key. A single beat
+    fires an entry at least one period after its last run, so it never lands in a used bucket.
+    """
+    now = now or timezone.now()
+    key = None
+    period = _schedule_period(schedule_name) if schedule_name else None
+    if period and period > timedelta(0):
+        bucket = int(now.timestamp() // period.total_seconds())
+        key = f"schedule:{schedule_name}:{bucket}"[:_IDEMPOTENCY_KEY_MAX]
+    return submit(task_type, payload, result_ttl=result_ttl, expires_in=expires_in, idempotency_key=key, now=now)
+
+
 def cancel(task: Task | str, *, now: datetime | None = None) -> bool:
     """Cancel a scheduled or queued task; return whether it was cancelled.
 

@@ -32,18 +32,20 @@ def recover_stuck() -> dict[str, int]:
     return asdict(recovery.recover_stuck())
 
 
-@shared_task(name="tasks_app.submit_scheduled", ignore_result=True)
+@shared_task(name="tasks_app.submit_scheduled", bind=True, ignore_result=True)
 def submit_scheduled(
+    self: CeleryTask,
     task_type: str,
     payload: Any = None,
     result_ttl: float | None = 0,
     expires_in: float | None = None,
 ) -> str:
     """Submit one run of a recurring schedule (django-celery-beat PeriodicTask kwargs)."""
-    task = services.submit(
+    task = services.submit_scheduled(
         task_type,
         payload,
         result_ttl=None if result_ttl is None else timedelta(seconds=result_ttl),
         expires_in=None if expires_in is None else timedelta(seconds=expires_in),
+        schedule_name=getattr(self.request, "periodic_task_name", None),
     )
     return str(task.id)

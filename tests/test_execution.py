@@ -312,3 +312,28 @@ def test_a_handler_that_lost_its_lease_cannot_add_files(task_types: Any, bucket_
     assert outcome == ["refused"]
     assert not StoredObject.objects.filter(task=task).exists()
     assert bucket_keys(f"tasks/{task.id}/") == set()
+
+
+def test_two_beats_firing_one_schedule_period_submit_one_task() -> None:
+    from datetime import UTC, datetime
+
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    from tasks_app.services import submit_scheduled as submit_run
+
+    every_30s = IntervalSchedule.objects.create(every=30, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="ocr nightly", task="tasks_app.submit_scheduled", interval=every_30s)
+    start = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+    # beat A and beat B fire the entry at different instants of the same 30 s period
+    first = submit_run("demo.echo", {}, schedule_name="ocr nightly", now=start + timedelta(seconds=10.2))
+    second = submit_run("demo.echo", {}, schedule_name="ocr nightly", now=start + timedelta(seconds=25.7))
+    # the next period is a new run
+    third = submit_run("demo.echo", {}, schedule_name="ocr nightly", now=start + timedelta(seconds=40.2))
+    # an entry that is not an interval or crontab (or called without beat) is never deduplicated
+    loose = [submit_run("demo.echo", {}, now=start).id for _ in range(2)]
+
+    assert first.id == second.id
+    assert third.id != first.id
+    assert len(set(loose)) == 2
+    assert first.result_ttl == timedelta(0)

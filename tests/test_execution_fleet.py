@@ -269,3 +269,31 @@ def test_fleet_purges_expired_tasks_while_user_tasks_back_up(fleet: Fleet, bucke
     assert sorted(records.values_list("action", "objects_deleted")) == [(AuditAction.TASK_PURGED, 1)] * 5
     assert set(Task.objects.filter(pk__in=ids).values_list("final_status", "payload")) == {("cancelled", None)}
     print(f"\nfleet retention: 5 expired tasks purged while {waiting} of {len(backlog)} backlog tasks still waited")
+
+
+def test_two_beats_run_a_schedule_once_per_period(fleet: Fleet) -> None:
+    import json
+
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    # given a schedule every 2 s and two beats firing it
+    every_2s, _ = IntervalSchedule.objects.get_or_create(every=2, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(
+        name="count every 2 s",
+        task="tasks_app.submit_scheduled",
+        interval=every_2s,
+        kwargs=json.dumps({"task_type": "fleet.count", "payload": {"from": "schedule"}}),
+    )
+    fleet.start("worker")
+    fleet.start("beat")
+    fleet.start("beat")
+
+    # when it has fired for a while
+    wait_until(lambda: Task.objects.filter(task_type="fleet.count").count() >= 4, 60, "four scheduled runs")
+    time.sleep(1)
+
+    # then each 2 s period has one run, whichever beat fired it
+    created = list(Task.objects.filter(task_type="fleet.count").values_list("created_at", flat=True))
+    buckets = [int(at.timestamp() // 2) for at in created]
+    assert len(buckets) == len(set(buckets)), f"a period ran twice: {sorted(buckets)}"
+    print(f"\nschedule with two beats: {len(created)} runs in {len(set(buckets))} periods")
