@@ -235,7 +235,7 @@ def test_thousand_tasks_through_two_workers_and_retries_until_dead(fleet: Fleet)
         assert "failing on purpose, attempt 3" in task.error
         assert [attempt for _, _, attempt in runs[str(task.id)]] == [1, 2, 3]
     print(
-        f"\n1000 tasks: succeeded={len(ok_ids)} executions={sum(len(runs[str(i)]) for i in ok_ids)}; "
+        f"\n{len(ok_ids)} tasks: succeeded={len(ok_ids)} executions={sum(len(runs[str(i)]) for i in ok_ids)}; "
         f"failing: dead={len(failing_ids)} attempts=3 each"
     )
 
