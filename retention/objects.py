@@ -19,6 +19,7 @@ from itertools import islice
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.core.files.storage import Storage, default_storage
+from django.db import connection
 
 logger = logging.getLogger(__name__)
 
@@ -151,12 +152,23 @@ def _delete_with_retries(
     return errors
 
 
+def _refuse_inside_transaction() -> None:
+    """Storage deletes cannot be rolled back: a rollback after them would leave rows pointing at
+    nothing and no audit record. Refuse to run inside a caller's transaction (a test case's own
+    wrapping transaction is not the caller's)."""
+    if any(not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks):
+        raise RuntimeError(
+            "storage objects must be deleted outside a database transaction; call the purge after commit"
+        )
+
+
 def delete_keys(names: Iterable[str], *, storage: Storage | None = None) -> DeleteOutcome:
     """Delete objects by storage name, in batches; never raises for storage errors.
 
     ``names`` may be a lazy iterator (a manifest streamed from the database): at most one
     batch is held in memory.
     """
+    _refuse_inside_transaction()
     storage = storage or default_storage
     deleter = _s3_delete if is_s3(storage) else _local_delete
     outcome = DeleteOutcome()

@@ -160,3 +160,15 @@ def test_local_storage_purge_deletes_files_and_empty_folders_and_tolerates_missi
     assert not os.path.exists(os.path.join(root, task_prefix(task.pk)))
     assert os.path.exists(local_storage.path(f"{task_prefix(other.pk)}out/keep.txt"))
     assert AuditRecord.objects.get(task_id=task.pk).objects_deleted == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_storage_deletes_refuse_to_run_inside_a_transaction() -> None:
+    from django.db import transaction
+
+    from retention import objects
+
+    # a rollback could not bring the objects back
+    with pytest.raises(RuntimeError, match="outside a database transaction"), transaction.atomic():
+        objects.delete_keys(["tasks/00000000-0000-0000-0000-000000000000/files/x"])
+    assert objects.delete_keys([]).deleted == 0
