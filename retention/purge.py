@@ -36,6 +36,7 @@ from tasks_app.storage import task_id_from_key
 logger = logging.getLogger(__name__)
 
 MAX_ERRORS = 20
+MISSING_SAMPLE = 10
 
 
 @dataclass
@@ -420,7 +421,7 @@ def _manifest_in_range(start_after: str, upto: str | None) -> QuerySet:
 
 def _missing_objects(
     listed: Sequence[objects.ListedObject], *, start_after: str, upto: str | None, now: datetime
-) -> list[str]:
+) -> tuple[int, list[str]]:
     """Keys of live tasks' manifest rows in the listed range whose object the listing did not find."""
     # A row is written just before its upload: give uploads the same grace as orphans.
     rows = (
@@ -429,7 +430,15 @@ def _missing_objects(
         .exclude(task__status__in=[TaskStatus.PURGING, TaskStatus.EXPIRED])
     )
     present = {obj.key for obj in listed}
-    return sorted(key for key in rows.values_list("key", flat=True).iterator() if key not in present)
+    # Counted while streaming; only a sample is kept (an empty listing would otherwise make
+    # every manifest row past the cursor "missing" at once).
+    count, sample = 0, []
+    for key in rows.order_by("key").values_list("key", flat=True).iterator(chunk_size=2000):
+        if key not in present:
+            count += 1
+            if len(sample) < MISSING_SAMPLE:
+                sample.append(key)
+    return count, sample
 
 
 def purge_orphans(
@@ -481,10 +490,10 @@ def purge_orphans(
         counts.objects_deleted += len(deleted)
         counts.bytes_freed += sum(obj.size for obj in deleted)
         logger.info("orphaned objects deleted", extra={"count": len(deleted), "bytes": counts.bytes_freed})
-    missing = _missing_objects(listed, start_after=start_after, upto=upto, now=now)
+    missing, sample = _missing_objects(listed, start_after=start_after, upto=upto, now=now)
     if missing:
-        counts.missing_objects += len(missing)
-        for key in missing[:5]:
+        counts.missing_objects += missing
+        for key in sample[:5]:
             counts.error(f"manifest object missing from storage: {key}")
-        logger.warning("manifest objects missing from storage", extra={"count": len(missing), "keys": missing[:10]})
+        logger.warning("manifest objects missing from storage", extra={"count": missing, "keys": sample})
     return counts
