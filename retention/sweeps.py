@@ -81,6 +81,24 @@ def record(run_id: int, counts: PurgeCounts, *, now: datetime, part_done: bool =
         logger.error("sweep errors", extra={"sweep_run": run_id, "kind": run.kind, "errors": counts.errors[:5]})
 
 
+def close_abandoned_runs(now: datetime) -> int:
+    """Finish runs whose chunks never all reported (a lost message, a killed worker).
+
+    Their tasks are safe: a claim older than RETENTION_CLAIM_TIMEOUT is taken over by the next
+    tasks sweep. Only the run's bookkeeping is closed, with an error saying why.
+    """
+    cutoff = now - 2 * conf.claim_timeout()
+    closed = 0
+    for run in SweepRun.objects.filter(finished_at__isnull=True, started_at__lt=cutoff).order_by("pk")[:100]:
+        note = f"abandoned: {run.pending_parts} part(s) never reported; their tasks are taken over by later sweeps"
+        closed += SweepRun.objects.filter(pk=run.pk, finished_at__isnull=True).update(
+            finished_at=now, errors=(list(run.errors) + [note])[:MAX_RUN_ERRORS]
+        )
+    if closed:
+        logger.warning("abandoned sweep runs closed", extra={"count": closed})
+    return closed
+
+
 def prune_empty_runs(now: datetime, *, limit: int = 1000) -> int:
     """Delete finished runs older than EMPTY_RUN_KEEP that did nothing at all."""
     empty = SweepRun.objects.filter(
@@ -301,6 +319,7 @@ def sweep_tasks(
 ) -> SweepRun:
     """Tasks past their own ``expires_at``, and stale claims (crashed purges, user erasures)."""
     fanout = fanout or InProcess(now)
+    close_abandoned_runs(now)
     run_id = start_run(SweepKind.TASKS, now, run_id)
     steps = [
         Step(lambda n: purge.take_over(policies.stale_claims(now), now=now, limit=n), fanout.purge_tasks),

@@ -408,3 +408,21 @@ def test_a_claim_given_back_restores_a_pending_task_unrun(make_task: Any, status
     # then it is pending again, not cancelled, and may still run
     row = Task.objects.get(pk=task.pk)
     assert (row.status, row.final_status, row.finished_at) == (status, "", None)
+
+
+@pytest.mark.django_db
+def test_a_run_whose_chunks_never_reported_is_closed_by_a_later_sweep() -> None:
+    # given a run that handed out two chunks an hour ago which never came back
+    now = timezone.now()
+    lost = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=now - timedelta(hours=1), pending_parts=2)
+    recent = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=now - timedelta(seconds=30), pending_parts=1)
+
+    # when the next tasks sweep runs
+    sweeps.sweep_tasks(now)
+
+    # then the old run is closed with the reason; a recent one is still in progress
+    lost.refresh_from_db()
+    recent.refresh_from_db()
+    assert lost.finished_at == now
+    assert "abandoned: 2 part(s)" in lost.errors[-1]
+    assert recent.finished_at is None
