@@ -6,7 +6,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from tasks_app.querysets import TaskQuerySet
@@ -105,7 +105,15 @@ class Task(models.Model):
                 name="task_result_expires_idx",
                 condition=Q(result_expires_at__isnull=False),
             ),
-            models.Index(fields=["task_type", "status", "finished_at"], name="task_type_status_fin_idx"),
+            # Newest first per type and status, as the count cap walks it (keep_last) and
+            # age limits range over it.
+            models.Index(
+                F("task_type"),
+                F("status"),
+                F("finished_at").desc(nulls_last=True),
+                F("id").desc(),
+                name="task_type_status_newest_idx",
+            ),
             models.Index(fields=["status", "finished_at"], name="task_status_fin_idx"),
             models.Index(fields=["owner", "created_at"], name="task_owner_created_idx"),
         ]
