@@ -91,3 +91,12 @@ def test_tasks_imports_modules_register_types_in_every_process() -> None:
 @pytest.mark.django_db
 def test_migrations_match_models() -> None:
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+@pytest.mark.parametrize("command", ["migrate", "makemigrations", "retention_status", "shell"])
+def test_every_command_reports_the_configuration_error_itself(command: str) -> None:
+    # Django would hide it behind "Models aren't loaded yet" for most commands
+    result = manage(command, RETENTION_BATCH_SIZE="lots")
+    assert result.returncode != 0
+    assert "RETENTION_BATCH_SIZE" in result.stderr
+    assert "AppRegistryNotReady" not in result.stderr
