@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -254,6 +254,16 @@ class LegalHold(models.Model):
         ]
         state = "released" if self.released_at else "active"
         return f"hold on {', '.join(p for p in parts if p)} ({state})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # A new hold waits for purges already deleting (they checked holds before it existed);
+        # every purge that starts after it commits sees it. See retention/fence.py.
+        from retention.fence import wait_for_deletions
+
+        with transaction.atomic():
+            if self._state.adding:
+                wait_for_deletions()
+            super().save(*args, **kwargs)
 
     @property
     def is_active(self) -> bool:

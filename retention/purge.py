@@ -27,6 +27,7 @@ from django.db.models.functions import Collate
 
 from retention import conf, objects
 from retention.audit import purge_record
+from retention.fence import fenced
 from retention.models import AuditAction, AuditRecord, Reason, RetentionPolicy
 from retention.policies import results_due
 from retention.querysets import only_held
@@ -216,6 +217,7 @@ def _finish(task_ids: list[UUID], now: datetime, run_id: int | None) -> PurgeCou
     return done
 
 
+@fenced
 def purge_claimed(
     task_ids: Iterable[UUID | str], *, now: datetime, run_id: int | None = None, storage: Storage | None = None
 ) -> PurgeCounts:
@@ -256,6 +258,7 @@ def _result_manifest(task_ids: Iterable[UUID | str]) -> QuerySet:
     return StoredObject.objects.filter(task_id__in=list(task_ids)).exclude(kind=StoredObject.INPUT_KIND)
 
 
+@fenced
 def purge_results(
     task_ids: Iterable[UUID | str], *, now: datetime, run_id: int | None = None, storage: Storage | None = None
 ) -> PurgeCounts:
@@ -441,6 +444,7 @@ def _missing_objects(
     return count, sample
 
 
+@fenced
 def purge_orphans(
     listed: Sequence[objects.ListedObject],
     *,
