@@ -136,11 +136,12 @@ class RetentionPolicy(models.Model):
         verbose_name_plural = "retention policies"
         ordering = ["task_type", "status"]
         constraints = [
+            # One enforcing and one shadow (canary) policy per scope at most.
             models.UniqueConstraint(
-                fields=["task_type", "status"],
+                fields=["task_type", "status", "mode"],
                 condition=Q(enabled=True),
-                name="retentionpolicy_enabled_scope_uniq",
-                violation_error_message="Another enabled policy already covers this task type and status.",
+                name="retentionpolicy_enabled_scope_mode_uniq",
+                violation_error_message="Another enabled policy of this mode already covers this task type and status.",
             ),
             models.CheckConstraint(
                 condition=Q(keep_for__isnull=False) | Q(keep_last__isnull=False) | Q(result_ttl__isnull=False),

@@ -82,6 +82,24 @@ def enabled_policies() -> list[RetentionPolicy]:
     return list(RetentionPolicy.objects.enabled().order_by("pk"))
 
 
+def enforcing_only(policies: Iterable[RetentionPolicy]) -> list[RetentionPolicy]:
+    """The policies that delete (shadow ones only record)."""
+    return [p for p in policies if not p.is_shadow]
+
+
+def hierarchy_for(policy: RetentionPolicy, policies: Sequence[RetentionPolicy]) -> list[RetentionPolicy]:
+    """The policies ``policy`` is weighed against: the enforcing ones, and for a shadow policy the
+    enforcing set as it would be if the shadow policy replaced the one of its scope.
+
+    A shadow policy never changes what the enforcing ones delete (a canary next to the live rule).
+    """
+    enforcing = enforcing_only(policies)
+    if not policy.is_shadow:
+        return enforcing
+    scope = (policy.task_type, policy.status)
+    return [p for p in enforcing if (p.task_type, p.status) != scope] + [policy]
+
+
 def most_specific(policies: Iterable[RetentionPolicy], task_type: str, status: str) -> RetentionPolicy | None:
     """The policy deciding a task of this type and status: type+status > type > status > default."""
     candidates = [p for p in policies if p.task_type in ("", task_type) and p.status in ("", status)]
@@ -211,7 +229,7 @@ def deadline(task: Task, now: datetime, policies: Sequence[RetentionPolicy] | No
     """The earliest rule deleting ``task`` (own expiry, policy age, count cap); ``at`` None = never."""
     if task.status in GONE:
         return Deadline(at=task.expired_at, reason=task.purge_reason or "")
-    policies = enabled_policies() if policies is None else policies
+    policies = enforcing_only(enabled_policies() if policies is None else policies)
     held = only_held(Task.objects.filter(pk=task.pk)).exists()
     candidates: list[tuple[datetime, str, RetentionPolicy | None]] = []
     if task.expires_at is not None:
@@ -253,14 +271,15 @@ def preview(now: datetime) -> list[PolicyPreview]:
     for policy in policies:
         if policy.keep_for is None and policy.keep_last is None:
             continue
-        by_age = age_due(policy, policies, now)
+        weighed = hierarchy_for(policy, policies)
+        by_age = age_due(policy, weighed, now)
         by_count = 0
-        for task_type, status in count_cap_groups(policy, policies):
-            by_count += count_due(policy, policies, task_type, status).exclude(pk__in=by_age.values("pk")).count()
+        for task_type, status in count_cap_groups(policy, weighed):
+            by_count += count_due(policy, weighed, task_type, status).exclude(pk__in=by_age.values("pk")).count()
         cutoff = age_cutoff(policy, now)
         held = (
             only_held(
-                governed(policy, policies).filter(
+                governed(policy, weighed).filter(
                     Q(finished_at__lte=cutoff) | Q(finished_at__isnull=True, created_at__lte=cutoff)
                 )
             ).count()
@@ -283,9 +302,9 @@ def retention_lag(now: datetime) -> timedelta:
     oldest = stale_claims(now).aggregate(at=Min("status_changed_at"))["at"]
     if oldest is not None:
         overdue_since.append(oldest)
-    policies = enabled_policies()
+    policies = enforcing_only(enabled_policies())
     for policy in policies:
-        if policy.mode != PolicyMode.ENFORCE or policy.keep_for is None:
+        if policy.keep_for is None:
             continue
         due = age_due(policy, policies, now).aggregate(fin=Min("finished_at"), created=Min("created_at"))
         started = due["fin"] or due["created"]

@@ -408,7 +408,7 @@ def sweep_policies(
     every = policies.enabled_policies()
     steps: list[Step] = []
     for policy in every:
-        steps.extend(_policy_steps(policy, every, now, fanout, run_id))
+        steps.extend(_policy_steps(policy, policies.hierarchy_for(policy, every), now, fanout, run_id))
     run = _drain(SweepKind.POLICIES, run_id, steps, fanout, Budget.for_run(fanout, limit), now)
     pruned = prune_empty_runs(now)
     if pruned:

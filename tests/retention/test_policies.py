@@ -159,3 +159,34 @@ def test_default_result_ttl_comes_from_the_most_specific_policy(make_user: Any) 
         return row.result_expires_at - row.finished_at
 
     assert (ttl(report), ttl(echo), ttl(explicit)) == (timedelta(hours=1), timedelta(days=1), timedelta(minutes=5))
+
+
+@pytest.mark.django_db
+def test_a_shadow_canary_never_changes_what_the_enforcing_policies_delete(make_task: Any) -> None:
+    # given the live rules (default: 1 day; t.ocr: 30 days) and, beside them, shadow canaries
+    # that would keep t.ocr longer (60 days) and everything else shorter (1 hour)
+    now = timezone.now()
+    RetentionPolicy.objects.create(keep_for=timedelta(days=1))
+    live_ocr = RetentionPolicy.objects.create(task_type="t.ocr", keep_for=timedelta(days=30))
+    canary_ocr = RetentionPolicy.objects.create(task_type="t.ocr", keep_for=timedelta(days=60), mode=PolicyMode.SHADOW)
+    RetentionPolicy.objects.create(task_type="t.mail", keep_for=timedelta(hours=1), mode=PolicyMode.SHADOW)
+    ocr_40_days = make_task("t.ocr", finished_at=now - timedelta(days=40))
+    mail_2_days = make_task("t.mail", finished_at=now - timedelta(days=2))
+    mail_2_hours = make_task("t.mail", finished_at=now - timedelta(hours=2))
+
+    # when the policies sweep runs
+    sweeps.sweep_policies(now)
+
+    # then the live rules delete exactly what they would without the canaries
+    assert _status(ocr_40_days) == TaskStatus.EXPIRED  # live t.ocr (30 d), though the canary says 60 d
+    assert _status(mail_2_days) == TaskStatus.EXPIRED  # live default (1 d); the t.mail canary does not shield it
+    assert _status(mail_2_hours) == TaskStatus.SUCCEEDED  # only the canary (1 h) would delete it
+    # and the canaries record what they would delete under their own rule
+    shadow = dict(AuditRecord.objects.filter(action=AuditAction.SHADOW_WOULD_PURGE).values_list("task_id", "reason"))
+    assert mail_2_hours.pk in shadow
+    assert ocr_40_days.pk not in shadow  # 40 days is within the canary's 60
+    # and a task's deadline names the live rule
+    young_ocr = make_task("t.ocr", finished_at=now)
+    deadline = policies.deadline(young_ocr, now)
+    assert (deadline.policy, deadline.at) == (live_ocr, now + timedelta(days=30))
+    assert canary_ocr.pk != live_ocr.pk
