@@ -83,29 +83,6 @@ def publish_safely(tasks: Iterable[Task | Delivery]) -> int:
         return 0
 
 
-def broker_backlog() -> int | None:
-    """Messages the broker still holds for the task queue, waiting or delivered and unacknowledged.
-
-    Known for Redis only (None otherwise). Recovery compares it with the number of queued
-    rows: a broker holding at least that many messages has lost none worth re-sending.
-    """
-    from project.celery import app
-
-    try:
-        with app.connection_for_read() as conn:
-            channel = conn.default_channel
-            client = getattr(channel, "client", None)
-            unacked_key = getattr(channel, "unacked_key", None)
-            if client is None or unacked_key is None or not hasattr(channel, "_q_for_pri"):
-                return None
-            queue = app.conf.task_default_queue
-            waiting = sum(client.llen(channel._q_for_pri(queue, pri)) for pri in channel.priority_steps)
-            return int(waiting) + int(client.hlen(unacked_key))
-    except Exception:
-        logger.warning("broker backlog unknown", exc_info=True)
-        return None
-
-
 def claim_due(now: datetime, *, ahead: timedelta, limit: int) -> list[Delivery]:
     """Claim up to ``limit`` scheduled rows due by ``now + ahead``; publish them after commit.
 
@@ -123,7 +100,9 @@ def claim_due(now: datetime, *, ahead: timedelta, limit: int) -> list[Delivery]:
             return []
         deliveries = [Delivery(task_id=i, run_at=r, timeout=t) for i, r, t in rows]
         Task.objects.filter(pk__in=[d.task_id for d in deliveries]).update(
-            status=TaskStatus.QUEUED, status_changed_at=now
+            status=TaskStatus.QUEUED,
+            status_changed_at=now,
+            redeliver_at=now + ahead + conf.queued_timeout(),
         )
         # Publishing inside the transaction could hand a worker a row it cannot see yet.
         transaction.on_commit(lambda: publish_safely(deliveries))

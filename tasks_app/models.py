@@ -81,6 +81,9 @@ class Task(models.Model):
     # NULL (not "") when absent, so the unique constraints ignore tasks without a key.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    redeliver_at = models.DateTimeField(
+        null=True, blank=True, help_text="While queued: when recovery publishes it again if no worker took it."
+    )
     worker = models.CharField(max_length=255, blank=True, help_text="Worker holding the lease.")
     purge_reason = models.CharField(
         max_length=64, blank=True, help_text="Why the data is being deleted (while purging)."
@@ -92,7 +95,7 @@ class Task(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["run_at"], name="task_due_idx", condition=Q(status="scheduled")),
-            models.Index(fields=["status_changed_at"], name="task_queued_idx", condition=Q(status="queued")),
+            models.Index(fields=["redeliver_at"], name="task_redeliver_idx", condition=Q(status="queued")),
             models.Index(fields=["lease_expires_at"], name="task_lease_idx", condition=Q(status="running")),
             models.Index(fields=["status_changed_at"], name="task_purging_idx", condition=Q(status="purging")),
             models.Index(

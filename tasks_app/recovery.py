@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from uuid import UUID
 
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from tasks_app import conf
-from tasks_app.dispatch import Delivery, broker_backlog, publish_safely
+from tasks_app.dispatch import Delivery, publish_safely
 from tasks_app.models import Task, TaskStatus
 from tasks_app.signals import task_finished
 
 logger = logging.getLogger(__name__)
 
 WORKER_LOST = "Worker lost: the lease expired while the task was running."
+REDELIVER_MAX = timedelta(hours=1)
 
 
 @dataclass
@@ -42,7 +45,12 @@ def _recover_expired_leases(now: datetime, limit: int, counts: Recovered) -> int
         exhausted = [i for i, a, m, _ in rows if a >= m]
         if retry:
             Task.objects.filter(pk__in=[d.task_id for d in retry]).update(
-                status=TaskStatus.QUEUED, status_changed_at=now, lease_expires_at=None, worker="", run_at=now
+                status=TaskStatus.QUEUED,
+                status_changed_at=now,
+                redeliver_at=now + conf.queued_timeout(),
+                lease_expires_at=None,
+                worker="",
+                run_at=now,
             )
             transaction.on_commit(lambda: publish_safely(retry))
         if exhausted:
@@ -56,38 +64,49 @@ def _recover_expired_leases(now: datetime, limit: int, counts: Recovered) -> int
     return len(rows)
 
 
-def _stale_queued(now: datetime, cutoff: datetime) -> QuerySet[Task]:
+def _stale_queued(now: datetime) -> QuerySet[Task]:
+    """Queued tasks no worker took by their ``redeliver_at`` (a row without one falls back to
+    its time in the queue)."""
     return (
-        Task.objects.filter(status=TaskStatus.QUEUED, status_changed_at__lt=cutoff)
-        .filter(Q(run_at__isnull=True) | Q(run_at__lt=cutoff))
+        Task.objects.filter(status=TaskStatus.QUEUED)
+        .filter(
+            Q(redeliver_at__lt=now) | Q(redeliver_at__isnull=True, status_changed_at__lt=now - conf.queued_timeout())
+        )
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
     )
 
 
-def _republish_stale_queued(now: datetime, limit: int, counts: Recovered) -> int:
-    """Tasks queued too long (message lost with the broker): publish them again.
+def _next_wait(queued_for: timedelta) -> timedelta:
+    """Twice the time in the queue so far, rounded up to a power of two seconds, within bounds."""
+    wanted = max(2 * queued_for, conf.queued_timeout()).total_seconds()
+    rounded = timedelta(seconds=2 ** math.ceil(math.log2(max(wanted, 1))))
+    return min(rounded, REDELIVER_MAX)
 
-    Under a plain backlog the broker still holds a message for every queued row, and
-    re-sending would only lengthen the queue; so this acts only when the broker holds fewer
-    messages than there are queued rows (or cannot tell). A duplicate of a message that was
-    not lost is harmless: only one delivery can move the row ``queued → running``.
+
+def _republish_stale_queued(now: datetime, limit: int, counts: Recovered) -> int:
+    """Tasks no worker took in time (message lost with the broker or a killed worker): publish again.
+
+    The broker cannot say which messages it still holds, so the interval between re-sends of
+    one task grows (twice its time in the queue so far, at most REDELIVER_MAX): a lost message
+    is replaced within TASKS_QUEUED_TIMEOUT, while a long backlog gets a few duplicates per
+    task instead of one every timeout. A duplicate is harmless: only one delivery can move
+    the row ``queued → running``.
     """
-    cutoff = now - conf.queued_timeout()
-    if not _stale_queued(now, cutoff).exists():
-        return 0
-    backlog = broker_backlog()
-    if backlog is not None and backlog >= Task.objects.filter(status=TaskStatus.QUEUED).count():
-        return 0
     with transaction.atomic():
         rows = list(
-            _stale_queued(now, cutoff)
+            _stale_queued(now)
             .select_for_update(skip_locked=True)
             .order_by("status_changed_at")
-            .values_list("id", "timeout")[:limit]
+            .values_list("id", "timeout", "status_changed_at")[:limit]
         )
         if rows:
-            deliveries = [Delivery(task_id=i, run_at=None, timeout=t) for i, t in rows]
-            Task.objects.filter(pk__in=[d.task_id for d in deliveries]).update(status_changed_at=now)
+            deliveries = [Delivery(task_id=i, run_at=None, timeout=t) for i, t, _ in rows]
+            by_wait: dict[timedelta, list[UUID]] = {}
+            for task_id, _, queued_since in rows:
+                by_wait.setdefault(_next_wait(now - queued_since), []).append(task_id)
+            # One UPDATE per wait class (a handful), not one per row.
+            for wait, ids in by_wait.items():
+                Task.objects.filter(pk__in=ids).update(redeliver_at=now + wait)
             transaction.on_commit(lambda: publish_safely(deliveries))
     counts.requeued += len(rows)
     return len(rows)

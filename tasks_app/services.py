@@ -141,6 +141,7 @@ def submit(
         timeout=spec.timeout,
         created_at=now,
         status_changed_at=now,
+        redeliver_at=now + conf.queued_timeout() if runs_now else None,
         expires_at=now + lifetime if lifetime is not None else None,
         result_ttl=result_ttl,
         idempotency_key=idempotency_key,
