@@ -13,9 +13,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
+from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler
 
 logger = logging.getLogger(__name__)
+
+FIRED_AT_HEADER = "beat_fired_at"
 
 
 class InlineDatabaseScheduler(DatabaseScheduler):
@@ -23,6 +26,11 @@ class InlineDatabaseScheduler(DatabaseScheduler):
 
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         if entry.task not in settings.BEAT_INLINE_TASKS:
+            # The firing time travels with the message: a schedule run is identified by when
+            # beat fired it, not by when a busy worker got to it (see submit_scheduled).
+            headers = dict(entry.options.get("headers") or {})
+            headers[FIRED_AT_HEADER] = timezone.now().isoformat()
+            entry.options["headers"] = headers
             super().apply_entry(entry, producer=producer)
             return
         # Once a second: run it quietly, logging only what it did or how it failed.

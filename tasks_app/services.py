@@ -201,19 +201,22 @@ def submit_scheduled(
     result_ttl: timedelta | None = timedelta(0),
     expires_in: timedelta | None = None,
     schedule_name: str | None = None,
+    fired_at: datetime | None = None,
     now: datetime | None = None,
 ) -> Task:
     """Submit one run of a recurring schedule; at most one task per schedule period.
 
     Two beats (or a re-delivered message) fire the same entry at different instants of one
-    period; both map to the same period bucket and so to one idempotency key. A single beat
-    fires an entry at least one period after its last run, so it never lands in a used bucket.
+    period; both map to the same period bucket of their firing time and so to one
+    idempotency key. A single beat fires an entry at least one period after its last run, so
+    it never lands in a used bucket. A run without a firing time (started by hand from the
+    admin) is never deduplicated.
     """
     now = now or timezone.now()
     key = None
-    period = _schedule_period(schedule_name) if schedule_name else None
-    if period and period > timedelta(0):
-        bucket = int(now.timestamp() // period.total_seconds())
+    period = _schedule_period(schedule_name) if schedule_name and fired_at else None
+    if fired_at and period and period > timedelta(0):
+        bucket = int(fired_at.timestamp() // period.total_seconds())
         key = f"schedule:{schedule_name}:{bucket}"[:_IDEMPOTENCY_KEY_MAX]
     return submit(task_type, payload, result_ttl=result_ttl, expires_in=expires_in, idempotency_key=key, now=now)
 

@@ -11,6 +11,7 @@ from celery import Task as CeleryTask
 from celery import shared_task
 
 from tasks_app import dispatch, executor, recovery, services
+from tasks_app.beat import FIRED_AT_HEADER
 
 
 @shared_task(name="tasks_app.run_task", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -32,6 +33,15 @@ def recover_stuck() -> dict[str, int]:
     return asdict(recovery.recover_stuck())
 
 
+def _fired_at(request: Any) -> datetime | None:
+    """When beat fired this schedule run (header set by tasks_app.beat), if it did."""
+    raw = getattr(request, FIRED_AT_HEADER, None)
+    try:
+        return datetime.fromisoformat(raw) if raw else None
+    except (TypeError, ValueError):
+        return None
+
+
 @shared_task(name="tasks_app.submit_scheduled", bind=True, ignore_result=True)
 def submit_scheduled(
     self: CeleryTask,
@@ -47,5 +57,6 @@ def submit_scheduled(
         result_ttl=None if result_ttl is None else timedelta(seconds=result_ttl),
         expires_in=None if expires_in is None else timedelta(seconds=expires_in),
         schedule_name=getattr(self.request, "periodic_task_name", None),
+        fired_at=_fired_at(self.request),
     )
     return str(task.id)

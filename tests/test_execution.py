@@ -321,14 +321,18 @@ def test_two_beats_firing_one_schedule_period_submit_one_task() -> None:
     start = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
     # beat A and beat B fire the entry at different instants of the same 30 s period
-    first = submit_run("demo.echo", {}, schedule_name="ocr nightly", now=start + timedelta(seconds=10.2))
-    second = submit_run("demo.echo", {}, schedule_name="ocr nightly", now=start + timedelta(seconds=25.7))
-    # the next period is a new run
-    third = submit_run("demo.echo", {}, schedule_name="ocr nightly", now=start + timedelta(seconds=40.2))
-    # an entry that is not an interval or crontab (or called without beat) is never deduplicated
-    loose = [submit_run("demo.echo", {}, now=start).id for _ in range(2)]
+    first = submit_run("demo.echo", {}, schedule_name="ocr nightly", fired_at=start + timedelta(seconds=10.2))
+    second = submit_run("demo.echo", {}, schedule_name="ocr nightly", fired_at=start + timedelta(seconds=25.7))
+    # the next period is a new run, even if a busy worker gets to both late and at once
+    late = start + timedelta(minutes=5)
+    third = submit_run("demo.echo", {}, schedule_name="ocr nightly", fired_at=start + timedelta(seconds=40.2), now=late)
+    fourth = submit_run(
+        "demo.echo", {}, schedule_name="ocr nightly", fired_at=start + timedelta(seconds=70.4), now=late
+    )
+    # a run started by hand (no firing time) is never deduplicated
+    loose = [submit_run("demo.echo", {}, schedule_name="ocr nightly", now=start).id for _ in range(2)]
 
     assert first.id == second.id
-    assert third.id != first.id
+    assert len({first.id, third.id, fourth.id}) == 3
     assert len(set(loose)) == 2
     assert first.result_ttl == timedelta(0)
