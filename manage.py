@@ -14,11 +14,12 @@ def main() -> None:
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
-    try:
-        # Django would swallow this for most commands and fail later with an unrelated error.
-        settings.INSTALLED_APPS  # noqa: B018 - loading the settings is the point
-    except ImproperlyConfigured as exc:
-        sys.exit(f"Configuration error: {exc}")
+    if not any(arg.startswith(("--settings", "--pythonpath")) for arg in sys.argv[1:]):
+        try:
+            # Django would swallow this for most commands and fail later with an unrelated error.
+            settings.INSTALLED_APPS  # noqa: B018 - loading the settings is the point
+        except ImproperlyConfigured as exc:
+            sys.exit(f"Configuration error: {exc}")
     execute_from_command_line(sys.argv)
 
 

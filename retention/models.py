@@ -257,12 +257,13 @@ class LegalHold(models.Model):
         return f"hold on {', '.join(p for p in parts if p)} ({state})"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        # A new hold waits for purges already deleting (they checked holds before it existed);
-        # every purge that starts after it commits sees it. See retention/fence.py.
+        # A hold placed, re-activated or widened waits for purges already deleting (they
+        # checked holds before it); every purge that starts after it commits sees it. A
+        # release makes a hold narrower, which needs no wait. See retention/fence.py.
         from retention.fence import wait_for_deletions
 
         with transaction.atomic():
-            if self._state.adding:
+            if self.released_at is None:
                 wait_for_deletions()
             super().save(*args, **kwargs)
 

@@ -152,7 +152,7 @@ def _delete_with_retries(
     return errors
 
 
-def _refuse_inside_transaction() -> None:
+def refuse_inside_transaction() -> None:
     """Storage deletes cannot be rolled back: a rollback after them would leave rows pointing at
     nothing and no audit record. Refuse to run inside a caller's transaction (a test case's own
     wrapping transaction is not the caller's)."""
@@ -168,7 +168,7 @@ def delete_keys(names: Iterable[str], *, storage: Storage | None = None) -> Dele
     ``names`` may be a lazy iterator (a manifest streamed from the database): at most one
     batch is held in memory.
     """
-    _refuse_inside_transaction()
+    refuse_inside_transaction()
     storage = storage or default_storage
     deleter = _s3_delete if is_s3(storage) else _local_delete
     outcome = DeleteOutcome()

@@ -10,7 +10,7 @@ from uuid import UUID
 from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 
-from retention import policies, purge
+from retention import objects, policies, purge
 from retention.models import LegalHold, Reason
 from retention.querysets import exclude_held
 from tasks_app.models import Task, TaskStatus
@@ -31,6 +31,8 @@ def purge_now(task: Task | UUID | str, *, now: datetime | None = None) -> bool:
     finishes the purge after RETENTION_CLAIM_TIMEOUT. Raises TaskOnLegalHold if a hold covers
     the task, Task.DoesNotExist for an unknown id.
     """
+    # Fail before claiming anything: the objects are deleted outside any transaction.
+    objects.refuse_inside_transaction()
     now = now or timezone.now()
     task_id = getattr(task, "pk", task)
     # A worker may take the task between our read and our claim: look again until the claim

@@ -41,6 +41,8 @@ PURGE_TASKS_CHUNK = "retention.purge_tasks_chunk"
 PURGE_RESULTS_CHUNK = "retention.purge_results_chunk"
 ORPHAN_CURSOR = "orphans"
 MAX_RUN_ERRORS = 50
+# A run still open this long after it started lost a chunk (no sweep runs for hours).
+ABANDONED_AFTER = timedelta(hours=6)
 # Runs that did nothing are kept this long (for "last runs"), then pruned by the policies sweep.
 EMPTY_RUN_KEEP = timedelta(days=30)
 COUNTERS = ("claimed", "purged", "failed", "shadow", "objects_deleted", "bytes_freed", "missing_objects")
@@ -87,13 +89,18 @@ def close_abandoned_runs(now: datetime) -> int:
     Their tasks are safe: a claim older than RETENTION_CLAIM_TIMEOUT is taken over by the next
     tasks sweep. Only the run's bookkeeping is closed, with an error saying why.
     """
-    cutoff = now - 2 * conf.claim_timeout()
+    cutoff = now - max(2 * conf.claim_timeout(), ABANDONED_AFTER)
     closed = 0
-    for run in SweepRun.objects.filter(finished_at__isnull=True, started_at__lt=cutoff).order_by("pk")[:100]:
-        note = f"abandoned: {run.pending_parts} part(s) never reported; their tasks are taken over by later sweeps"
-        closed += SweepRun.objects.filter(pk=run.pk, finished_at__isnull=True).update(
-            finished_at=now, errors=(list(run.errors) + [note])[:MAX_RUN_ERRORS]
+    with transaction.atomic():
+        stale = SweepRun.objects.select_for_update(skip_locked=True).filter(
+            finished_at__isnull=True, started_at__lt=cutoff
         )
+        for run in stale.order_by("pk")[:100]:
+            note = f"abandoned: {run.pending_parts} part(s) never reported; their tasks are taken over by later sweeps"
+            run.errors = (list(run.errors) + [note])[:MAX_RUN_ERRORS]
+            run.finished_at = now
+            run.save(update_fields=["errors", "finished_at"])
+            closed += 1
     if closed:
         logger.warning("abandoned sweep runs closed", extra={"count": closed})
     return closed

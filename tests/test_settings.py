@@ -100,3 +100,9 @@ def test_every_command_reports_the_configuration_error_itself(command: str) -> N
     assert result.returncode != 0
     assert "RETENTION_BATCH_SIZE" in result.stderr
     assert "AppRegistryNotReady" not in result.stderr
+
+
+def test_manage_py_honours_the_settings_option() -> None:
+    result = manage("check", "--settings=no_such_settings_module")
+    assert result.returncode != 0
+    assert "no_such_settings_module" in result.stderr

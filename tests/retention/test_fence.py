@@ -63,3 +63,19 @@ def test_a_new_hold_waits_for_deletions_under_way_and_stops_later_ones(
     assert counts.purged == 0
     assert Task.objects.get(pk=second.pk).status != TaskStatus.EXPIRED
     assert second.stored_objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reactivating_a_released_hold_also_waits_for_deletions(make_task: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retention import fence
+
+    waited: list[bool] = []
+    hold = LegalHold.objects.create(task_type="t.case", reason="litigation", released_at=timezone.now())
+    monkeypatch.setattr(fence, "wait_for_deletions", lambda: waited.append(True))
+
+    hold.released_at = None
+    hold.save()
+    hold.released_at = timezone.now()
+    hold.save()
+
+    assert waited == [True]  # re-activation waits; a release does not need to

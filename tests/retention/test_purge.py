@@ -412,17 +412,33 @@ def test_a_claim_given_back_restores_a_pending_task_unrun(make_task: Any, status
 
 @pytest.mark.django_db
 def test_a_run_whose_chunks_never_reported_is_closed_by_a_later_sweep() -> None:
-    # given a run that handed out two chunks an hour ago which never came back
+    # given a run that handed out two chunks seven hours ago which never came back
     now = timezone.now()
-    lost = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=now - timedelta(hours=1), pending_parts=2)
-    recent = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=now - timedelta(seconds=30), pending_parts=1)
+    lost = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=now - timedelta(hours=7), pending_parts=2)
+    recent = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=now - timedelta(hours=2), pending_parts=1)
 
     # when the next tasks sweep runs
     sweeps.sweep_tasks(now)
 
-    # then the old run is closed with the reason; a recent one is still in progress
+    # then the old run is closed with the reason; a long one still working is left alone
     lost.refresh_from_db()
     recent.refresh_from_db()
     assert lost.finished_at == now
     assert "abandoned: 2 part(s)" in lost.errors[-1]
     assert recent.finished_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_purge_now_inside_a_transaction_refuses_before_claiming() -> None:
+    # given a task, and a caller that opened a transaction (ATOMIC_REQUESTS, atomic())
+    from django.db import transaction
+
+    task = submit("demo.echo", {"secret": 1}, delay=timedelta(hours=1))
+
+    # when it asks for erasure inside it, nothing is claimed or deleted
+    with pytest.raises(RuntimeError, match="outside a database transaction"), transaction.atomic():
+        services.purge_now(task)
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.SCHEDULED
+
+    # and after commit it works
+    assert services.purge_now(task) is True
