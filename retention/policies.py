@@ -157,7 +157,9 @@ def count_due(
         return Task.objects.none()
     group = governed(policy, policies).filter(task_type=task_type, status=status)
     # The N-th newest row is the boundary: one index walk of N rows, not a paginated scan.
-    newest_first = (F("finished_at").desc(nulls_last=True), F("pk").desc())
+    # A row without finished_at counts as newest (kept): never delete on a missing timestamp.
+    # NULLS FIRST is PostgreSQL's default for DESC, so this matches task_type_status_newest_idx.
+    newest_first = (F("finished_at").desc(nulls_first=True), F("pk").desc())
     boundary = list(
         group.order_by(*newest_first).values_list("finished_at", "pk")[policy.keep_last - 1 : policy.keep_last]
     )
@@ -165,9 +167,9 @@ def count_due(
         return Task.objects.none()
     finished_at, pk = boundary[0]
     if finished_at is None:
-        older = Q(finished_at__isnull=True, pk__lt=pk)
+        older = Q(finished_at__isnull=True, pk__lt=pk) | Q(finished_at__isnull=False)
     else:
-        older = Q(finished_at__lt=finished_at) | Q(finished_at=finished_at, pk__lt=pk) | Q(finished_at__isnull=True)
+        older = Q(finished_at__lt=finished_at) | Q(finished_at=finished_at, pk__lt=pk)
     return exclude_held(group.filter(older))
 
 

@@ -113,7 +113,7 @@ class Task(models.Model):
             models.Index(
                 F("task_type"),
                 F("status"),
-                F("finished_at").desc(nulls_last=True),
+                F("finished_at").desc(),  # NULLS FIRST on PostgreSQL; SQLite cannot index NULLS LAST
                 F("id").desc(),
                 name="task_type_status_newest_idx",
             ),

@@ -18,6 +18,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='task',
-            index=models.Index(models.F('task_type'), models.F('status'), models.OrderBy(models.F('finished_at'), descending=True, nulls_last=True), models.OrderBy(models.F('id'), descending=True), name='task_type_status_newest_idx'),
+            index=models.Index(models.F('task_type'), models.F('status'), models.OrderBy(models.F('finished_at'), descending=True), models.OrderBy(models.F('id'), descending=True), name='task_type_status_newest_idx'),
         ),
     ]
