@@ -29,11 +29,12 @@ LEASE_SECONDS = 2
 QUEUED_TIMEOUT_SECONDS = 3
 
 
-def _rebind_publisher(url: str) -> None:
-    """Point this process's Celery publisher (used by submit) at ``url``."""
+def _rebind_publisher(url: str | None) -> None:
+    """Point this process's Celery publisher (used by submit) at ``url`` (None: back to the default)."""
     from project.celery import app
 
-    app.conf.broker_url = url
+    # broker_url alone is not enough: the Django-namespaced setting keeps winning for writes.
+    app.conf.broker_write_url = url
     app.close()
     app.amqp._producer_pool = None
 
@@ -63,10 +64,9 @@ def _install_beat_entries(*extra: str) -> None:
 
 
 @pytest.fixture
-def fleet(fleet_redis: Redis, tmp_path: Path) -> Iterator[Fleet]:
-    from django.conf import settings
-
-    original_broker = settings.CELERY_BROKER_URL
+def fleet(fleet_redis: Redis, tmp_path: Path, settings: Any) -> Iterator[Fleet]:
+    # submit() in this process sets redeliver_at from its own settings: match the fleet's.
+    settings.TASKS_QUEUED_TIMEOUT = timedelta(seconds=QUEUED_TIMEOUT_SECONDS)
     redis_client.Redis.from_url(fleet_redis.url()).flushall()
     _rebind_publisher(fleet_redis.url())
     handlers.ensure_table()
@@ -83,7 +83,7 @@ def fleet(fleet_redis: Redis, tmp_path: Path) -> Iterator[Fleet]:
     processes = Fleet(tmp_path, env)
     yield processes
     processes.stop_all()
-    _rebind_publisher(original_broker)
+    _rebind_publisher(None)
 
 
 def executions() -> dict[str, list[tuple[Any, Any, int]]]:
