@@ -1,61 +1,70 @@
-"""The fence between deletions and new legal holds (PostgreSQL advisory locks).
+"""The fence between deletions and new legal holds: short transactions, no session state.
 
-A purge checks holds, then deletes objects outside any transaction, then commits: a hold
-saved in between would see its data deleted anyway. So every purge holds a *shared* lock
-from its hold check to its commit, and saving a hold takes the same lock *exclusively*:
-the hold waits for deletions already under way, and every purge after it sees the hold.
-Purges never wait for each other. Elsewhere (SQLite, one process at a time) it is a no-op.
+A purge checks holds, deletes storage objects, then commits its tombstones. A hold saved in
+between would see its data deleted anyway. So each *group* of deletions (the tasks whose
+keys fit one ``DeleteObjects`` call, or one large task) runs inside a fence transaction that
+re-checks holds, deletes, and commits; saving a hold takes the other side of the fence and
+waits for the groups under way, never for a whole chunk:
+
+- PostgreSQL: a transaction-scoped advisory lock, shared by deletions and exclusive for a
+  hold save. It is released by COMMIT or ROLLBACK on the same server connection, so it works
+  behind PgBouncer in transaction mode (a session lock would not: its unlock can land on
+  another server connection). Waiters are queued fairly, so purges queued behind a waiting
+  hold save wait only for that save's insert.
+- SQLite (the embedded mode, where web, worker and beat are separate processes): every
+  transaction takes the database's write lock at BEGIN (``transaction_mode=IMMEDIATE`` in
+  settings), and the fence also writes, so a hold save and a deletion group exclude each
+  other the same way.
+
+A hold therefore waits at most for one group's storage call (with its retries), and every
+group that starts after the hold committed sees it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import wraps
-from typing import Any, TypeVar
 
-from django.db import connection
+from django.db import connection, transaction
 
 logger = logging.getLogger(__name__)
 
 LOCK_KEY = 0x5245_544E  # "RETN": one key for the whole installation
-F = TypeVar("F", bound=Callable[..., Any])
+FENCE_MARK = "_retention_fence"
 
 
 @contextmanager
-def deletions() -> Iterator[None]:
-    """Hold the shared side of the fence while checking holds and deleting."""
-    if connection.vendor != "postgresql":
+def deleting() -> Iterator[None]:
+    """A transaction on the deletions' side of the fence; holds saved meanwhile wait for it.
+
+    Storage objects may be deleted inside it: it writes nothing a rollback could lose, and
+    the rows it removes are removed only at its commit, after the objects are gone.
+    """
+    from retention.objects import refuse_inside_transaction
+
+    # The caller's own transaction must not wrap storage deletes (see objects.py).
+    refuse_inside_transaction()
+    with transaction.atomic():
+        setattr(connection.atomic_blocks[-1], FENCE_MARK, True)
+        _take_shared()
         yield
-        return
+
+
+def _take_shared() -> None:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock_shared(%s)", [LOCK_KEY])
-    try:
-        yield
-    finally:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock_shared(%s)", [LOCK_KEY])
-        except Exception:
-            # A session lock dies with its connection: closing it releases the fence.
-            logger.warning("fence release failed; closing the connection", exc_info=True)
-            connection.close()
-
-
-def fenced(func: F) -> F:
-    """Run ``func`` inside the shared side of the fence."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with deletions():
-            return func(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [LOCK_KEY])
+        else:
+            # Take the write lock now even where BEGIN did not (a DEFERRED transaction):
+            # a write statement, even one that changes no row, does.
+            cursor.execute("UPDATE retention_listingcursor SET name = name WHERE 1 = 0")
 
 
 def wait_for_deletions() -> None:
-    """Inside the caller's transaction: wait for purges under way; later ones see what we commit."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+    """Inside the caller's transaction: wait for deletion groups under way; later ones see what we commit."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+        else:
+            cursor.execute("UPDATE retention_listingcursor SET name = name WHERE 1 = 0")

@@ -26,6 +26,7 @@ __all__ = [
     "AuditRecord",
     "LegalHold",
     "ListingCursor",
+    "PendingDeletion",
     "PolicyMode",
     "Reason",
     "RetentionPolicy",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 TERMINAL_STATUS_CHOICES = [(str(status), status.label) for status in TERMINAL_STATUSES]
+TERMINAL_STATUS_VALUES = [str(status) for status in TERMINAL_STATUSES]
 
 
 class PolicyMode(models.TextChoices):
@@ -147,6 +149,14 @@ class RetentionPolicy(models.Model):
                 condition=Q(keep_for__isnull=False) | Q(keep_last__isnull=False) | Q(result_ttl__isnull=False),
                 name="retentionpolicy_sets_a_rule",
                 violation_error_message="Set at least one of keep for, keep last or result TTL.",
+            ),
+            # A policy only ever decides finished tasks: a running or expired status would purge
+            # running tasks or re-purge tombstones. A row that got one anyway stays disabled.
+            models.CheckConstraint(
+                condition=Q(status__in=["", *TERMINAL_STATUS_VALUES]) | Q(enabled=False),
+                name="retentionpolicy_terminal_status",
+                violation_error_message="Status must be a terminal status (succeeded, failed, dead, cancelled) "
+                "or blank.",
             ),
             models.CheckConstraint(
                 condition=Q(keep_last__isnull=True) | Q(keep_last__gte=1),
@@ -367,6 +377,9 @@ class ListingCursor(models.Model):
     name = models.CharField(max_length=64, unique=True)
     position = models.CharField(max_length=1024, blank=True, help_text="Last key handled; blank = the start.")
     leased_until = models.DateTimeField(null=True, blank=True, help_text="A sweep holds the listing until then.")
+    lease_token = models.CharField(
+        max_length=32, blank=True, help_text="Which sweep holds the listing: only it may move or release it."
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -374,3 +387,24 @@ class ListingCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.position or 'start'}"
+
+
+class PendingDeletion(models.Model):
+    """An object the orphan sweep decided to delete, recorded before it is deleted (the intent).
+
+    The deletion, its audit record and the removal of this row happen in one fenced
+    transaction; a crash after the storage call leaves the row, and the next orphan sweep
+    deletes the (already missing) key again and audits it once.
+    """
+
+    key = models.CharField(max_length=1024, unique=True, help_text="Storage key under tasks/<id>/.")
+    task_id = models.UUIDField(null=True, blank=True, help_text="The id in the key's tasks/<id>/ prefix.")
+    size = models.BigIntegerField(default=0, help_text="Bytes, as listed (or as in the manifest).")
+    created_at = models.DateTimeField(default=timezone.now)
+    sweep_run = models.ForeignKey(SweepRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        verbose_name = "pending orphan deletion"
+
+    def __str__(self) -> str:
+        return self.key

@@ -16,9 +16,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Exists, F, Min, OuterRef, Q, QuerySet
+from django.db.models import (
+    Count,
+    DateTimeField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+)
+from django.db.models.functions import Coalesce
 
-from retention import conf
 from retention.models import PolicyMode, Reason, RetentionPolicy
 from retention.querysets import exclude_held, only_held
 from tasks_app import conf as tasks_conf
@@ -42,8 +54,20 @@ def expiry_due(now: datetime) -> TaskQuerySet:
 
 
 def stale_claims(now: datetime) -> TaskQuerySet:
-    """Tasks left ``purging`` longer than RETENTION_CLAIM_TIMEOUT (their purger died or failed)."""
-    return Task.objects.filter(status=TaskStatus.PURGING, status_changed_at__lt=now - conf.claim_timeout())
+    """Tasks ``purging`` whose purger stopped renewing its lease (it died, or its attempt failed).
+
+    A purger renews the lease (``lease_expires_at``) for RETENTION_CLAIM_TIMEOUT each time it
+    starts a group, so a purge still working is never taken over; a claim without a lease
+    (made before leases existed) is stale.
+    """
+    return Task.objects.filter(status=TaskStatus.PURGING).filter(
+        Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True)
+    )
+
+
+def purging() -> TaskQuerySet:
+    """Every task claimed and not yet purged (stuck or working)."""
+    return Task.objects.filter(status=TaskStatus.PURGING)
 
 
 def _results_due_rows(rows: QuerySet, now: datetime) -> QuerySet:
@@ -107,8 +131,15 @@ def most_specific(policies: Iterable[RetentionPolicy], task_type: str, status: s
 
 
 def governed(policy: RetentionPolicy, policies: Sequence[RetentionPolicy]) -> TaskQuerySet:
-    """Terminal tasks this policy decides: its scope minus what a more specific policy takes."""
-    tasks = Task.objects.filter(status=policy.status) if policy.status else Task.objects.filter(status__in=TERMINAL)
+    """Terminal tasks this policy decides: its scope minus what a more specific policy takes.
+
+    Always within the terminal statuses, whatever the policy's row says: a policy written
+    around model validation with ``running`` or ``expired`` must never purge running tasks
+    or claim tombstones again.
+    """
+    tasks = Task.objects.filter(status__in=TERMINAL)
+    if policy.status:
+        tasks = tasks.filter(status=policy.status)
     if policy.task_type:
         tasks = tasks.filter(task_type=policy.task_type)
     for other in policies:
@@ -171,6 +202,51 @@ def count_due(
     else:
         older = Q(finished_at__lt=finished_at) | Q(finished_at=finished_at, pk__lt=pk)
     return exclude_held(group.filter(older))
+
+
+def age_due_at(policy: RetentionPolicy) -> Any:
+    """When a task became due under the policy's age limit (for the claim's ``purge_due_at``)."""
+    return ExpressionWrapper(Coalesce("finished_at", "created_at") + Value(policy.keep_for), DateTimeField())
+
+
+def version() -> tuple[int, datetime | None]:
+    """A fingerprint of the policy table: changes with every save, enable, disable or delete."""
+    row = RetentionPolicy.objects.aggregate(n=Count("pk"), changed=Max("updated_at"))
+    return row["n"], row["changed"]
+
+
+def outdated_claims(claims: Iterable[tuple[Any, str, datetime]]) -> set[Any]:
+    """Claims (id, purge reason, claimed at) made under a policy that no longer says delete.
+
+    The policy was deleted, disabled or switched to shadow, or any policy was edited after
+    the claim (the hierarchy it was weighed in changed). The next policies sweep decides
+    again under the rules as they are now.
+    """
+    from retention.audit import decode_purge_reason
+
+    by_claim = {}
+    for pk, purge_reason, claimed_at in claims:
+        decoded = decode_purge_reason(purge_reason)
+        if decoded.policy_id is not None:
+            by_claim[pk] = (decoded, claimed_at)
+    if not by_claim:
+        return set()
+    current = {policy.pk: policy for policy in RetentionPolicy.objects.all()}
+    last_change = max((policy.updated_at for policy in current.values()), default=None)
+    outdated = set()
+    for pk, (decoded, claimed_at) in by_claim.items():
+        policy = current.get(decoded.policy_id)
+        rule_gone = policy is None or (
+            policy.keep_last is None if decoded.reason == Reason.COUNT_CAP else policy.keep_for is None
+        )
+        if (
+            rule_gone
+            or not policy.enabled
+            or policy.is_shadow
+            or (last_change is not None and last_change > claimed_at)
+        ):
+            outdated.add(pk)
+    return outdated
 
 
 def count_reason(policy: RetentionPolicy) -> str:
@@ -293,7 +369,7 @@ def preview(now: datetime) -> list[PolicyPreview]:
 
 
 def retention_lag(now: datetime) -> timedelta:
-    """Age of the oldest overdue deletion (own expiry, result TTL, policy age, stale claim); 0 if none."""
+    """Age of the oldest overdue deletion (own expiry, result TTL, policy age, unfinished claim); 0 if none."""
     overdue_since: list[datetime] = []
     oldest = expiry_due(now).aggregate(at=Min("expires_at"))["at"]
     if oldest is not None:
@@ -301,7 +377,9 @@ def retention_lag(now: datetime) -> timedelta:
     oldest = results_due(now).aggregate(at=Min("result_expires_at"))["at"]
     if oldest is not None:
         overdue_since.append(oldest)
-    oldest = stale_claims(now).aggregate(at=Min("status_changed_at"))["at"]
+    # A claim counts from when its data was due, however often it was taken over: a purge
+    # stuck for a week shows a week of lag, not the age of its latest attempt.
+    oldest = purging().aggregate(at=Min(Coalesce("purge_due_at", "status_changed_at")))["at"]
     if oldest is not None:
         overdue_since.append(oldest)
     policies = enforcing_only(enabled_policies())

@@ -1,43 +1,44 @@
 """The one purge path. Sweeps, policies, user erasure and the finished-after-expiry hook all use it.
 
-1. ``claim``: mark tasks ``purging`` in a short transaction (``SELECT … FOR UPDATE SKIP LOCKED``).
-2. ``purge_claimed``: delete the manifest's objects outside any transaction, then in one
-   transaction re-check each task is still ``purging`` under a row lock, write its audit record,
-   delete its result and manifest rows, and turn it into a tombstone.
+1. ``claim``: mark tasks ``purging`` in a short transaction (``SELECT … FOR UPDATE SKIP LOCKED``)
+   with a lease (``lease_expires_at``) the purger renews as it goes, and ``purge_due_at``, when
+   the data became due (retention lag counts from it, whatever happens to the claim).
+2. ``purge_claimed``: in groups of tasks whose keys fit one ``DeleteObjects`` call (a larger task
+   is a group of its own), each in one fence transaction (see fence.py): lock the group's rows
+   (SKIP LOCKED: a rival purger finishes what it holds), give back claims a legal hold or a
+   policy edit no longer allows, delete the objects, then write the audit records, delete the
+   result and manifest rows and leave tombstones. The rows change only at commit, after the
+   objects are gone: a crash or rollback leaves the tasks ``purging`` with rows pointing at
+   missing objects, which the next attempt counts as deleted; never the reverse.
 
-A crash anywhere leaves tasks ``purging``; the next tasks sweep takes over claims older than
-RETENTION_CLAIM_TIMEOUT. Two purges of the same task (a takeover racing a slow purger, a
-duplicate message) both delete objects, which is harmless (a missing key counts as deleted),
-but only the first final transaction finds the row ``purging``: one audit record, ever.
+A claim whose lease lapsed (its purger died) is taken over by the next tasks sweep. Two purges
+of the same task (a takeover racing a slow purger, a duplicate message) never both finish it:
+only one transaction finds the row ``purging`` under its lock: one audit record, ever.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from django.core.files.storage import Storage
-from django.db import connection, transaction
-from django.db.models import Case, Count, DateTimeField, Exists, F, OuterRef, QuerySet, Sum, Value, When
-from django.db.models.functions import Collate
+from django.db import transaction
+from django.db.models import Case, Count, DateTimeField, Exists, F, OuterRef, Q, QuerySet, Sum, Value, When
+from django.utils import timezone
 
-from retention import conf, objects
+from retention import conf, fence, objects, policies
 from retention.audit import purge_record
-from retention.fence import fenced
 from retention.models import AuditAction, AuditRecord, Reason, RetentionPolicy
-from retention.policies import results_due
-from retention.querysets import only_held
+from retention.querysets import exclude_held, only_held
 from tasks_app.models import PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
-from tasks_app.storage import task_id_from_key
 
 logger = logging.getLogger(__name__)
 
 MAX_ERRORS = 20
-MISSING_SAMPLE = 10
 
 
 @dataclass
@@ -78,16 +79,20 @@ def claim(
     limit: int,
     order_by: Sequence[Any] = ("pk",),
     skip_locked: bool = True,
+    due_at: Any = None,
 ) -> list[UUID]:
     """Mark up to ``limit`` of ``tasks`` ``purging`` with ``reason``; return their ids.
 
     ``final_status`` keeps the status before the claim (a task that never ran becomes
     ``cancelled`` in its tombstone). A reason already on the row (an erasure requested
-    while the task was running) is kept.
+    while the task was running) is kept. ``due_at`` (an expression or value; default
+    ``now``) is when the data became due.
     """
     with transaction.atomic():
         ids = list(
-            tasks.order_by(*order_by).select_for_update(skip_locked=skip_locked).values_list("pk", flat=True)[:limit]
+            tasks.order_by(*order_by)
+            .select_for_update(skip_locked=skip_locked, no_key=True)
+            .values_list("pk", flat=True)[:limit]
         )
         if ids:
             # final_status keeps the status as it was, so a claim given back (a legal hold)
@@ -96,8 +101,11 @@ def claim(
                 status=TaskStatus.PURGING,
                 final_status=F("status"),
                 purge_reason=Case(When(purge_reason="", then=Value(reason)), default=F("purge_reason")),
-                status_changed_at=now,
-                lease_expires_at=None,
+                purge_due_at=Value(now) if due_at is None else due_at,
+                purge_attempts=1,
+                # The wall-clock moment of the claim: a policy edited after it gives the claim back.
+                status_changed_at=max(now, timezone.now()),
+                lease_expires_at=now + conf.claim_timeout(),
             )
     if ids:
         logger.info("tasks claimed for purge", extra={"count": len(ids), "reason": reason})
@@ -105,39 +113,98 @@ def claim(
 
 
 def take_over(tasks: QuerySet, *, now: datetime, limit: int) -> list[UUID]:
-    """Re-claim up to ``limit`` stale ``purging`` tasks (SKIP LOCKED), keeping their reason."""
+    """Re-claim up to ``limit`` ``purging`` tasks whose purger's lease lapsed, keeping reason and due time."""
     with transaction.atomic():
         ids = list(
             tasks.filter(status=TaskStatus.PURGING)
-            .order_by("status_changed_at", "pk")
-            .select_for_update(skip_locked=True)
+            .order_by("lease_expires_at", "pk")
+            .select_for_update(skip_locked=True, no_key=True)
             .values_list("pk", flat=True)[:limit]
         )
         if ids:
-            Task.objects.filter(pk__in=ids, status=TaskStatus.PURGING).update(status_changed_at=now)
+            Task.objects.filter(pk__in=ids, status=TaskStatus.PURGING).update(
+                lease_expires_at=now + conf.claim_timeout(), purge_attempts=F("purge_attempts") + 1
+            )
     if ids:
         logger.warning("stale purge claims taken over", extra={"count": len(ids)})
     return ids
 
 
-def _release_held(task_ids: list[UUID], now: datetime) -> set[UUID]:
-    """Give back claims on tasks a legal hold now covers; return their ids."""
-    held = set(only_held(Task.objects.filter(pk__in=task_ids, status=TaskStatus.PURGING)).values_list("pk", flat=True))
+def request_erasure(task_id: UUID | str) -> bool:
+    """Make a claim another purger holds end as the owner's erasure; False if it is no longer purging."""
+    return bool(Task.objects.filter(pk=task_id, status=TaskStatus.PURGING).update(purge_reason=Reason.USER_REQUEST))
+
+
+def give_back(task_ids: Iterable[UUID], now: datetime) -> int:
+    """Restore claimed tasks to the status they had; a pending user erasure stays requested.
+
+    The erasure is kept as a reason and an ``expires_at`` of now at the latest, so the tasks
+    sweep erases the task once whatever stopped the purge (a legal hold) is gone.
+    """
+    erasure = Q(purge_reason=Reason.USER_REQUEST)
+    return Task.objects.filter(pk__in=list(task_ids), status=TaskStatus.PURGING).update(
+        status=F("final_status"),
+        final_status="",
+        purge_reason=Case(When(erasure, then=Value(Reason.USER_REQUEST)), default=Value("")),
+        expires_at=Case(
+            When(erasure & (Q(expires_at__isnull=True) | Q(expires_at__gt=now)), then=Value(now)),
+            default=F("expires_at"),
+        ),
+        purge_due_at=None,
+        purge_attempts=0,
+        lease_expires_at=None,
+        status_changed_at=now,
+    )
+
+
+def _withheld(rows: Sequence[tuple[UUID, str, datetime]], now: datetime) -> set[UUID]:
+    """Give back the claims among ``rows`` (id, reason, claimed at) that may no longer proceed.
+
+    A legal hold now covers the task, or the claim was made under a policy that no longer
+    says delete (disabled, shadow, deleted, or any policy edited since the claim).
+    """
+    ids = [row[0] for row in rows]
+    held = set(only_held(Task.objects.filter(pk__in=ids)).values_list("pk", flat=True))
+    outdated = policies.outdated_claims(rows) - held
     if held:
-        Task.objects.filter(pk__in=held, status=TaskStatus.PURGING).update(
-            status=F("final_status"), final_status="", purge_reason="", status_changed_at=now
-        )
         logger.warning("purge withheld: legal hold", extra={"task_ids": sorted(str(i) for i in held)})
-    return held
+    if outdated:
+        logger.warning("purge withheld: policy changed", extra={"task_ids": sorted(str(i) for i in outdated)})
+    withheld = held | outdated
+    if withheld:
+        give_back(withheld, now)
+    return withheld
 
 
-# --- 2. Delete objects, then finish in one transaction -------------------------------------------
+def heartbeat(task_ids: Iterable[UUID], now: datetime) -> None:
+    """Renew the purger's lease on claims it still works on, so no takeover duplicates its work."""
+    moment = max(now, timezone.now())
+    Task.objects.filter(pk__in=list(task_ids), status=TaskStatus.PURGING).update(
+        lease_expires_at=moment + conf.claim_timeout()
+    )
+
+
+# --- 2. Delete objects and finish, one fenced group at a time --------------------------------------
+
+
+def manifest_keys(manifest: QuerySet, page: int = objects.DELETE_BATCH) -> Iterator[str]:
+    """Keys of ``manifest`` in key order, one query per page (no server-side cursor, so no
+    session state: safe behind PgBouncer and with DISABLE_SERVER_SIDE_CURSORS)."""
+    after: str | None = None
+    while True:
+        rows = manifest.order_by("key")
+        if after is not None:
+            rows = rows.filter(key__gt=after)
+        keys = list(rows.values_list("key", flat=True)[:page])
+        yield from keys
+        if len(keys) < page:
+            return
+        after = keys[-1]
 
 
 def _delete_manifest_objects(manifest: QuerySet, counts: PurgeCounts, storage: Storage | None) -> set[UUID]:
-    """Delete the objects of ``manifest`` (streamed by key); return the tasks with keys not deleted."""
-    keys = manifest.order_by("key").values_list("key", flat=True).iterator(chunk_size=objects.DELETE_BATCH)
-    outcome = objects.delete_keys(keys, storage=storage)
+    """Delete the objects of ``manifest``; return the tasks with keys not deleted."""
+    outcome = objects.delete_keys(manifest_keys(manifest), storage=storage)
     if not outcome.failed:
         return set()
     failed_tasks = set(manifest.filter(key__in=list(outcome.failed)).values_list("task_id", flat=True))
@@ -151,10 +218,34 @@ def _manifest_stats(manifest: QuerySet) -> dict[UUID, tuple[int, int]]:
     return {row["task_id"]: (row["n"], row["size"] or 0) for row in rows}
 
 
+def groups(task_ids: Sequence[UUID], manifest: QuerySet, *, keys: int = objects.DELETE_BATCH) -> list[list[UUID]]:
+    """Split ``task_ids`` (in order) into groups whose manifest keys fit one delete call.
+
+    A task with more keys than that is a group of its own: a group is the unit the fence
+    covers, so a hold never lands between two calls deleting one task.
+    """
+    sizes = dict(manifest.filter(task_id__in=list(task_ids)).order_by().values_list("task_id").annotate(n=Count("pk")))
+    result: list[list[UUID]] = []
+    current: list[UUID] = []
+    count = 0
+    for task_id in task_ids:
+        n = sizes.get(task_id, 0)
+        if current and count + n > keys:
+            result.append(current)
+            current, count = [], 0
+        current.append(task_id)
+        count += n
+    if current:
+        result.append(current)
+    return result
+
+
 def _tombstone(task_ids: list[UUID], now: datetime) -> None:
     """Clear everything but the billing record: id, owner, type, timestamps, final status, usage.
 
     A task purged before it ran (scheduled or queued) is recorded as cancelled at that moment.
+    The idempotency key stays: a schedule's period (or a client's retry) that already ran
+    must find its task, even as a tombstone, instead of running again.
     """
     pending = [str(status) for status in PENDING_STATUSES]
     Task.objects.filter(pk__in=task_ids).update(
@@ -169,7 +260,6 @@ def _tombstone(task_ids: list[UUID], now: datetime) -> None:
         payload=None,
         error="",
         result_expires_at=None,
-        idempotency_key=None,
         purge_reason="",
         lease_expires_at=None,
         worker="",
@@ -177,12 +267,12 @@ def _tombstone(task_ids: list[UUID], now: datetime) -> None:
 
 
 def _finish(task_ids: list[UUID], now: datetime, run_id: int | None) -> PurgeCounts:
-    """The final transaction; returns what it committed."""
+    """Audit, delete the rows and tombstone the tasks still ``purging``; returns what it did."""
     done = PurgeCounts()
     with transaction.atomic():
         # Re-check under the row lock: a concurrent purge of the same task may have finished it.
         rows = list(
-            Task.objects.select_for_update()
+            Task.objects.select_for_update(no_key=True)
             .filter(pk__in=task_ids, status=TaskStatus.PURGING)
             .order_by("pk")
             .values_list("pk", "owner_id", "task_type", "purge_reason")
@@ -217,32 +307,74 @@ def _finish(task_ids: list[UUID], now: datetime, run_id: int | None) -> PurgeCou
     return done
 
 
-@fenced
+def _purge_group(group: list[UUID], now: datetime, run_id: int | None, storage: Storage | None) -> PurgeCounts:
+    counts = PurgeCounts()
+    with fence.deleting():
+        # SKIP LOCKED: a rival purger (a takeover, a duplicate message) is finishing those.
+        rows = list(
+            Task.objects.select_for_update(skip_locked=True, no_key=True)
+            .filter(pk__in=group, status=TaskStatus.PURGING)
+            .order_by("pk")
+            .values_list("pk", "purge_reason", "status_changed_at")
+        )
+        withheld = _withheld(rows, now) if rows else set()
+        ids = [row[0] for row in rows if row[0] not in withheld]
+        if not ids:
+            return counts
+        failed = _delete_manifest_objects(StoredObject.objects.filter(task_id__in=ids), counts, storage)
+        counts.failed += len(failed)
+        counts.add(_finish([task_id for task_id in ids if task_id not in failed], now, run_id))
+    return counts
+
+
+def _in_groups(
+    ids: list[UUID],
+    manifest: QuerySet,
+    work: Callable[[list[UUID]], PurgeCounts],
+    *,
+    now: datetime,
+    what: str,
+    renew: bool,
+) -> PurgeCounts:
+    """Run ``work`` on each group of ``ids``; a failed group is counted, the others go on."""
+    counts = PurgeCounts()
+    remaining = list(ids)
+    for group in groups(ids, manifest):
+        if renew:
+            heartbeat(remaining, now)
+        try:
+            counts.add(work(group))
+        except Exception as exc:
+            # The group's transaction rolled back: its tasks stay as they were for a later run.
+            logger.exception(f"{what} failed", extra={"task_ids": [str(i) for i in group]})
+            counts.failed += len(group)
+            counts.error(f"{what} of {len(group)} tasks failed: {exc!r}")
+        remaining = remaining[len(group) :]
+    return counts
+
+
 def purge_claimed(
     task_ids: Iterable[UUID | str], *, now: datetime, run_id: int | None = None, storage: Storage | None = None
 ) -> PurgeCounts:
     """Finish the purge of claimed tasks; ids no longer ``purging`` are skipped (already done).
 
-    Never raises for a failure of one batch: the tasks stay ``purging`` for a takeover, and the
-    failure is counted and described in the returned counts.
+    Never raises for a failure of one group: its tasks stay ``purging`` for a takeover, and
+    the failure is counted and described in the returned counts.
     """
-    counts = PurgeCounts()
-    ids = list(Task.objects.filter(pk__in=list(task_ids), status=TaskStatus.PURGING).values_list("pk", flat=True))
-    if not ids:
-        return counts
-    held = _release_held(ids, now)
-    ids = [task_id for task_id in ids if task_id not in held]
-    # Objects first, outside any transaction: a crash after this leaves rows pointing at
-    # missing objects, which the next attempt counts as deleted; never the reverse.
-    failed = _delete_manifest_objects(StoredObject.objects.filter(task_id__in=ids), counts, storage)
-    done = [task_id for task_id in ids if task_id not in failed]
-    counts.failed += len(failed)
-    try:
-        counts.add(_finish(done, now, run_id))
-    except Exception as exc:
-        logger.exception("purge batch failed; tasks stay purging", extra={"task_ids": [str(i) for i in done]})
-        counts.failed += len(done)
-        counts.error(f"purge of {len(done)} tasks failed: {exc!r}")
+    objects.refuse_inside_transaction()
+    ids = list(
+        Task.objects.filter(pk__in=list(task_ids), status=TaskStatus.PURGING)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    counts = _in_groups(
+        ids,
+        StoredObject.objects.all(),
+        lambda group: _purge_group(group, now, run_id, storage),
+        now=now,
+        what="purge",
+        renew=True,
+    )
     if counts.purged:
         logger.info(
             "tasks purged",
@@ -254,76 +386,83 @@ def purge_claimed(
 # --- Results (result TTL) ------------------------------------------------------------------------
 
 
-def _result_manifest(task_ids: Iterable[UUID | str]) -> QuerySet:
-    return StoredObject.objects.filter(task_id__in=list(task_ids)).exclude(kind=StoredObject.INPUT_KIND)
+def _result_manifest(task_ids: Iterable[UUID | str] | None = None) -> QuerySet:
+    rows = StoredObject.objects.exclude(kind=StoredObject.INPUT_KIND)
+    return rows if task_ids is None else rows.filter(task_id__in=list(task_ids))
 
 
-@fenced
 def purge_results(
     task_ids: Iterable[UUID | str], *, now: datetime, run_id: int | None = None, storage: Storage | None = None
 ) -> PurgeCounts:
     """Delete the results of tasks past ``result_expires_at``: TaskResult and non-input objects.
 
-    The task row stays as it is. Re-checked under the row lock, so a duplicate run audits
-    nothing twice; a task with nothing left to delete is not audited.
+    The task row stays as it is. Re-checked under the row lock in each fenced group, so a
+    duplicate run audits nothing twice; a task with nothing left to delete is not audited.
     """
-    counts = PurgeCounts()
-    ids = list(results_due(now).filter(pk__in=list(task_ids)).values_list("pk", flat=True))
-    if not ids:
-        return counts
-    failed = _delete_manifest_objects(_result_manifest(ids), counts, storage)
-    done = [task_id for task_id in ids if task_id not in failed]
-    counts.failed += len(failed)
-    try:
-        counts.add(_finish_results(done, now, run_id))
-    except Exception as exc:
-        logger.exception("result purge failed", extra={"task_ids": [str(i) for i in done]})
-        counts.failed += len(done)
-        counts.error(f"result purge of {len(done)} tasks failed: {exc!r}")
+    objects.refuse_inside_transaction()
+    ids = list(policies.results_due(now).filter(pk__in=list(task_ids)).order_by("pk").values_list("pk", flat=True))
+    counts = _in_groups(
+        ids,
+        _result_manifest(),
+        lambda group: _purge_results_group(group, now, run_id, storage),
+        now=now,
+        what="result purge",
+        renew=False,
+    )
     if counts.purged:
         logger.info("results purged", extra={"count": counts.purged, "objects": counts.objects_deleted})
     return counts
 
 
-def _finish_results(task_ids: list[UUID], now: datetime, run_id: int | None) -> PurgeCounts:
-    """The final transaction of a result purge; returns what it committed."""
-    done = PurgeCounts()
-    with transaction.atomic():
-        rows = list(
-            Task.objects.select_for_update()
-            .filter(pk__in=task_ids, result_expires_at__lte=now)
+def _purge_results_group(group: list[UUID], now: datetime, run_id: int | None, storage: Storage | None) -> PurgeCounts:
+    counts = PurgeCounts()
+    with fence.deleting():
+        due = (
+            Task.objects.filter(pk__in=group, result_expires_at__lte=now)
             .exclude(status__in=[TaskStatus.PURGING, TaskStatus.EXPIRED])
-            .order_by("pk")
-            .values_list("pk", "owner_id", "task_type")
+            .select_for_update(skip_locked=True, no_key=True)
         )
-        locked = [row[0] for row in rows]
-        manifest = _result_manifest(locked)
-        stats = _manifest_stats(manifest)
-        with_result = set(TaskResult.objects.filter(task_id__in=locked).values_list("task_id", flat=True))
-        records = []
-        for task_id, owner_id, task_type in rows:
-            n, size = stats.get(task_id, (0, 0))
-            if not n and task_id not in with_result:
-                continue  # a concurrent purge got here first
-            records.append(
-                AuditRecord(
-                    task_id=task_id,
-                    owner_id=owner_id,
-                    task_type=task_type,
-                    action=AuditAction.RESULT_PURGED,
-                    reason=Reason.RESULT_TTL,
-                    objects_deleted=n,
-                    bytes_freed=size,
-                    occurred_at=now,
-                    sweep_run_id=run_id,
-                )
+        rows = list(exclude_held(due).order_by("pk").values_list("pk", "owner_id", "task_type"))
+        if not rows:
+            return counts
+        ids = [row[0] for row in rows]
+        failed = _delete_manifest_objects(_result_manifest(ids), counts, storage)
+        counts.failed += len(failed)
+        counts.add(_finish_results([row for row in rows if row[0] not in failed], now, run_id))
+    return counts
+
+
+def _finish_results(rows: list[tuple[UUID, int | None, str]], now: datetime, run_id: int | None) -> PurgeCounts:
+    """Audit and delete the results of the locked ``rows`` (id, owner, type); returns what it did."""
+    done = PurgeCounts()
+    locked = [row[0] for row in rows]
+    manifest = _result_manifest(locked)
+    stats = _manifest_stats(manifest)
+    with_result = set(TaskResult.objects.filter(task_id__in=locked).values_list("task_id", flat=True))
+    records = []
+    for task_id, owner_id, task_type in rows:
+        n, size = stats.get(task_id, (0, 0))
+        if not n and task_id not in with_result:
+            continue  # a concurrent purge got here first
+        records.append(
+            AuditRecord(
+                task_id=task_id,
+                owner_id=owner_id,
+                task_type=task_type,
+                action=AuditAction.RESULT_PURGED,
+                reason=Reason.RESULT_TTL,
+                objects_deleted=n,
+                bytes_freed=size,
+                occurred_at=now,
+                sweep_run_id=run_id,
             )
-            done.objects_deleted += n
-            done.bytes_freed += size
-        AuditRecord.objects.bulk_create(records)
-        manifest.delete()
-        TaskResult.objects.filter(task_id__in=locked).delete()
-        done.purged = len(records)
+        )
+        done.objects_deleted += n
+        done.bytes_freed += size
+    AuditRecord.objects.bulk_create(records)
+    manifest.delete()
+    TaskResult.objects.filter(task_id__in=locked).delete()
+    done.purged = len(records)
     return done
 
 
@@ -360,144 +499,3 @@ def record_shadow(
     AuditRecord.objects.bulk_create(records, ignore_conflicts=True)
     logger.info("shadow policy would purge", extra={"policy_id": policy.pk, "count": len(rows)})
     return [row[0] for row in rows]
-
-
-# --- Orphans -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Owner:
-    status: str
-    owner_id: int | None
-    task_type: str
-
-
-def _orphans_of_page(listed: Sequence[objects.ListedObject], now: datetime) -> list[objects.ListedObject]:
-    """The listed objects that are orphans: no task, or an expired (and not held) one; past the grace."""
-    cutoff = now - conf.orphan_grace()
-    old = [obj for obj in listed if obj.modified <= cutoff]
-    if not old:
-        return []
-    ids = {task_id for obj in old if (task_id := task_id_from_key(obj.key)) is not None}
-    statuses = dict(Task.objects.filter(pk__in=ids).values_list("pk", "status"))
-    expired = [task_id for task_id, status in statuses.items() if status == TaskStatus.EXPIRED]
-    held = set(only_held(Task.objects.filter(pk__in=expired)).values_list("pk", flat=True)) if expired else set()
-    # Belt and braces: an object still in a manifest is never an orphan.
-    in_manifest = set(StoredObject.objects.filter(key__in=[obj.key for obj in old]).values_list("key", flat=True))
-    orphans = []
-    for obj in old:
-        task_id = task_id_from_key(obj.key)
-        status = statuses.get(task_id) if task_id is not None else None
-        if obj.key in in_manifest or task_id in held:
-            continue
-        if status is None or status == TaskStatus.EXPIRED:
-            orphans.append(obj)
-    return orphans
-
-
-def find_orphans(
-    listed: Iterable[objects.ListedObject], *, now: datetime, limit: int | None = None
-) -> list[objects.ListedObject]:
-    """Orphans among ``listed`` (read in pages; at most ``limit`` objects looked at)."""
-    found: list[objects.ListedObject] = []
-    seen = 0
-    for page in objects.batched(listed, conf.batch_size()):
-        if limit is not None:
-            page = page[: max(limit - seen, 0)]
-        found.extend(_orphans_of_page(page, now))
-        seen += len(page)
-        if limit is not None and seen >= limit:
-            break
-    return found
-
-
-def _manifest_in_range(start_after: str, upto: str | None) -> QuerySet:
-    """Manifest rows with ``start_after < key <= upto`` in byte order (the order storage lists keys in)."""
-    collation = "C" if connection.vendor == "postgresql" else "BINARY"
-    rows = StoredObject.objects.alias(byte_key=Collate("key", collation))
-    if start_after:
-        rows = rows.filter(byte_key__gt=start_after)
-    if upto is not None:
-        rows = rows.filter(byte_key__lte=upto)
-    return rows
-
-
-def _missing_objects(
-    listed: Sequence[objects.ListedObject], *, start_after: str, upto: str | None, now: datetime
-) -> tuple[int, list[str]]:
-    """Keys of live tasks' manifest rows in the listed range whose object the listing did not find."""
-    # A row is written just before its upload: give uploads the same grace as orphans.
-    rows = (
-        _manifest_in_range(start_after, upto)
-        .filter(created_at__lte=now - conf.orphan_grace())
-        .exclude(task__status__in=[TaskStatus.PURGING, TaskStatus.EXPIRED])
-    )
-    present = {obj.key for obj in listed}
-    # Counted while streaming; only a sample is kept (an empty listing would otherwise make
-    # every manifest row past the cursor "missing" at once).
-    count, sample = 0, []
-    for key in rows.order_by("key").values_list("key", flat=True).iterator(chunk_size=2000):
-        if key not in present:
-            count += 1
-            if len(sample) < MISSING_SAMPLE:
-                sample.append(key)
-    return count, sample
-
-
-@fenced
-def purge_orphans(
-    listed: Sequence[objects.ListedObject],
-    *,
-    start_after: str,
-    upto: str | None,
-    now: datetime,
-    run_id: int | None,
-    storage: Storage | None = None,
-) -> PurgeCounts:
-    """Delete the orphans of one listing page and audit them per task; report missing objects.
-
-    ``upto`` is the page's last key, or None when the listing reached its end.
-    """
-    counts = PurgeCounts()
-    orphans = _orphans_of_page(listed, now)
-    if orphans:
-        counts.claimed += len(orphans)
-        outcome = objects.delete_keys([obj.key for obj in orphans], storage=storage)
-        deleted = [obj for obj in orphans if obj.key not in outcome.failed]
-        counts.failed += len(outcome.failed)
-        for key, error in sorted(outcome.failed.items())[:5]:
-            counts.error(f"{key}: {error}")
-        by_task: dict[UUID | None, list[objects.ListedObject]] = {}
-        for obj in deleted:
-            by_task.setdefault(task_id_from_key(obj.key), []).append(obj)
-        owners = {
-            pk: (owner_id, task_type)
-            for pk, owner_id, task_type in Task.objects.filter(pk__in=[i for i in by_task if i]).values_list(
-                "pk", "owner_id", "task_type"
-            )
-        }
-        AuditRecord.objects.bulk_create(
-            AuditRecord(
-                task_id=task_id,
-                owner_id=owners.get(task_id, (None, ""))[0],
-                task_type=owners.get(task_id, (None, ""))[1],
-                action=AuditAction.ORPHAN_DELETED,
-                reason=Reason.ORPHAN,
-                objects_deleted=len(found),
-                bytes_freed=sum(obj.size for obj in found),
-                occurred_at=now,
-                sweep_run_id=run_id,
-            )
-            for task_id, found in sorted(by_task.items(), key=lambda item: str(item[0]))
-        )
-        counts.purged += len(deleted)
-        counts.objects_deleted += len(deleted)
-        counts.bytes_freed += sum(obj.size for obj in deleted)
-        logger.info("orphaned objects deleted", extra={"count": len(deleted), "bytes": counts.bytes_freed})
-    missing, sample = _missing_objects(listed, start_after=start_after, upto=upto, now=now)
-    if missing:
-        counts.missing_objects += missing
-        for key in sample[:5]:
-            counts.error(f"manifest object missing from storage: {key}")
-        logger.warning("manifest objects missing from storage", extra={"count": missing, "keys": sample})
-    return counts

@@ -44,7 +44,10 @@ def purge_now(task: Task | UUID | str, *, now: datetime | None = None) -> bool:
         if LegalHold.objects.active().covering(row).exists():
             raise TaskOnLegalHold(f"task {task_id} is under a legal hold")
         if row.status == TaskStatus.PURGING:
-            break
+            # Claimed by another purge (expiry, a policy): it ends as the owner's erasure.
+            if purge.request_erasure(task_id):
+                break
+            continue
         if row.status == TaskStatus.RUNNING:
             if _defer_erasure(task_id, now):
                 return False
@@ -74,7 +77,12 @@ def _defer_erasure(task_id: UUID | str, now: datetime) -> bool:
 def purge_if_expired(task_id: UUID | str, *, now: datetime) -> bool:
     """Purge a task that finished after its ``expires_at`` passed; return whether it was purged."""
     claimed = purge.claim(
-        policies.expiry_due(now).filter(pk=task_id), reason=Reason.EXPIRES_AT, now=now, limit=1, skip_locked=False
+        policies.expiry_due(now).filter(pk=task_id),
+        reason=Reason.EXPIRES_AT,
+        now=now,
+        limit=1,
+        skip_locked=False,
+        due_at=F("expires_at"),
     )
     if not claimed:
         return False

@@ -21,11 +21,11 @@ from uuid import UUID
 
 from django.core.files.storage import Storage
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
-from retention import conf, objects, policies, purge
-from retention.models import AuditRecord, ListingCursor, Reason, RetentionPolicy, SweepKind, SweepRun
+from retention import conf, objects, orphans, policies, purge
+from retention.models import AuditRecord, Reason, RetentionPolicy, SweepKind, SweepRun
 from retention.purge import PurgeCounts
 from tasks_app.storage import PREFIX
 
@@ -39,7 +39,6 @@ SWEEP_TASK_NAMES = {
 }
 PURGE_TASKS_CHUNK = "retention.purge_tasks_chunk"
 PURGE_RESULTS_CHUNK = "retention.purge_results_chunk"
-ORPHAN_CURSOR = "orphans"
 MAX_RUN_ERRORS = 50
 # A run still open this long after it started lost a chunk (no sweep runs for hours).
 ABANDONED_AFTER = timedelta(hours=6)
@@ -332,7 +331,12 @@ def sweep_tasks(
         Step(lambda n: purge.take_over(policies.stale_claims(now), now=now, limit=n), fanout.purge_tasks),
         Step(
             lambda n: purge.claim(
-                policies.expiry_due(now), reason=Reason.EXPIRES_AT, now=now, limit=n, order_by=("expires_at", "pk")
+                policies.expiry_due(now),
+                reason=Reason.EXPIRES_AT,
+                now=now,
+                limit=n,
+                order_by=("expires_at", "pk"),
+                due_at=F("expires_at"),
             ),
             fanout.purge_tasks,
         ),
@@ -368,13 +372,23 @@ def sweep_results(
 
 
 def _policy_steps(
-    policy: RetentionPolicy, every: list[RetentionPolicy], now: datetime, fanout: Fanout, run_id: int
+    policy: RetentionPolicy,
+    every: list[RetentionPolicy],
+    now: datetime,
+    fanout: Fanout,
+    run_id: int,
+    version: tuple[int, datetime | None],
 ) -> list[Step]:
     steps: list[Step] = []
-    targets: list[tuple[Callable[[], Any], str, str]] = []
+    targets: list[tuple[Callable[[], Any], str, str, Any]] = []
     if policy.keep_for is not None:
         targets.append(
-            (lambda: policies.age_due(policy, every, now), Reason.policy(policy.pk), Reason.policy(policy.pk))
+            (
+                lambda: policies.age_due(policy, every, now),
+                Reason.policy(policy.pk),
+                Reason.policy(policy.pk),
+                policies.age_due_at(policy),
+            )
         )
     for task_type, status in policies.count_cap_groups(policy, every):
         targets.append(
@@ -382,14 +396,18 @@ def _policy_steps(
                 lambda t=task_type, s=status: policies.count_due(policy, every, t, s),
                 policies.count_reason(policy),
                 Reason.COUNT_CAP,
+                None,
             )
         )
-    for due, claim_reason, audit_reason in targets:
+    for due, claim_reason, audit_reason, due_at in targets:
         if policy.is_shadow:
             steps.append(
                 Step(
-                    lambda n, due=due, reason=audit_reason: purge.record_shadow(
-                        due(), policy=policy, reason=reason, now=now, run_id=run_id, limit=n
+                    _unless_changed(
+                        version,
+                        lambda n, due=due, reason=audit_reason: purge.record_shadow(
+                            due(), policy=policy, reason=reason, now=now, run_id=run_id, limit=n
+                        ),
                     ),
                     shadow=True,
                 )
@@ -397,13 +415,34 @@ def _policy_steps(
         else:
             steps.append(
                 Step(
-                    lambda n, due=due, reason=claim_reason: purge.claim(
-                        due(), reason=reason, now=now, limit=n, order_by=("finished_at", "pk")
+                    _unless_changed(
+                        version,
+                        lambda n, due=due, reason=claim_reason, due_at=due_at: purge.claim(
+                            due(), reason=reason, now=now, limit=n, order_by=("finished_at", "pk"), due_at=due_at
+                        ),
                     ),
                     fanout.purge_tasks,
                 )
             )
     return steps
+
+
+def _unless_changed(
+    version: tuple[int, datetime | None], take: Callable[[int], list[Any]]
+) -> Callable[[int], list[Any]]:
+    """``take``, or nothing once any policy changed since the sweep read them.
+
+    Each batch looks again (one small query), so a sweep never claims under rules an
+    operator already changed; claims made before the change are given back by the purge.
+    """
+
+    def guarded(n: int) -> list[Any]:
+        if policies.version() != version:
+            logger.info("policies changed mid-sweep; the next sweep applies the new rules")
+            return []
+        return take(n)
+
+    return guarded
 
 
 def sweep_policies(
@@ -412,10 +451,11 @@ def sweep_policies(
     """Every enabled policy's age limit and count cap; shadow policies only record."""
     fanout = fanout or InProcess(now)
     run_id = start_run(SweepKind.POLICIES, now, run_id)
+    version = policies.version()
     every = policies.enabled_policies()
     steps: list[Step] = []
     for policy in every:
-        steps.extend(_policy_steps(policy, policies.hierarchy_for(policy, every), now, fanout, run_id))
+        steps.extend(_policy_steps(policy, policies.hierarchy_for(policy, every), now, fanout, run_id, version))
     run = _drain(SweepKind.POLICIES, run_id, steps, fanout, Budget.for_run(fanout, limit), now)
     pruned = prune_empty_runs(now)
     if pruned:
@@ -424,21 +464,6 @@ def sweep_policies(
 
 
 # --- Orphans -------------------------------------------------------------------------------------
-
-
-def _lease_cursor(now: datetime) -> ListingCursor | None:
-    """Take the orphan listing for this run (None if another run holds it)."""
-    ListingCursor.objects.get_or_create(name=ORPHAN_CURSOR)
-    taken = (
-        ListingCursor.objects.filter(name=ORPHAN_CURSOR)
-        .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=now))
-        .update(leased_until=now + conf.claim_timeout())
-    )
-    return ListingCursor.objects.get(name=ORPHAN_CURSOR) if taken else None
-
-
-def _save_cursor(position: str, *, leased_until: datetime | None) -> None:
-    ListingCursor.objects.filter(name=ORPHAN_CURSOR).update(position=position, leased_until=leased_until)
 
 
 def sweep_orphans(
@@ -455,10 +480,12 @@ def sweep_orphans(
 
     The listing resumes from a saved cursor, so one run is bounded; manifest rows whose
     object is missing are counted and logged. Returns None if another run holds the listing.
+    See orphans.py for how each page is decided, recorded and deleted exactly once.
     """
     fanout = fanout or InProcess(now, storage=storage, progress=progress)
     progress = progress or getattr(fanout, "progress", None)
-    cursor = _lease_cursor(now)
+    token = orphans.new_token()
+    cursor = orphans.lease_listing(token)
     if cursor is None:
         logger.info("orphan sweep skipped: another run holds the listing")
         if run_id is not None:
@@ -467,10 +494,17 @@ def sweep_orphans(
     run_id = start_run(SweepKind.ORPHANS, now, run_id)
     budget = Budget.for_run(fanout, limit)
     size = conf.batch_size()
-    position = cursor.position
+    position: str | None = cursor.position
     unfinished = False
     try:
-        while True:
+        # Intents a crashed run recorded but did not finish come first.
+        record(
+            run_id,
+            orphans.finish_pending(token=token, now=now, run_id=run_id, storage=storage),
+            now=now,
+            part_done=False,
+        )
+        while position is not None:
             if budget.limit_reached:
                 break
             if budget.batches_spent:
@@ -481,15 +515,21 @@ def sweep_orphans(
             budget.spend(len(listed))
             end = len(listed) < wanted
             upto = None if end else listed[-1].key
-            counts = purge.purge_orphans(
-                listed, start_after=position, upto=upto, now=now, run_id=run_id, storage=storage
+            counts = _orphan_page(
+                listed, token=token, start_after=position, upto=upto, now=now, run_id=run_id, storage=storage
             )
+            if counts is None:
+                logger.warning("orphan sweep stopped: another run took the listing over", extra={"sweep_run": run_id})
+                position = None
+                break
             record(run_id, counts, now=now, part_done=False)
             if progress is not None and listed:
                 progress(len(listed))
             # The listing restarts from the beginning once it reached the end.
             position = "" if end else listed[-1].key
-            _save_cursor(position, leased_until=now + conf.claim_timeout())
+            if not orphans.renew_listing(token, position):
+                position = None
+                break
             if end:
                 break
     except Exception as exc:
@@ -499,12 +539,40 @@ def sweep_orphans(
         record(run_id, failed, now=now)
         raise
     finally:
-        _save_cursor(position, leased_until=None)
+        orphans.release_listing(token, position)
     if unfinished:
         fanout.resume(SweepKind.ORPHANS, run_id, None)
     else:
         record(run_id, PurgeCounts(), now=now)
     return SweepRun.objects.get(pk=run_id)
+
+
+def _orphan_page(
+    listed: list[objects.ListedObject],
+    *,
+    token: str,
+    start_after: str,
+    upto: str | None,
+    now: datetime,
+    run_id: int,
+    storage: Storage | None,
+) -> PurgeCounts | None:
+    """Record, delete and audit one page's orphans and report its missing objects; None if the lease is lost."""
+    found = orphans.candidates(listed, start_after=start_after, upto=upto, now=now)
+    if orphans.record_intents(found, token=token, run_id=run_id) is None:
+        return None
+    counts = PurgeCounts()
+    if found:
+        counts = orphans.finish_pending(
+            token=token, now=now, run_id=run_id, storage=storage, keys=[c.key for c in found]
+        )
+    missing, sample = orphans.missing_objects(listed, start_after=start_after, upto=upto, now=now)
+    if missing:
+        counts.missing_objects += missing
+        for key in sample[:5]:
+            counts.error(f"manifest object missing from storage: {key}")
+        logger.warning("manifest objects missing from storage", extra={"count": missing, "keys": sample})
+    return counts
 
 
 SWEEPS: dict[str, Callable[..., SweepRun | None]] = {
@@ -543,5 +611,5 @@ def would_delete(
             counts[f"{label} by count"] = row.by_count
         return counts
     listed = objects.iter_objects(PREFIX, storage=storage)
-    found = purge.find_orphans(listed, now=now, limit=limit)
+    found = orphans.find_orphans(listed, now=now, limit=limit)
     return {"orphaned objects": len(found), "orphaned bytes": sum(o.size for o in found)}

@@ -80,13 +80,25 @@ class Task(models.Model):
     error = models.TextField(blank=True, help_text="Last error; cleared on expiry.")
     # NULL (not "") when absent, so the unique constraints ignore tasks without a key.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="While running: the worker's lease. While purging: the purger's heartbeat (stale after it).",
+    )
     redeliver_at = models.DateTimeField(
         null=True, blank=True, help_text="While queued: when recovery publishes it again if no worker took it."
     )
     worker = models.CharField(max_length=255, blank=True, help_text="Worker holding the lease.")
     purge_reason = models.CharField(
         max_length=64, blank=True, help_text="Why the data is being deleted (while purging)."
+    )
+    purge_due_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="While purging: when the data became due for deletion (retention lag counts from it).",
+    )
+    purge_attempts = models.PositiveIntegerField(
+        default=0, help_text="While purging: purge attempts so far (the claim and each takeover)."
     )
 
     objects = TaskQuerySet.as_manager()
@@ -97,7 +109,9 @@ class Task(models.Model):
             models.Index(fields=["run_at"], name="task_due_idx", condition=Q(status="scheduled")),
             models.Index(fields=["redeliver_at"], name="task_redeliver_idx", condition=Q(status="queued")),
             models.Index(fields=["lease_expires_at"], name="task_lease_idx", condition=Q(status="running")),
-            models.Index(fields=["status_changed_at"], name="task_purging_idx", condition=Q(status="purging")),
+            # While purging, lease_expires_at is the purger's heartbeat: a lapsed one is taken over.
+            models.Index(fields=["lease_expires_at"], name="task_purge_lease_idx", condition=Q(status="purging")),
+            models.Index(fields=["purge_due_at"], name="task_purge_due_idx", condition=Q(status="purging")),
             models.Index(
                 fields=["expires_at"],
                 name="task_expires_idx",

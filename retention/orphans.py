@@ -1,0 +1,319 @@
+"""Orphaned storage objects: which listed objects are orphans, and deleting them exactly once.
+
+An orphan is an object under ``tasks/`` whose task does not exist or is expired (a tombstone
+under no legal hold), older than RETENTION_ORPHAN_GRACE; a manifest row of an expired task
+(a late writer's residue) is one too. Never an orphan: an object a live task owns, or one a
+transaction still open is about to give a task (``submit(input_file=…)`` uploads inside the
+caller's transaction, before the task row is visible).
+
+Each listing page goes through three steps, all while holding the listing's lease:
+1. ``candidates``: a read-only pre-selection of the page.
+2. ``record_intents``: in one transaction, decide again and write a ``PendingDeletion`` row per
+   orphan (the intent). On PostgreSQL it first waits for transactions inserting any of the
+   missing task ids (an insert of the same primary key blocks until they end), so an
+   uncommitted ``submit()`` is seen; on SQLite its write lock does the same.
+3. ``finish_pending``: in fenced transactions (see fence.py) of up to 1,000 keys: lock the
+   intents, decide once more, delete the objects, then write one ``orphan_deleted`` audit
+   record per task and remove the intents (and a tombstone's manifest rows) at commit. A crash
+   after the storage call leaves the intents, and the next sweep deletes the (missing) keys
+   again and audits them once.
+The lease names its holder (a token): a sweep that lost it (it stalled past
+RETENTION_CLAIM_TIMEOUT and another took over) can neither record, finish nor move the cursor.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from django.core.files.storage import Storage
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
+from django.db.models.functions import Collate
+from django.utils import timezone
+
+from retention import conf, fence, objects
+from retention.models import AuditAction, AuditRecord, ListingCursor, PendingDeletion, Reason
+from retention.purge import PurgeCounts, manifest_keys
+from retention.querysets import only_held
+from tasks_app.models import StoredObject, Task, TaskStatus
+from tasks_app.storage import task_id_from_key
+
+logger = logging.getLogger(__name__)
+
+ORPHAN_CURSOR = "orphans"
+MISSING_SAMPLE = 10
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An object that may be an orphan: its key, the task id in its prefix, its size."""
+
+    key: str
+    task_id: UUID | None
+    size: int
+
+
+# --- The listing lease -----------------------------------------------------------------------------
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def lease_listing(token: str) -> ListingCursor | None:
+    """Take the orphan listing for the sweep named ``token`` (None if another holds it).
+
+    Leases run on the wall clock (they measure whether a sweep is alive), not on the
+    sweep's ``now``.
+    """
+    moment = timezone.now()
+    ListingCursor.objects.get_or_create(name=ORPHAN_CURSOR)
+    taken = (
+        ListingCursor.objects.filter(name=ORPHAN_CURSOR)
+        .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=moment))
+        .update(leased_until=moment + conf.claim_timeout(), lease_token=token)
+    )
+    return ListingCursor.objects.get(name=ORPHAN_CURSOR) if taken else None
+
+
+def renew_listing(token: str, position: str) -> bool:
+    """Save the cursor and renew the lease; False if another sweep took the listing over."""
+    return bool(
+        ListingCursor.objects.filter(name=ORPHAN_CURSOR, lease_token=token).update(
+            position=position, leased_until=timezone.now() + conf.claim_timeout()
+        )
+    )
+
+
+def release_listing(token: str, position: str | None) -> None:
+    """Give the listing back (only if still ours), saving the cursor unless ``position`` is None."""
+    changes: dict[str, object] = {"leased_until": None, "lease_token": ""}
+    if position is not None:
+        changes["position"] = position
+    ListingCursor.objects.filter(name=ORPHAN_CURSOR, lease_token=token).update(**changes)
+
+
+def _holds_listing(token: str) -> bool:
+    """Inside a transaction: whether ``token`` still holds the listing, locking the cursor row.
+
+    The lock makes a takeover wait for this transaction, so the new holder lists only after
+    what this one deleted is gone and audited.
+    """
+    return ListingCursor.objects.select_for_update().filter(name=ORPHAN_CURSOR, lease_token=token).exists()
+
+
+# --- Deciding --------------------------------------------------------------------------------------
+
+
+def _manifest_in_range(start_after: str, upto: str | None) -> QuerySet:
+    """Manifest rows with ``start_after < key <= upto`` in byte order (the order storage lists keys in)."""
+    collation = "C" if connection.vendor == "postgresql" else "BINARY"
+    rows = StoredObject.objects.alias(byte_key=Collate("key", collation))
+    if start_after:
+        rows = rows.filter(byte_key__gt=start_after)
+    if upto is not None:
+        rows = rows.filter(byte_key__lte=upto)
+    return rows
+
+
+def decide(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates that are orphans now: no task or an expired one, not held, in no live task's manifest."""
+    if not candidates:
+        return []
+    ids = {c.task_id for c in candidates if c.task_id is not None}
+    statuses = dict(Task.objects.filter(pk__in=ids).values_list("pk", "status"))
+    expired = [task_id for task_id, status in statuses.items() if status == TaskStatus.EXPIRED]
+    held = set(only_held(Task.objects.filter(pk__in=expired)).values_list("pk", flat=True)) if expired else set()
+    # Belt and braces: an object in a live task's manifest is never an orphan.
+    live_keys = set(
+        StoredObject.objects.filter(key__in=[c.key for c in candidates])
+        .exclude(task__status=TaskStatus.EXPIRED)
+        .values_list("key", flat=True)
+    )
+    return [
+        c
+        for c in candidates
+        if c.key not in live_keys and c.task_id not in held and statuses.get(c.task_id) in (None, TaskStatus.EXPIRED)  # type: ignore[arg-type]
+    ]
+
+
+def candidates(
+    listed: Sequence[objects.ListedObject], *, start_after: str, upto: str | None, now: datetime
+) -> list[Candidate]:
+    """The page's possible orphans: listed objects past the grace, and a tombstone's manifest rows in range."""
+    cutoff = now - conf.orphan_grace()
+    found = {
+        obj.key: Candidate(obj.key, task_id_from_key(obj.key), obj.size) for obj in listed if obj.modified <= cutoff
+    }
+    residue = _manifest_in_range(start_after, upto).filter(task__status=TaskStatus.EXPIRED)
+    for key, task_id, size in residue.values_list("key", "task_id", "size"):
+        found.setdefault(key, Candidate(key, task_id, size))
+    return decide(sorted(found.values(), key=lambda c: c.key))
+
+
+def _wait_for_inserts(task_ids: Iterable[UUID]) -> None:
+    """Inside a transaction: wait until no open transaction is inserting any of these task ids.
+
+    An INSERT of a primary key another open transaction inserted waits for that transaction
+    to end; ours is rolled back at once. PostgreSQL only: on SQLite a writer holds the
+    database's write lock for its whole transaction, so ours already waited at BEGIN.
+    """
+    ids = list(task_ids)
+    if connection.vendor != "postgresql" or not ids:
+        return
+    savepoint = transaction.savepoint()
+    try:
+        Task.objects.bulk_create(
+            [Task(id=task_id, task_type="", status=TaskStatus.EXPIRED, timeout=timedelta(0)) for task_id in ids],
+            ignore_conflicts=True,
+        )
+    finally:
+        transaction.savepoint_rollback(savepoint)
+
+
+def record_intents(found: Sequence[Candidate], *, token: str | None, run_id: int | None) -> int | None:
+    """Decide again and record the orphans among ``found`` as pending deletions; None if the lease is lost."""
+    if not found:
+        return 0
+    with transaction.atomic():
+        if token is not None and not _holds_listing(token):
+            return None
+        ids = {c.task_id for c in found if c.task_id is not None}
+        known = set(Task.objects.filter(pk__in=ids).values_list("pk", flat=True))
+        _wait_for_inserts(ids - known)
+        orphans = decide(found)
+        PendingDeletion.objects.bulk_create(
+            [PendingDeletion(key=c.key, task_id=c.task_id, size=c.size, sweep_run_id=run_id) for c in orphans],
+            ignore_conflicts=True,
+        )
+    return len(orphans)
+
+
+# --- Deleting ----------------------------------------------------------------------------------------
+
+
+def _audit(deleted: Sequence[PendingDeletion], now: datetime, run_id: int | None) -> None:
+    by_task: dict[UUID | None, list[PendingDeletion]] = {}
+    for row in deleted:
+        by_task.setdefault(row.task_id, []).append(row)
+    owners = dict(
+        (pk, (owner_id, task_type))
+        for pk, owner_id, task_type in Task.objects.filter(pk__in=[i for i in by_task if i]).values_list(
+            "pk", "owner_id", "task_type"
+        )
+    )
+    AuditRecord.objects.bulk_create(
+        AuditRecord(
+            task_id=task_id,
+            owner_id=owners.get(task_id, (None, ""))[0],
+            task_type=owners.get(task_id, (None, ""))[1],
+            action=AuditAction.ORPHAN_DELETED,
+            reason=Reason.ORPHAN,
+            objects_deleted=len(rows),
+            bytes_freed=sum(row.size for row in rows),
+            occurred_at=now,
+            sweep_run_id=run_id,
+        )
+        for task_id, rows in sorted(by_task.items(), key=lambda item: str(item[0]))
+    )
+
+
+def _finish_batch(
+    pending: QuerySet, *, token: str | None, now: datetime, run_id: int | None, storage: Storage | None, after: str
+) -> tuple[PurgeCounts, str | None]:
+    """One fenced transaction over up to 1,000 intents after ``after``; returns counts and the last key."""
+    counts = PurgeCounts()
+    with fence.deleting():
+        if token is not None and not _holds_listing(token):
+            return counts, None
+        rows = list(
+            pending.filter(key__gt=after).select_for_update(skip_locked=True).order_by("key")[: objects.DELETE_BATCH]
+        )
+        if not rows:
+            return counts, None
+        orphans = {c.key for c in decide([Candidate(r.key, r.task_id, r.size) for r in rows])}
+        dropped = [row.pk for row in rows if row.key not in orphans]
+        chosen = [row for row in rows if row.key in orphans]
+        outcome = objects.delete_keys([row.key for row in chosen], storage=storage)
+        deleted = [row for row in chosen if row.key not in outcome.failed]
+        for key, error in sorted(outcome.failed.items())[:5]:
+            counts.error(f"{key}: {error}")
+        _audit(deleted, now, run_id)
+        keys = [row.key for row in deleted]
+        # A tombstone's manifest rows (a late writer's residue) go with their objects.
+        StoredObject.objects.filter(key__in=keys, task__status=TaskStatus.EXPIRED).delete()
+        PendingDeletion.objects.filter(pk__in=dropped + [row.pk for row in deleted]).delete()
+        counts.claimed += len(chosen)
+        counts.failed += len(outcome.failed)
+        counts.purged += len(deleted)
+        counts.objects_deleted += len(deleted)
+        counts.bytes_freed += sum(row.size for row in deleted)
+    return counts, rows[-1].key if len(rows) == objects.DELETE_BATCH else None
+
+
+def finish_pending(
+    *,
+    token: str | None,
+    now: datetime,
+    run_id: int | None,
+    storage: Storage | None = None,
+    keys: Sequence[str] | None = None,
+) -> PurgeCounts:
+    """Delete and audit the pending orphan deletions (only ``keys`` if given); keys that fail stay pending."""
+    counts = PurgeCounts()
+    pending = PendingDeletion.objects.all() if keys is None else PendingDeletion.objects.filter(key__in=list(keys))
+    after: str | None = ""
+    while after is not None:
+        batch, after = _finish_batch(pending, token=token, now=now, run_id=run_id, storage=storage, after=after)
+        counts.add(batch)
+    if counts.purged:
+        logger.info("orphaned objects deleted", extra={"count": counts.purged, "bytes": counts.bytes_freed})
+    return counts
+
+
+# --- Reports ----------------------------------------------------------------------------------------
+
+
+def missing_objects(
+    listed: Sequence[objects.ListedObject], *, start_after: str, upto: str | None, now: datetime
+) -> tuple[int, list[str]]:
+    """Keys of live tasks' manifest rows in the listed range whose object the listing did not find."""
+    # A row is written just before its upload: give uploads the same grace as orphans.
+    rows = (
+        _manifest_in_range(start_after, upto)
+        .filter(created_at__lte=now - conf.orphan_grace())
+        .exclude(task__status__in=[TaskStatus.PURGING, TaskStatus.EXPIRED])
+    )
+    present = {obj.key for obj in listed}
+    # Counted while paging through the rows; only a sample is kept (an empty listing would
+    # otherwise make every manifest row past the cursor "missing" at once).
+    count, sample = 0, []
+    for key in manifest_keys(rows, page=2000):
+        if key not in present:
+            count += 1
+            if len(sample) < MISSING_SAMPLE:
+                sample.append(key)
+    return count, sample
+
+
+def find_orphans(listed: Iterable[objects.ListedObject], *, now: datetime, limit: int | None = None) -> list[Candidate]:
+    """Orphans among ``listed`` (read in pages; at most ``limit`` objects looked at), changing nothing."""
+    found: list[Candidate] = []
+    seen = 0
+    position = ""
+    for page in objects.batched(listed, conf.batch_size()):
+        if limit is not None:
+            page = page[: max(limit - seen, 0)]
+        if not page:
+            break
+        found.extend(candidates(page, start_after=position, upto=page[-1].key, now=now))
+        position = page[-1].key
+        seen += len(page)
+        if limit is not None and seen >= limit:
+            break
+    return found
