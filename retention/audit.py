@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from django.db.models import Q
+
 from retention.models import AuditAction, AuditRecord, Reason
 
 CSV_COLUMNS = [
@@ -122,7 +124,23 @@ def csv_lines(records: Iterable[AuditRecord]) -> Iterator[str]:
         yield writer.writerow(csv_row(record))
 
 
+def records_between(since: datetime, until: datetime, *, chunk: int = EXPORT_CHUNK) -> Iterator[AuditRecord]:
+    """Every record with ``since <= occurred_at < until`` in time order, fetched a page per query.
+
+    Keyset pages instead of a server-side cursor: no session state across transactions, so
+    the export works behind PgBouncer in transaction mode and holds no snapshot open.
+    """
+    rows = AuditRecord.objects.between(since, until).order_by("occurred_at", "pk")
+    page = list(rows[:chunk])
+    while page:
+        yield from page
+        if len(page) < chunk:
+            return
+        last = page[-1]
+        after = Q(occurred_at__gt=last.occurred_at) | Q(occurred_at=last.occurred_at, pk__gt=last.pk)
+        page = list(rows.filter(after)[:chunk])
+
+
 def export(since: datetime, until: datetime) -> Iterator[str]:
     """CSV lines of every record with ``since <= occurred_at < until``, streamed from the database."""
-    records = AuditRecord.objects.between(since, until).order_by("occurred_at", "pk").iterator(chunk_size=EXPORT_CHUNK)
-    return csv_lines(records)
+    return csv_lines(records_between(since, until))

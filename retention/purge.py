@@ -187,9 +187,10 @@ def heartbeat(task_ids: Iterable[UUID], now: datetime) -> None:
 # --- 2. Delete objects and finish, one fenced group at a time --------------------------------------
 
 
-def manifest_keys(manifest: QuerySet, page: int = objects.DELETE_BATCH) -> Iterator[str]:
+def manifest_keys(manifest: QuerySet, page: int | None = None) -> Iterator[str]:
     """Keys of ``manifest`` in key order, one query per page (no server-side cursor, so no
     session state: safe behind PgBouncer and with DISABLE_SERVER_SIDE_CURSORS)."""
+    page = page or objects.DELETE_BATCH
     after: str | None = None
     while True:
         rows = manifest.order_by("key")
@@ -218,12 +219,13 @@ def _manifest_stats(manifest: QuerySet) -> dict[UUID, tuple[int, int]]:
     return {row["task_id"]: (row["n"], row["size"] or 0) for row in rows}
 
 
-def groups(task_ids: Sequence[UUID], manifest: QuerySet, *, keys: int = objects.DELETE_BATCH) -> list[list[UUID]]:
+def groups(task_ids: Sequence[UUID], manifest: QuerySet, *, keys: int | None = None) -> list[list[UUID]]:
     """Split ``task_ids`` (in order) into groups whose manifest keys fit one delete call.
 
     A task with more keys than that is a group of its own: a group is the unit the fence
     covers, so a hold never lands between two calls deleting one task.
     """
+    keys = keys or objects.DELETE_BATCH
     sizes = dict(manifest.filter(task_id__in=list(task_ids)).order_by().values_list("task_id").annotate(n=Count("pk")))
     result: list[list[UUID]] = []
     current: list[UUID] = []

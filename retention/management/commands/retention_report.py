@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -49,8 +50,14 @@ class Command(BaseCommand):
             raise CommandError(f"--since {options['since']!r} must be before --until {options['until']!r}.")
         lines = audit.export(since, until)
         if options["output"]:
-            with open(options["output"], "w", encoding="utf-8", newline="") as out:
-                out.writelines(lines)
+            path = Path(options["output"])
+            if not path.parent.is_dir():
+                raise CommandError(f"--output {options['output']!r}: the folder {str(path.parent)!r} does not exist.")
+            try:
+                with path.open("w", encoding="utf-8", newline="") as out:
+                    out.writelines(lines)
+            except OSError as exc:
+                raise CommandError(f"--output {options['output']!r}: {exc.strerror or exc}.") from None
         else:
             for line in lines:
                 self.stdout.write(line, ending="")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from retention import conf, policies
@@ -22,6 +23,11 @@ class Command(BaseCommand):
             f"due now: {policies.expiry_due(now).count()} past expires_at, "
             f"{policies.results_due(now).count()} results past TTL, "
             f"{policies.stale_claims(now).count()} stale purge claims"
+        )
+        stuck = policies.purging().aggregate(n=Count("pk"), attempts=Max("purge_attempts"))
+        self.stdout.write(
+            f"purging: {stuck['n']} tasks, {policies.stale_claims(now).count()} past their purger's lease, "
+            f"most attempts {stuck['attempts'] or 0}"
         )
         lag = policies.retention_lag(now)
         limit = conf.lag_alert()
