@@ -11,7 +11,8 @@ from uuid import UUID
 
 from django.db.models import Q
 
-from retention.models import AuditAction, AuditRecord, Reason
+from retention.choices import AuditAction, Reason
+from retention.models import AuditRecord
 
 CSV_COLUMNS = [
     "task_id",
@@ -55,30 +56,117 @@ def _int_or_none(text: str) -> int | None:
         return None
 
 
-def purge_record(
+def age_reason(policy_id: int) -> str:
+    """The claim and audit reason of a policy's age limit (``policy:<id>``)."""
+    return f"{Reason.POLICY_PREFIX}{policy_id}"
+
+
+def count_cap_reason(policy_id: int) -> str:
+    """The claim reason of a count-cap deletion (``count_cap:<id>``; audited as ``count_cap`` with the id)."""
+    return f"{Reason.COUNT_CAP}:{policy_id}"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Whose data a record is about: the task (an id from a key prefix if it is gone), owner and type."""
+
+    task_id: UUID | None
+    owner_id: int | None
+    task_type: str
+
+
+def _record(
+    subject: Subject,
     *,
-    task_id: UUID,
-    owner_id: int | None,
-    task_type: str,
-    purge_reason: str,
+    action: str,
+    reason: str,
     objects_deleted: int,
     bytes_freed: int,
     occurred_at: datetime,
     sweep_run_id: int | None,
+    policy_id: int | None = None,
 ) -> AuditRecord:
-    """The (unsaved) record of one task's purge."""
-    decoded = decode_purge_reason(purge_reason)
     return AuditRecord(
-        task_id=task_id,
-        owner_id=owner_id,
-        task_type=task_type,
+        task_id=subject.task_id,
+        owner_id=subject.owner_id,
+        task_type=subject.task_type,
+        action=action,
+        reason=reason,
+        policy_id=policy_id,
+        objects_deleted=objects_deleted,
+        bytes_freed=bytes_freed,
+        occurred_at=occurred_at,
+        sweep_run_id=sweep_run_id,
+    )
+
+
+def task_record(
+    subject: Subject, purge_reason: str, objects_deleted: int, bytes_freed: int, now: datetime, run_id: int | None
+) -> AuditRecord:
+    """The (unsaved) record of one task's purge, its action and reason decoded from the claim's."""
+    decoded = decode_purge_reason(purge_reason)
+    return _record(
+        subject,
         action=decoded.action,
         reason=decoded.reason,
         policy_id=decoded.policy_id,
         objects_deleted=objects_deleted,
         bytes_freed=bytes_freed,
-        occurred_at=occurred_at,
-        sweep_run_id=sweep_run_id,
+        occurred_at=now,
+        sweep_run_id=run_id,
+    )
+
+
+def result_record(
+    subject: Subject, objects_deleted: int, bytes_freed: int, now: datetime, run_id: int | None
+) -> AuditRecord:
+    """The (unsaved) record of one task's result purge (result TTL)."""
+    return _record(
+        subject,
+        action=AuditAction.RESULT_PURGED,
+        reason=Reason.RESULT_TTL,
+        objects_deleted=objects_deleted,
+        bytes_freed=bytes_freed,
+        occurred_at=now,
+        sweep_run_id=run_id,
+    )
+
+
+def orphan_record(
+    subject: Subject, objects_deleted: int, bytes_freed: int, now: datetime, run_id: int | None
+) -> AuditRecord:
+    """The (unsaved) record of one task's orphaned objects deleted."""
+    return _record(
+        subject,
+        action=AuditAction.ORPHAN_DELETED,
+        reason=Reason.ORPHAN,
+        objects_deleted=objects_deleted,
+        bytes_freed=bytes_freed,
+        occurred_at=now,
+        sweep_run_id=run_id,
+    )
+
+
+def shadow_record(
+    subject: Subject,
+    *,
+    reason: str,
+    policy_id: int,
+    objects_deleted: int,
+    bytes_freed: int,
+    now: datetime,
+    run_id: int | None,
+) -> AuditRecord:
+    """The (unsaved) record of a deletion a shadow policy would have made."""
+    return _record(
+        subject,
+        action=AuditAction.SHADOW_WOULD_PURGE,
+        reason=reason,
+        policy_id=policy_id,
+        objects_deleted=objects_deleted,
+        bytes_freed=bytes_freed,
+        occurred_at=now,
+        sweep_run_id=run_id,
     )
 
 

@@ -1,4 +1,8 @@
-"""Typed, lazily read settings of retention (validated from the environment in project.settings)."""
+"""Typed, lazily read settings of retention with documented defaults.
+
+Each reads a Django setting of the same name when the project defines one (this project
+validates them from the environment in project.settings), else the default below, so the
+app installs into another Django project without copying those settings."""
 
 from __future__ import annotations
 
@@ -9,24 +13,24 @@ from django.conf import settings
 
 def batch_size() -> int:
     """Tasks claimed per purge batch, and storage keys listed per orphan page (RETENTION_BATCH_SIZE)."""
-    return settings.RETENTION_BATCH_SIZE
+    return getattr(settings, "RETENTION_BATCH_SIZE", 500)
 
 
 def sweep_batches() -> int:
     """Batches one sweep invocation handles before it re-enqueues itself (RETENTION_SWEEP_BATCHES)."""
-    return settings.RETENTION_SWEEP_BATCHES
+    return getattr(settings, "RETENTION_SWEEP_BATCHES", 20)
 
 
 def orphan_grace() -> timedelta:
     """Age before an unowned object under tasks/ is deleted (RETENTION_ORPHAN_GRACE, seconds; 0 = none)."""
-    return settings.RETENTION_ORPHAN_GRACE
+    return getattr(settings, "RETENTION_ORPHAN_GRACE", timedelta(hours=1))
 
 
 def lag_alert() -> timedelta:
     """Retention lag above which monitoring alerts (RETENTION_LAG_ALERT, seconds)."""
-    return settings.RETENTION_LAG_ALERT
+    return getattr(settings, "RETENTION_LAG_ALERT", timedelta(hours=1))
 
 
 def claim_timeout() -> timedelta:
     """Age after which a purge claim is taken over by the next tasks sweep (RETENTION_CLAIM_TIMEOUT, seconds)."""
-    return settings.RETENTION_CLAIM_TIMEOUT
+    return getattr(settings, "RETENTION_CLAIM_TIMEOUT", timedelta(minutes=5))

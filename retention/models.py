@@ -11,14 +11,18 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from retention.querysets import (
-    AppendOnlyError,
-    AuditRecordQuerySet,
-    LegalHoldQuerySet,
-    RetentionPolicyQuerySet,
-    SweepRunQuerySet,
+from retention import fence
+from retention.choices import (
+    TERMINAL_STATUS_CHOICES,
+    TERMINAL_STATUS_VALUES,
+    AuditAction,
+    PolicyMode,
+    Reason,
+    SweepKind,
 )
-from tasks_app.models import TERMINAL_STATUSES, Task
+from retention.exceptions import AppendOnlyError
+from retention.querysets import AuditRecordQuerySet, LegalHoldQuerySet, RetentionPolicyQuerySet, SweepRunQuerySet
+from tasks_app.models import Task
 
 __all__ = [
     "AppendOnlyError",
@@ -33,51 +37,6 @@ __all__ = [
     "SweepKind",
     "SweepRun",
 ]
-
-TERMINAL_STATUS_CHOICES = [(str(status), status.label) for status in TERMINAL_STATUSES]
-TERMINAL_STATUS_VALUES = [str(status) for status in TERMINAL_STATUSES]
-
-
-class PolicyMode(models.TextChoices):
-    """Whether a policy deletes, or only records what it would delete (a canary rollout)."""
-
-    ENFORCE = "enforce", "enforce"
-    SHADOW = "shadow", "shadow"
-
-
-class AuditAction(models.TextChoices):
-    """What an audit record says happened."""
-
-    TASK_PURGED = "task_purged", "task purged"
-    RESULT_PURGED = "result_purged", "result purged"
-    ORPHAN_DELETED = "orphan_deleted", "orphan deleted"
-    USER_ERASURE = "user_erasure", "user erasure"
-    SHADOW_WOULD_PURGE = "shadow_would_purge", "shadow: would purge"
-
-
-class Reason:
-    """Why data was deleted (``AuditRecord.reason``); policy reasons carry the policy's id."""
-
-    EXPIRES_AT = "expires_at"
-    COUNT_CAP = "count_cap"
-    USER_REQUEST = "user_request"
-    ORPHAN = "orphan"
-    RESULT_TTL = "result_ttl"
-    POLICY_PREFIX = "policy:"
-
-    @staticmethod
-    def policy(policy_id: int) -> str:
-        """Return the reason naming a policy's age limit (``policy:<id>``)."""
-        return f"{Reason.POLICY_PREFIX}{policy_id}"
-
-
-class SweepKind(models.TextChoices):
-    """The four sweeps (``retention_sweep --kind``)."""
-
-    TASKS = "tasks", "expired tasks"
-    RESULTS = "results", "expired results"
-    POLICIES = "policies", "policies"
-    ORPHANS = "orphans", "orphaned objects"
 
 
 class RetentionPolicy(models.Model):
@@ -270,11 +229,9 @@ class LegalHold(models.Model):
         # A hold placed, re-activated or widened waits for purges already deleting (they
         # checked holds before it); every purge that starts after it commits sees it. A
         # release makes a hold narrower, which needs no wait. See retention/fence.py.
-        from retention.fence import wait_for_deletions
-
         with transaction.atomic():
             if self.released_at is None:
-                wait_for_deletions()
+                fence.wait_for_deletions()
             super().save(*args, **kwargs)
 
     @property

@@ -17,7 +17,7 @@ Each listing page goes through three steps, all while holding the listing's leas
    record per task and remove the intents (and a tombstone's manifest rows) at commit. A crash
    after the storage call leaves the intents, and the next sweep deletes the (missing) keys
    again and audits them once.
-The lease names its holder (a token): a sweep that lost it (it stalled past
+The lease (``Listing``) names its holder (a token): a sweep that lost it (it stalled past
 RETENTION_CLAIM_TIMEOUT and another took over) can neither record, finish nor move the cursor.
 """
 
@@ -36,12 +36,13 @@ from django.db.models import Q, QuerySet
 from django.db.models.functions import Collate
 from django.utils import timezone
 
-from retention import conf, fence, objects
-from retention.models import AuditAction, AuditRecord, ListingCursor, PendingDeletion, Reason
-from retention.purge import PurgeCounts, manifest_keys
-from retention.querysets import only_held
+from retention import audit, conf, fence, objects
+from retention.holds import only_held
+from retention.models import AuditRecord, ListingCursor, PendingDeletion
+from retention.purge import manifest_keys
+from retention.runs import PurgeCounts
 from tasks_app.models import StoredObject, Task, TaskStatus
-from tasks_app.storage import task_id_from_key
+from tasks_app.storage import PREFIX, task_id_from_key
 
 logger = logging.getLogger(__name__)
 
@@ -61,41 +62,87 @@ class Candidate:
 # --- The listing lease -----------------------------------------------------------------------------
 
 
-def new_token() -> str:
-    return uuid.uuid4().hex
+class Listing:
+    """The orphan listing, leased by one sweep at a time (a token names the holder).
 
-
-def lease_listing(token: str) -> ListingCursor | None:
-    """Take the orphan listing for the sweep named ``token`` (None if another holds it).
-
-    Leases run on the wall clock (they measure whether a sweep is alive), not on the
-    sweep's ``now``.
+    Leases run on the wall clock (they measure whether a sweep is alive), not on the sweep's
+    ``now``. Each page renews the lease and saves the cursor; a sweep that lost the lease (it
+    stalled past RETENTION_CLAIM_TIMEOUT and another took over) stops at its next step.
     """
-    moment = timezone.now()
-    ListingCursor.objects.get_or_create(name=ORPHAN_CURSOR)
-    taken = (
-        ListingCursor.objects.filter(name=ORPHAN_CURSOR)
-        .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=moment))
-        .update(leased_until=moment + conf.claim_timeout(), lease_token=token)
-    )
-    return ListingCursor.objects.get(name=ORPHAN_CURSOR) if taken else None
 
+    def __init__(self, token: str, position: str, storage: Storage | None) -> None:
+        self.token = token
+        self.position: str | None = position
+        self.storage = storage
 
-def renew_listing(token: str, position: str) -> bool:
-    """Save the cursor and renew the lease; False if another sweep took the listing over."""
-    return bool(
-        ListingCursor.objects.filter(name=ORPHAN_CURSOR, lease_token=token).update(
+    @classmethod
+    def lease(cls, storage: Storage | None = None) -> Listing | None:
+        """Take the listing (None if another sweep holds it)."""
+        token = uuid.uuid4().hex
+        moment = timezone.now()
+        ListingCursor.objects.get_or_create(name=ORPHAN_CURSOR)
+        taken = (
+            ListingCursor.objects.filter(name=ORPHAN_CURSOR)
+            .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=moment))
+            .update(leased_until=moment + conf.claim_timeout(), lease_token=token)
+        )
+        if not taken:
+            return None
+        return cls(token, ListingCursor.objects.get(name=ORPHAN_CURSOR).position, storage)
+
+    def renew(self, position: str) -> bool:
+        """Save the cursor and renew the lease; False (and stop) if another sweep took the listing over."""
+        renewed = ListingCursor.objects.filter(name=ORPHAN_CURSOR, lease_token=self.token).update(
             position=position, leased_until=timezone.now() + conf.claim_timeout()
         )
-    )
+        self.position = position if renewed else None
+        return bool(renewed)
 
+    def release(self) -> None:
+        """Give the listing back (only if still ours), saving where it stands; safe to call twice."""
+        changes: dict[str, object] = {"leased_until": None, "lease_token": ""}
+        if self.position is not None:
+            changes["position"] = self.position
+        ListingCursor.objects.filter(name=ORPHAN_CURSOR, lease_token=self.token).update(**changes)
+        self.position = None
 
-def release_listing(token: str, position: str | None) -> None:
-    """Give the listing back (only if still ours), saving the cursor unless ``position`` is None."""
-    changes: dict[str, object] = {"leased_until": None, "lease_token": ""}
-    if position is not None:
-        changes["position"] = position
-    ListingCursor.objects.filter(name=ORPHAN_CURSOR, lease_token=token).update(**changes)
+    def next_page(self, limit: int, *, now: datetime, run_id: int) -> tuple[list[objects.ListedObject], PurgeCounts]:
+        """List up to ``limit`` objects after the cursor and delete the page's orphans; move the cursor.
+
+        Returns the listed objects (fewer than ``limit`` at the end of the listing, none once the
+        lease is lost) and what the page did.
+        """
+        if self.position is None:
+            return [], PurgeCounts()
+        start = self.position
+        listed = objects.list_objects(PREFIX, start_after=start, limit=limit, storage=self.storage)
+        end = len(listed) < limit
+        upto = None if end else listed[-1].key
+        counts = PurgeCounts()
+        found = candidates(listed, start_after=start, upto=upto, now=now)
+        if record_intents(found, token=self.token, run_id=run_id) is None:
+            return self._lost(run_id), counts
+        if found:
+            counts = self.finish_pending(now=now, run_id=run_id, keys=[c.key for c in found])
+        missing, sample = missing_objects(listed, start_after=start, upto=upto, now=now)
+        if missing:
+            counts.missing_objects += missing
+            for key in sample[:5]:
+                counts.error(f"manifest object missing from storage: {key}")
+            logger.warning("manifest objects missing from storage", extra={"count": missing, "keys": sample})
+        # The listing restarts from the beginning once it reached the end.
+        if not self.renew("" if end else listed[-1].key):
+            return self._lost(run_id), counts
+        return listed, counts
+
+    def finish_pending(self, *, now: datetime, run_id: int | None, keys: Sequence[str] | None = None) -> PurgeCounts:
+        """Delete and audit pending orphan deletions while holding the listing (see ``finish_pending``)."""
+        return finish_pending(token=self.token, now=now, run_id=run_id, storage=self.storage, keys=keys)
+
+    def _lost(self, run_id: int) -> list[objects.ListedObject]:
+        logger.warning("orphan sweep stopped: another run took the listing over", extra={"sweep_run": run_id})
+        self.position = None
+        return []
 
 
 def _holds_listing(token: str) -> bool:
@@ -208,16 +255,12 @@ def _audit(deleted: Sequence[PendingDeletion], now: datetime, run_id: int | None
         )
     )
     AuditRecord.objects.bulk_create(
-        AuditRecord(
-            task_id=task_id,
-            owner_id=owners.get(task_id, (None, ""))[0],
-            task_type=owners.get(task_id, (None, ""))[1],
-            action=AuditAction.ORPHAN_DELETED,
-            reason=Reason.ORPHAN,
-            objects_deleted=len(rows),
-            bytes_freed=sum(row.size for row in rows),
-            occurred_at=now,
-            sweep_run_id=run_id,
+        audit.orphan_record(
+            audit.Subject(task_id, *owners.get(task_id, (None, ""))),
+            len(rows),
+            sum(row.size for row in rows),
+            now,
+            run_id,
         )
         for task_id, rows in sorted(by_task.items(), key=lambda item: str(item[0]))
     )

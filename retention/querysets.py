@@ -1,4 +1,4 @@
-"""Named, chainable filters over retention's models, and the legal-hold filter over tasks."""
+"""Named, chainable filters over retention's models (no model imports: models.py attaches them)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import OuterRef, Q
 
-
-class AppendOnlyError(Exception):
-    """Raised on any attempt to change or delete an audit record."""
+from retention.choices import PolicyMode
+from retention.exceptions import AppendOnlyError
 
 
 class RetentionPolicyQuerySet(models.QuerySet):
@@ -20,22 +19,7 @@ class RetentionPolicyQuerySet(models.QuerySet):
         return self.filter(enabled=True)
 
     def enforcing(self) -> RetentionPolicyQuerySet:
-        from retention.models import PolicyMode
-
         return self.enabled().filter(mode=PolicyMode.ENFORCE)
-
-    def shadowing(self) -> RetentionPolicyQuerySet:
-        from retention.models import PolicyMode
-
-        return self.enabled().filter(mode=PolicyMode.SHADOW)
-
-    def with_age_or_count_rule(self) -> RetentionPolicyQuerySet:
-        """Policies that delete tasks (not only set a result TTL)."""
-        return self.filter(Q(keep_for__isnull=False) | Q(keep_last__isnull=False))
-
-    def matching(self, task_type: str, status: str) -> RetentionPolicyQuerySet:
-        """Policies whose scope covers this task type and status (any specificity)."""
-        return self.filter(task_type__in=["", task_type], status__in=["", status])
 
 
 class LegalHoldQuerySet(models.QuerySet):
@@ -43,9 +27,6 @@ class LegalHoldQuerySet(models.QuerySet):
 
     def active(self) -> LegalHoldQuerySet:
         return self.filter(released_at__isnull=True)
-
-    def released(self) -> LegalHoldQuerySet:
-        return self.filter(released_at__isnull=False)
 
     def covering_outer_task(self, task_path: str = "") -> LegalHoldQuerySet:
         """Holds matching the enclosing query's task (for ``Exists``): every field a hold sets matches.
@@ -68,32 +49,12 @@ class LegalHoldQuerySet(models.QuerySet):
         )
 
 
-def active_hold_exists(task_path: str = "") -> Exists:
-    """``Exists`` over the active legal holds covering the outer query's task."""
-    from retention.models import LegalHold
-
-    return Exists(LegalHold.objects.active().covering_outer_task(task_path))
-
-
-def exclude_held(rows: models.QuerySet, task_path: str = "") -> models.QuerySet:
-    """Rows whose task is under no active legal hold (``task_path`` as in ``covering_outer_task``)."""
-    return rows.filter(~active_hold_exists(task_path))
-
-
-def only_held(rows: models.QuerySet, task_path: str = "") -> models.QuerySet:
-    """Rows whose task is under at least one active legal hold."""
-    return rows.filter(active_hold_exists(task_path))
-
-
 class AuditRecordQuerySet(models.QuerySet):
     """Audit records: readable and insertable; every bulk change or delete raises."""
 
     def between(self, since: datetime, until: datetime) -> AuditRecordQuerySet:
         """Records with ``since <= occurred_at < until``."""
         return self.filter(occurred_at__gte=since, occurred_at__lt=until)
-
-    def for_task(self, task_id: Any) -> AuditRecordQuerySet:
-        return self.filter(task_id=task_id)
 
     def update(self, **kwargs: Any) -> NoReturn:
         raise AppendOnlyError("Audit records are append-only: they cannot be updated.")
@@ -120,6 +81,3 @@ class SweepRunQuerySet(models.QuerySet):
 
     def of_kind(self, kind: str) -> SweepRunQuerySet:
         return self.filter(kind=kind)
-
-    def with_failures(self) -> SweepRunQuerySet:
-        return self.filter(failed__gt=0)

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
+from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
@@ -25,9 +26,7 @@ def on_task_finished(sender: Any, task_id: UUID, status: str, **kwargs: Any) -> 
     try:
         if not services.needs_purge_after_finish(task_id, now=timezone.now()):
             return
-        from project.celery import app
-
-        transaction.on_commit(lambda: app.signature(PURGE_EXPIRED_TASK, args=[str(task_id)]).apply_async())
+        transaction.on_commit(lambda: current_app.signature(PURGE_EXPIRED_TASK, args=[str(task_id)]).apply_async())
         logger.info("purge after finish requested", extra={"task_id": str(task_id), "status": status})
     except Exception:
         logger.exception(

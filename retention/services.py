@@ -10,16 +10,17 @@ from uuid import UUID
 from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 
-from retention import objects, policies, purge
-from retention.models import LegalHold, Reason
-from retention.querysets import exclude_held
+from retention import claims, objects, policies, purge
+from retention.choices import Reason
+from retention.exceptions import TaskOnLegalHold
+from retention.holds import exclude_held
+from retention.models import LegalHold
 from tasks_app.models import Task, TaskStatus
 
 logger = logging.getLogger(__name__)
 
 
-class TaskOnLegalHold(Exception):
-    """The task is under an active legal hold: its data must not be deleted."""
+__all__ = ["TaskOnLegalHold", "hold", "purge_now", "release_holds"]
 
 
 def purge_now(task: Task | UUID | str, *, now: datetime | None = None) -> bool:
@@ -45,7 +46,7 @@ def purge_now(task: Task | UUID | str, *, now: datetime | None = None) -> bool:
             raise TaskOnLegalHold(f"task {task_id} is under a legal hold")
         if row.status == TaskStatus.PURGING:
             # Claimed by another purge (expiry, a policy): it ends as the owner's erasure.
-            if purge.request_erasure(task_id):
+            if claims.request_erasure(task_id):
                 break
             continue
         if row.status == TaskStatus.RUNNING:
@@ -53,7 +54,7 @@ def purge_now(task: Task | UUID | str, *, now: datetime | None = None) -> bool:
                 return False
             continue
         unchanged = Task.objects.filter(pk=task_id, status=row.status)
-        if purge.claim(exclude_held(unchanged), reason=Reason.USER_REQUEST, now=now, limit=1, skip_locked=False):
+        if claims.claim(exclude_held(unchanged), reason=Reason.USER_REQUEST, now=now, limit=1, skip_locked=False):
             break
     # Also finishes a claim another purger holds: the final transaction audits it once.
     purge.purge_claimed([task_id], now=now)
@@ -76,7 +77,7 @@ def _defer_erasure(task_id: UUID | str, now: datetime) -> bool:
 
 def purge_if_expired(task_id: UUID | str, *, now: datetime) -> bool:
     """Purge a task that finished after its ``expires_at`` passed; return whether it was purged."""
-    claimed = purge.claim(
+    claimed = claims.claim(
         policies.expiry_due(now).filter(pk=task_id),
         reason=Reason.EXPIRES_AT,
         now=now,

@@ -7,7 +7,7 @@ from typing import Any
 from celery import shared_task
 from django.utils import timezone
 
-from retention import services, sweeps
+from retention import fanout, services, sweeps
 from retention.models import SweepKind
 
 
@@ -42,13 +42,13 @@ def sweep_orphans(run_id: int | None = None, after: str | None = None) -> dict[s
 @shared_task(name="retention.purge_tasks_chunk", ignore_result=True)
 def purge_tasks_chunk(task_ids: list[str], run_id: int | None = None) -> dict[str, Any]:
     """Finish the purge of one chunk of claimed tasks."""
-    return sweeps.run_tasks_chunk(task_ids, run_id, now=timezone.now()).as_dict()
+    return fanout.run_tasks_chunk(task_ids, run_id, now=timezone.now()).as_dict()
 
 
 @shared_task(name="retention.purge_results_chunk", ignore_result=True)
 def purge_results_chunk(task_ids: list[str], run_id: int | None = None) -> dict[str, Any]:
     """Purge the expired results of one chunk of tasks."""
-    return sweeps.run_results_chunk(task_ids, run_id, now=timezone.now()).as_dict()
+    return fanout.run_results_chunk(task_ids, run_id, now=timezone.now()).as_dict()
 
 
 @shared_task(name="retention.purge_expired_task", ignore_result=True)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from celery import current_app
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from tasks_app import conf
@@ -47,8 +47,7 @@ def _as_delivery(task: Task | Delivery) -> Delivery:
 
 def publish(tasks: Iterable[Task | Delivery], *, now: datetime | None = None) -> int:
     """Send one ``tasks_app.run_task`` message per task; return how many were sent."""
-    from project.celery import app
-
+    app = current_app
     now = now or timezone.now()
     sent = 0
     with app.producer_or_acquire() as producer:
@@ -90,8 +89,8 @@ def claim_due(now: datetime, *, ahead: timedelta, limit: int) -> list[Delivery]:
     """
     with transaction.atomic():
         rows = list(
-            Task.objects.filter(status=TaskStatus.SCHEDULED, run_at__lte=now + ahead)
-            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+            Task.objects.due(now + ahead)
+            .not_expired_by(now)
             .order_by("run_at")
             .select_for_update(skip_locked=True)
             .values_list("id", "run_at", "timeout")[:limit]

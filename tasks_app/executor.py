@@ -115,7 +115,7 @@ def take(task_id: UUID | str, *, worker: str, now: datetime) -> Task | None:
     taken = (
         Task.objects.filter(pk=task_id, status=TaskStatus.QUEUED)
         .filter(Q(run_at__isnull=True) | Q(run_at__lte=now))
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .not_expired_by(now)
         .update(
             status=TaskStatus.RUNNING,
             attempts=F("attempts") + 1,

@@ -10,29 +10,17 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from tasks_app.querysets import TaskQuerySet
+from tasks_app.statuses import GONE_STATUSES, PENDING_STATUSES, TERMINAL_STATUSES, TaskStatus
 
-
-class TaskStatus(models.TextChoices):
-    """Lifecycle of a task (see SPEC §4 States)."""
-
-    SCHEDULED = "scheduled", "scheduled"
-    QUEUED = "queued", "queued"
-    RUNNING = "running", "running"
-    SUCCEEDED = "succeeded", "succeeded"
-    FAILED = "failed", "failed"
-    DEAD = "dead", "dead"
-    CANCELLED = "cancelled", "cancelled"
-    PURGING = "purging", "purging"
-    EXPIRED = "expired", "expired"
-
-
-TERMINAL_STATUSES = (
-    TaskStatus.SUCCEEDED,
-    TaskStatus.FAILED,
-    TaskStatus.DEAD,
-    TaskStatus.CANCELLED,
-)
-PENDING_STATUSES = (TaskStatus.SCHEDULED, TaskStatus.QUEUED)
+__all__ = [
+    "GONE_STATUSES",
+    "PENDING_STATUSES",
+    "TERMINAL_STATUSES",
+    "StoredObject",
+    "Task",
+    "TaskResult",
+    "TaskStatus",
+]
 
 
 class Task(models.Model):
@@ -153,7 +141,7 @@ class Task(models.Model):
     @property
     def is_expired(self) -> bool:
         """Whether the task's data is gone or going (read-only from here on)."""
-        return self.status in (TaskStatus.PURGING, TaskStatus.EXPIRED)
+        return self.status in GONE_STATUSES
 
 
 class TaskResult(models.Model):

@@ -6,7 +6,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
+
+from tasks_app.statuses import GONE_STATUSES, TERMINAL_STATUSES, TaskStatus
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -17,20 +20,20 @@ class TaskQuerySet(models.QuerySet):
 
     def live(self) -> TaskQuerySet:
         """Tasks whose data still exists (neither expired nor being purged)."""
-        from tasks_app.models import TaskStatus
-
-        return self.exclude(status__in=[TaskStatus.PURGING, TaskStatus.EXPIRED])
+        return self.exclude(status__in=GONE_STATUSES)
 
     def expired(self) -> TaskQuerySet:
         """Tombstones: tasks whose data was deleted, kept for billing."""
-        from tasks_app.models import TaskStatus
-
         return self.filter(status=TaskStatus.EXPIRED)
 
     def expiring_within(self, delta: timedelta, now: datetime | None = None) -> TaskQuerySet:
         """Live tasks whose own ``expires_at`` falls within ``delta`` from now."""
         now = now or timezone.now()
         return self.live().filter(expires_at__isnull=False, expires_at__lte=now + delta)
+
+    def not_expired_by(self, now: datetime) -> TaskQuerySet:
+        """Tasks whose own ``expires_at`` has not passed at ``now`` (never, or later): still worth running."""
+        return self.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
 
     def for_owner(self, owner: AbstractBaseUser | Any | None) -> TaskQuerySet:
         """Tasks of one owner; ``None`` selects system tasks (no owner)."""
@@ -40,13 +43,9 @@ class TaskQuerySet(models.QuerySet):
 
     def due(self, now: datetime | None = None) -> TaskQuerySet:
         """Scheduled tasks whose ``run_at`` has come."""
-        from tasks_app.models import TaskStatus
-
         now = now or timezone.now()
         return self.filter(status=TaskStatus.SCHEDULED, run_at__lte=now)
 
     def terminal(self) -> TaskQuerySet:
         """Tasks that finished one way or another (succeeded, failed, dead, cancelled)."""
-        from tasks_app.models import TERMINAL_STATUSES
-
         return self.filter(status__in=TERMINAL_STATUSES)

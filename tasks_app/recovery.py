@@ -72,7 +72,7 @@ def _stale_queued(now: datetime) -> QuerySet[Task]:
         .filter(
             Q(redeliver_at__lt=now) | Q(redeliver_at__isnull=True, status_changed_at__lt=now - conf.queued_timeout())
         )
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .not_expired_by(now)
     )
 
 

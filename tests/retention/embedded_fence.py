@@ -21,7 +21,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from retention import objects, purge  # noqa: E402
+from retention import claims, objects, purge  # noqa: E402
 from retention.models import LegalHold  # noqa: E402
 from tasks_app.models import StoredObject, Task, TaskStatus  # noqa: E402
 from tasks_app.storage import save_object  # noqa: E402
@@ -44,7 +44,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     now = timezone.now()
     first, second = _task(now), _task(now)
-    purge.claim(Task.objects.filter(pk__in=[first.pk, second.pk]), reason="expires_at", now=now, limit=2)
+    claims.claim(Task.objects.filter(pk__in=[first.pk, second.pk]), reason="expires_at", now=now, limit=2)
     deleting, resume = threading.Event(), threading.Event()
     original = objects.delete_keys
 

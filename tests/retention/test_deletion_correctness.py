@@ -19,7 +19,7 @@ from django.core.management.base import CommandError
 from django.db import IntegrityError, connection
 from django.utils import timezone
 
-from retention import objects, policies, purge, services, sweeps
+from retention import claims, objects, policies, purge, reports, services, sweeps
 from retention.models import AuditAction, AuditRecord, LegalHold, RetentionPolicy
 from tasks_app.models import StoredObject, Task, TaskStatus
 
@@ -49,7 +49,7 @@ def test_the_fence_holds_no_lock_outside_a_transaction(make_task: Any, monkeypat
     on another server connection): whenever a purge holds the fence, it is inside a transaction."""
     now = timezone.now()
     task = make_task(expires_at=now, files={"out/a.txt": b"a"})
-    purge.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
     seen: list[tuple[int, bool]] = []
     original = objects.delete_keys
 
@@ -65,7 +65,8 @@ def test_the_fence_holds_no_lock_outside_a_transaction(make_task: Any, monkeypat
 
     assert purge.purge_claimed([task.pk], now=now).purged == 1
 
-    assert seen and all(locks == 1 for locks, _ in seen)
+    assert seen
+    assert all(locks == 1 for locks, _ in seen)
     assert all(in_transaction for _, in_transaction in seen), "the fence must be transaction-scoped"
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
@@ -83,7 +84,7 @@ def test_a_hold_is_saved_within_seconds_while_a_large_chunk_purges(
     now = timezone.now()
     tasks = [make_task("t.case", expires_at=now, files={"out/a.txt": b"a", "out/b.txt": b"b"}) for _ in range(3)]
     ids = sorted(t.pk for t in tasks)
-    purge.claim(Task.objects.filter(pk__in=ids), reason="expires_at", now=now, limit=3)
+    claims.claim(Task.objects.filter(pk__in=ids), reason="expires_at", now=now, limit=3)
     first_call, release = threading.Event(), threading.Event()
     original = objects.delete_keys
 
@@ -252,7 +253,7 @@ def test_a_stuck_purge_shows_its_full_lag_and_its_attempts(
     row = Task.objects.get(pk=task.pk)
     assert row.status == TaskStatus.PURGING
     assert row.purge_attempts == 2
-    assert policies.retention_lag(later) >= timedelta(days=7)
+    assert reports.retention_lag(later) >= timedelta(days=7)
     out = StringIO()
     call_command("retention_status", stdout=out)
     assert "purging: 1 tasks" in out.getvalue()
@@ -270,7 +271,7 @@ def test_a_purge_still_working_is_not_taken_over(
     now = timezone.now()
     tasks = [make_task(expires_at=now, files={"out/a.txt": b"a"}) for _ in range(3)]
     ids = [t.pk for t in tasks]
-    purge.claim(Task.objects.filter(pk__in=ids), reason="expires_at", now=now, limit=3)
+    claims.claim(Task.objects.filter(pk__in=ids), reason="expires_at", now=now, limit=3)
     original = objects._s3_delete
 
     def slow(*args: Any, **kwargs: Any) -> Any:
@@ -298,7 +299,7 @@ def test_a_purge_still_working_is_not_taken_over(
 def test_an_erasure_of_a_task_another_purge_claimed_is_audited_as_the_users(make_task: Any) -> None:
     now = timezone.now()
     task = make_task(expires_at=now, files={"out/a.txt": b"a"})
-    purge.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
 
     assert services.purge_now(task, now=now) is True
 
@@ -315,7 +316,7 @@ def test_a_claim_given_back_to_a_hold_keeps_the_pending_erasure(make_task: Any) 
     Task.objects.filter(pk=task.pk).update(status=TaskStatus.SUCCEEDED, finished_at=now)
     # and its purge claimed, then a hold placed before the purge ran
     sweep_now = now + timedelta(seconds=1)
-    assert purge.claim(policies.expiry_due(sweep_now), reason="expires_at", now=sweep_now, limit=10) == [task.pk]
+    assert claims.claim(policies.expiry_due(sweep_now), reason="expires_at", now=sweep_now, limit=10) == [task.pk]
     hold = LegalHold.objects.create(task_type="t.case", reason="subpoena")
     assert purge.purge_claimed([task.pk], now=sweep_now).purged == 0
     assert _status(task) == TaskStatus.SUCCEEDED

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from retention import objects, purge
+from retention import claims, objects, purge
 from retention.models import LegalHold
 from tasks_app.models import Task, TaskStatus
 
@@ -22,7 +22,7 @@ def test_a_new_hold_waits_for_deletions_under_way_and_stops_later_ones(
     now = timezone.now()
     first = make_task(task_type="t.case", expires_at=now, files={"out/a.txt": b"a"})
     second = make_task(task_type="t.case", expires_at=now, files={"out/b.txt": b"b"})
-    purge.claim(Task.objects.filter(pk__in=[first.pk, second.pk]), reason="expires_at", now=now, limit=2)
+    claims.claim(Task.objects.filter(pk__in=[first.pk, second.pk]), reason="expires_at", now=now, limit=2)
     deleting, resume = threading.Event(), threading.Event()
     original = objects.delete_keys
 

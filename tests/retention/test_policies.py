@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from retention import policies, services, sweeps
+from retention import reports, services, sweeps
 from retention.models import AuditAction, AuditRecord, LegalHold, PolicyMode, RetentionPolicy
 from tasks_app.executor import execute
 from tasks_app.models import Task, TaskStatus
@@ -48,7 +48,7 @@ def test_the_most_specific_enabled_policy_decides(make_task: Any) -> None:
     assert AuditRecord.objects.get(task_id=other_ok.pk).reason == f"policy:{default.pk}"
     assert AuditRecord.objects.get(task_id=other_ok.pk).policy_id == default.pk
     assert run.purged == 2
-    assert policies.deadline(Task.objects.get(pk=ocr_dead.pk), now).policy == by_type
+    assert reports.deadline(Task.objects.get(pk=ocr_dead.pk), now).policy == by_type
 
 
 @pytest.mark.django_db
@@ -129,7 +129,7 @@ def test_a_legal_hold_blocks_deletion_until_released(scope: str, make_task: Any,
     assert all(_status(t) != TaskStatus.EXPIRED for t in held_tasks)
     assert _status(bystander) == TaskStatus.EXPIRED
     assert not AuditRecord.objects.filter(task_id__in=[t.pk for t in held_tasks]).exists()
-    assert policies.deadline(Task.objects.get(pk=expired.pk), now).held is True
+    assert reports.deadline(Task.objects.get(pk=expired.pk), now).held is True
 
     # when the hold is released and the sweeps run again
     services.release_holds(LegalHold.objects.filter(pk=hold.pk), now=now)
@@ -187,6 +187,6 @@ def test_a_shadow_canary_never_changes_what_the_enforcing_policies_delete(make_t
     assert ocr_40_days.pk not in shadow  # 40 days is within the canary's 60
     # and a task's deadline names the live rule
     young_ocr = make_task("t.ocr", finished_at=now)
-    deadline = policies.deadline(young_ocr, now)
+    deadline = reports.deadline(young_ocr, now)
     assert (deadline.policy, deadline.at) == (live_ocr, now + timedelta(days=30))
     assert canary_ocr.pk != live_ocr.pk

@@ -9,7 +9,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from retention import purge, services, sweeps
+from retention import claims, purge, runs, services, sweeps
 from retention.models import AuditAction, AuditRecord, LegalHold, SweepKind, SweepRun
 from retention.purge import PurgeCounts
 from tasks_app.executor import execute
@@ -142,7 +142,7 @@ def test_the_same_purge_twice_and_interleaved_audits_once(make_task: Any, monkey
     # given a claimed task
     now = timezone.now()
     task = make_task(expires_at=now, files={"out/a.txt": b"a"})
-    claimed = purge.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=10)
+    claimed = claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=10)
     assert claimed == [task.pk]
 
     # when a second purger finishes the same task between this one's object deletion and its transaction
@@ -332,7 +332,7 @@ def test_a_hold_placed_after_the_claim_gives_the_claim_back(make_task: Any) -> N
     # given an expired task claimed for purge, then put under a legal hold
     now = timezone.now()
     task = make_task(task_type="t.evidence", expires_at=now, files={"out/a.txt": b"evidence"})
-    purge.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
     LegalHold.objects.create(task_type="t.evidence", reason="subpoena")
 
     # when the claimed task is purged
@@ -356,7 +356,7 @@ def test_old_sweep_runs_that_did_nothing_are_pruned_and_the_others_kept(make_tas
     recent = SweepRun.objects.create(kind=SweepKind.TASKS, started_at=now, finished_at=now)
 
     # when empty runs are pruned
-    pruned = sweeps.prune_empty_runs(now)
+    pruned = runs.prune_empty_runs(now)
 
     # then only the old empty one is gone
     assert pruned == 1
@@ -367,7 +367,7 @@ def test_old_sweep_runs_that_did_nothing_are_pruned_and_the_others_kept(make_tas
 @pytest.mark.django_db
 def test_erasure_racing_a_worker_is_deferred_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     # given a queued task that a worker takes between purge_now's read and its claim
-    from retention import purge as purge_module
+    from retention import claims as purge_module
     from retention import services as retention_services
     from tasks_app.executor import take
 
@@ -399,7 +399,7 @@ def test_a_claim_given_back_restores_a_pending_task_unrun(make_task: Any, status
     # given a task that never ran, claimed at expiry, then put under a legal hold
     now = timezone.now()
     task = make_task(task_type="t.evidence", status=status, expires_at=now)
-    purge.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
     LegalHold.objects.create(task=task, reason="subpoena")
 
     # when the claimed task is purged

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from retention import policies
+from retention import policies, reports
 
 
 class Command(BaseCommand):
@@ -17,7 +17,7 @@ class Command(BaseCommand):
         now = timezone.now()
         self.stdout.write(f"own expires_at passed: {policies.expiry_due(now).count()} tasks")
         self.stdout.write(f"result TTL passed: {policies.results_due(now).count()} tasks")
-        rows = policies.preview(now)
+        rows = reports.preview(now)
         if not rows:
             self.stdout.write("no enabled policy with an age limit or count cap")
         for row in rows:

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from retention import conf, policies
+from retention import conf, policies, reports
 from retention.models import LegalHold, SweepKind, SweepRun
 
 
@@ -17,7 +17,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         now = timezone.now()
-        counts = policies.status_counts()
+        counts = reports.status_counts()
         self.stdout.write("tasks: " + (", ".join(f"{s} {n}" for s, n in sorted(counts.items())) or "none"))
         self.stdout.write(
             f"due now: {policies.expiry_due(now).count()} past expires_at, "
@@ -29,7 +29,7 @@ class Command(BaseCommand):
             f"purging: {stuck['n']} tasks, {policies.stale_claims(now).count()} past their purger's lease, "
             f"most attempts {stuck['attempts'] or 0}"
         )
-        lag = policies.retention_lag(now)
+        lag = reports.retention_lag(now)
         limit = conf.lag_alert()
         alert = " ALERT" if lag > limit else ""
         self.stdout.write(

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from retention import sweeps
+from retention import reports, sweeps
 from retention.management.progress import progress_bar
 from retention.models import SweepKind, SweepRun
 
@@ -49,7 +49,7 @@ class Command(BaseCommand):
         for kind in kinds:
             now = timezone.now()
             if options["dry_run"]:
-                for label, count in sweeps.would_delete(kind, now, limit=options["limit"]).items():
+                for label, count in reports.would_delete(kind, now, limit=options["limit"]).items():
                     self.stdout.write(f"{kind}: would delete {count} — {label}")
                 continue
             with progress_bar(self.stdout, kind) as bar:

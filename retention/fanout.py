@@ -1,0 +1,136 @@
+"""Where a sweep's claimed batches go: purged here and now, or sent to the fleet as chunks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from celery import current_app
+from django.core.files.storage import Storage
+from django.db import transaction
+from django.utils import timezone
+
+from retention import purge, results
+from retention.choices import SweepKind
+from retention.runs import PurgeCounts, record
+
+logger = logging.getLogger(__name__)
+
+SWEEP_TASK_NAMES = {
+    SweepKind.TASKS: "retention.sweep_expired_tasks",
+    SweepKind.RESULTS: "retention.sweep_expired_results",
+    SweepKind.POLICIES: "retention.enforce_policies",
+    SweepKind.ORPHANS: "retention.sweep_orphans",
+}
+PURGE_TASKS_CHUNK = "retention.purge_tasks_chunk"
+PURGE_RESULTS_CHUNK = "retention.purge_results_chunk"
+
+Progress = Callable[[int], Any]
+
+
+class Fanout(Protocol):
+    """Where claimed batches go."""
+
+    bounded: bool
+
+    def purge_tasks(self, task_ids: list[UUID], run_id: int) -> None: ...
+
+    def purge_results(self, task_ids: list[str], run_id: int) -> None: ...
+
+    def resume(self, kind: str, run_id: int, after: str | None) -> None: ...
+
+
+class InProcess:
+    """Purge each batch here and now; the sweep runs to the end (commands, ``purge_now``, tests)."""
+
+    bounded = False
+
+    def __init__(self, now: datetime, *, progress: Progress | None = None, storage: Storage | None = None) -> None:
+        self.now = now
+        self.progress = progress
+        self.storage = storage
+
+    def purge_tasks(self, task_ids: list[UUID], run_id: int) -> None:
+        run_tasks_chunk(task_ids, run_id, now=self.now, storage=self.storage)
+        self.advance(len(task_ids))
+
+    def purge_results(self, task_ids: list[str], run_id: int) -> None:
+        run_results_chunk(task_ids, run_id, now=self.now, storage=self.storage)
+        self.advance(len(task_ids))
+
+    def resume(self, kind: str, run_id: int, after: str | None) -> None:
+        raise RuntimeError("an in-process sweep is unbounded and never resumes")
+
+    def advance(self, count: int) -> None:
+        if self.progress is not None and count:
+            self.progress(count)
+
+
+class Fleet:
+    """Send each batch to the Celery workers once its claim is committed; continue in a new message."""
+
+    bounded = True
+
+    def purge_tasks(self, task_ids: list[UUID], run_id: int) -> None:
+        self._send(PURGE_TASKS_CHUNK, [[str(i) for i in task_ids]], {"run_id": run_id}, run_id, len(task_ids))
+
+    def purge_results(self, task_ids: list[str], run_id: int) -> None:
+        self._send(PURGE_RESULTS_CHUNK, [list(task_ids)], {"run_id": run_id}, run_id, len(task_ids))
+
+    def resume(self, kind: str, run_id: int, after: str | None) -> None:
+        # The continuation takes over this sweep's own part of the run.
+        self._send(SWEEP_TASK_NAMES[SweepKind(kind)], [], {"run_id": run_id, "after": after}, run_id, 0)
+
+    def _send(self, name: str, args: list[Any], kwargs: dict[str, Any], run_id: int, size: int) -> None:
+        def send() -> None:
+            try:
+                current_app.signature(name, args=args, kwargs=kwargs).apply_async()
+            except Exception as exc:
+                # Claimed tasks stay purging and the next tasks sweep takes them over.
+                logger.exception("retention chunk not sent", extra={"task": name, "sweep_run": run_id})
+                counts = PurgeCounts(failed=size)
+                counts.error(f"{name} not sent: {exc!r}")
+                record(run_id, counts, now=timezone.now())
+
+        # Sending inside the claim's transaction could hand a worker rows it cannot see yet.
+        transaction.on_commit(send)
+
+
+FLEET = Fleet()
+
+
+def run_tasks_chunk(
+    task_ids: Sequence[UUID | str], run_id: int | None, *, now: datetime, storage: Storage | None = None
+) -> PurgeCounts:
+    """Purge one chunk of claimed tasks and add its counts to the run."""
+    return _run_chunk(purge.purge_claimed, task_ids, run_id, now, storage)
+
+
+def run_results_chunk(
+    task_ids: Sequence[UUID | str], run_id: int | None, *, now: datetime, storage: Storage | None = None
+) -> PurgeCounts:
+    """Purge the results of one chunk of tasks and add its counts to the run."""
+    return _run_chunk(results.purge_results, task_ids, run_id, now, storage)
+
+
+def _run_chunk(
+    work: Callable[..., PurgeCounts],
+    task_ids: Sequence[UUID | str],
+    run_id: int | None,
+    now: datetime,
+    storage: Storage | None,
+) -> PurgeCounts:
+    try:
+        counts = work(task_ids, now=now, run_id=run_id, storage=storage)
+    except Exception as exc:
+        counts = PurgeCounts(failed=len(task_ids))
+        counts.error(f"chunk failed: {exc!r}")
+        if run_id is not None:
+            record(run_id, counts, now=now)
+        raise
+    if run_id is not None:
+        record(run_id, counts, now=now)
+    return counts

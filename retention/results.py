@@ -1,0 +1,93 @@
+"""The result purge (result TTL): ``TaskResult`` and result files go, the task row stays.
+
+Runs on the task purge's skeleton (purge.py): groups of tasks whose result keys fit one delete
+call, each in one fenced transaction that re-checks the task is still due under its row lock,
+so a duplicate run audits nothing twice and a held task keeps its result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from uuid import UUID
+
+from django.core.files.storage import Storage
+from django.db.models import QuerySet
+
+from retention import audit, fence, objects, policies
+from retention.holds import exclude_held
+from retention.models import AuditRecord
+from retention.purge import delete_manifest, in_groups, manifest_stats
+from retention.runs import PurgeCounts
+from tasks_app.models import GONE_STATUSES, StoredObject, Task, TaskResult
+
+logger = logging.getLogger(__name__)
+
+
+def _result_manifest(task_ids: Iterable[UUID | str] | None = None) -> QuerySet:
+    rows = StoredObject.objects.exclude(kind=StoredObject.INPUT_KIND)
+    return rows if task_ids is None else rows.filter(task_id__in=list(task_ids))
+
+
+def purge_results(
+    task_ids: Iterable[UUID | str], *, now: datetime, run_id: int | None = None, storage: Storage | None = None
+) -> PurgeCounts:
+    """Delete the results of tasks past ``result_expires_at``: TaskResult and non-input objects.
+
+    The task row stays as it is. Re-checked under the row lock in each fenced group, so a
+    duplicate run audits nothing twice; a task with nothing left to delete is not audited.
+    """
+    objects.refuse_inside_transaction()
+    ids = list(policies.results_due(now).filter(pk__in=list(task_ids)).order_by("pk").values_list("pk", flat=True))
+    counts = in_groups(
+        ids,
+        _result_manifest(),
+        lambda group: _purge_results_group(group, now, run_id, storage),
+        now=now,
+        what="result purge",
+        renew=False,
+    )
+    if counts.purged:
+        logger.info("results purged", extra={"count": counts.purged, "objects": counts.objects_deleted})
+    return counts
+
+
+def _purge_results_group(group: list[UUID], now: datetime, run_id: int | None, storage: Storage | None) -> PurgeCounts:
+    counts = PurgeCounts()
+    with fence.deleting():
+        due = (
+            Task.objects.filter(pk__in=group, result_expires_at__lte=now)
+            .exclude(status__in=GONE_STATUSES)
+            .select_for_update(skip_locked=True, no_key=True)
+        )
+        rows = list(exclude_held(due).order_by("pk").values_list("pk", "owner_id", "task_type"))
+        if not rows:
+            return counts
+        ids = [row[0] for row in rows]
+        failed = delete_manifest(_result_manifest(ids), counts, storage)
+        counts.failed += len(failed)
+        counts.add(_finish_results([row for row in rows if row[0] not in failed], now, run_id))
+    return counts
+
+
+def _finish_results(rows: list[tuple[UUID, int | None, str]], now: datetime, run_id: int | None) -> PurgeCounts:
+    """Audit and delete the results of the locked ``rows`` (id, owner, type); returns what it did."""
+    done = PurgeCounts()
+    locked = [row[0] for row in rows]
+    manifest = _result_manifest(locked)
+    stats = manifest_stats(manifest)
+    with_result = set(TaskResult.objects.filter(task_id__in=locked).values_list("task_id", flat=True))
+    records = []
+    for task_id, owner_id, task_type in rows:
+        n, size = stats.get(task_id, (0, 0))
+        if not n and task_id not in with_result:
+            continue  # a concurrent purge got here first
+        records.append(audit.result_record(audit.Subject(task_id, owner_id, task_type), n, size, now, run_id))
+        done.objects_deleted += n
+        done.bytes_freed += size
+    AuditRecord.objects.bulk_create(records)
+    manifest.delete()
+    TaskResult.objects.filter(task_id__in=locked).delete()
+    done.purged = len(records)
+    return done
