@@ -5,6 +5,11 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
+# The tests of locking, transactions, sweeps and the fleet, run a second time through PgBouncer
+# in transaction mode (no session state survives between transactions there).
+PGBOUNCER_TESTS ?= tests/project/test_pgbouncer.py tests/retention/test_fence.py tests/retention/test_purge.py \
+	tests/retention/test_orphans.py tests/retention/test_concurrency.py tests/retention/test_deletion_correctness.py \
+	tests/tasks_app/test_execution_fleet.py
 
 .PHONY: run test chaos bench lint migrations-check clean
 
@@ -24,20 +29,23 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 run: $(VENV)/.runtime
 	@scripts/run.sh
 
-## test: every test, against real PostgreSQL, Redis and an S3 endpoint started on loopback.
+## test: every test, against real PostgreSQL, Redis and an S3 endpoint started on loopback; then the
+## locking, purge, orphan and fleet tests again through PgBouncer in transaction mode.
 test: $(VENV)/.dev
 	@scripts/system-deps.sh
-	$(BIN)/python -m tests.services -- $(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)
+	$(BIN)/python -m tests.real_services \
+		--pass direct -- $(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS) \
+		--pass pgbouncer -- $(BIN)/python -m pytest --reuse-db -m "not chaos" $(PGBOUNCER_TESTS)
 
 ## chaos: the long fault-injection runs (killed workers, lost broker) at a larger scale.
 chaos: $(VENV)/.dev
 	@scripts/system-deps.sh
-	CHAOS_SCALE=$${CHAOS_SCALE:-5} $(BIN)/python -m tests.services -- $(BIN)/python -m pytest -m "chaos or fleet" $(PYTEST_ARGS)
+	CHAOS_SCALE=$${CHAOS_SCALE:-5} $(BIN)/python -m tests.real_services -- $(BIN)/python -m pytest -m "chaos or fleet" $(PYTEST_ARGS)
 
 ## bench: start lateness of delayed tasks, plain Celery ETA against our dispatcher (BENCH_SCALE=1).
 bench: $(VENV)/.dev
 	@scripts/system-deps.sh
-	$(BIN)/python -m tests.services -- $(BIN)/python -m bench.dispatch_lateness
+	$(BIN)/python -m tests.real_services -- $(BIN)/python -m bench.dispatch_lateness
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,6 +1,6 @@
 """Start lateness of delayed tasks: plain Celery ETA against our database dispatcher.
 
-``make bench`` runs this under ``tests.services`` (real PostgreSQL and Redis). It migrates
+``make bench`` runs this under ``tests.real_services`` (real PostgreSQL and Redis). It migrates
 the ``tasks`` database, starts one beat and one worker (``WORKER_CONCURRENCY=2``) from the
 Procfile, and runs the same workloads through two mechanisms, one after the other:
 
@@ -323,7 +323,7 @@ def setup_django() -> None:
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit(
             "The benchmark runs against real PostgreSQL and Redis: run `make bench`, or "
-            "`python -m tests.services -- python -m bench.dispatch_lateness`."
+            "`python -m tests.real_services -- python -m bench.dispatch_lateness`."
         )
     imports = [m for m in os.environ.get("TASKS_IMPORTS", "").split(",") if m.strip()]
     if BENCH_IMPORTS not in imports:

@@ -91,6 +91,9 @@ else:
     # more than a short task); health checks drop a connection the server closed.
     _default_db["CONN_MAX_AGE"] = envconf.read_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
     _default_db["CONN_HEALTH_CHECKS"] = True
+    # Behind PgBouncer in transaction mode a server-side cursor (QuerySet.iterator()) does not
+    # survive between transactions: Django then fetches client-side.
+    _default_db["DISABLE_SERVER_SIDE_CURSORS"] = envconf.read_bool("DATABASE_DISABLE_SERVER_SIDE_CURSORS", False)
 DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install the system packages the tests run against, when missing: redis-server and the
-# PostgreSQL server binaries (Debian packages). Idempotent; prints what it installs.
+# Install the system packages the tests run against, when missing: redis-server, pgbouncer and
+# the PostgreSQL server binaries (Debian packages). Idempotent; prints what it installs.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   missing+=(postgresql)
 fi
@@ -18,6 +19,11 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts the packaged servers; the tests start their own on free ports instead.
-if [[ " ${missing[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
-  "${sudo[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
+if command -v systemctl >/dev/null 2>&1; then
+  for service in redis-server pgbouncer; do
+    if [[ " ${missing[*]} " == *" $service "* ]]; then
+      "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true
+    fi
+  done
 fi
+exit 0

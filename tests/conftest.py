@@ -13,7 +13,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise pytest.UsageError(
             "The tests run against real PostgreSQL, Redis and S3: run `make test`, or "
-            "`python -m tests.services -- python -m pytest …` to start them."
+            "`python -m tests.real_services -- python -m pytest …` to start them."
         )
 
 

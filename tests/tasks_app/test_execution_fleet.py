@@ -20,7 +20,7 @@ import tests.fleet_handlers as handlers
 from tasks_app.models import Task, TaskStatus
 from tasks_app.services import submit
 from tests.fleet import Fleet, wait_until
-from tests.services import Redis
+from tests.real_services import Redis
 
 pytestmark = [pytest.mark.fleet, pytest.mark.django_db(transaction=True)]
 

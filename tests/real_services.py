@@ -1,9 +1,11 @@
-"""Real services for the tests: PostgreSQL, Redis and an S3 endpoint (moto) on loopback.
+"""Real services for the tests: PostgreSQL, PgBouncer, Redis and an S3 endpoint (moto) on loopback.
 
-``python -m tests.services -- pytest …`` starts all three on free ports under a temporary
+``python -m tests.real_services -- pytest …`` starts them on free ports under a temporary
 directory, exports their URLs, runs the command, and stops every server by PID, even when
-the command fails or the run is interrupted. The chaos tests reuse the classes to stop and
-restart Redis.
+the command fails or the run is interrupted. ``--pass NAME -- command`` may be given more than
+once to run several commands against the same services (``make test`` runs the suite directly
+against PostgreSQL, then the locking tests through PgBouncer); the exit code is the first
+failure's. The chaos tests reuse the classes to stop and restart Redis.
 """
 
 from __future__ import annotations
@@ -181,6 +183,59 @@ class Postgres(Server):
                 conn.execute("CREATE DATABASE tasks")
 
 
+class PgBouncer(Server):
+    """PgBouncer in transaction pooling mode in front of ``postgres``: how a Celery fleet usually
+    reaches PostgreSQL. Consecutive transactions of one client may run on different server
+    connections, so any session state (a session lock, a server-side cursor) breaks behind it."""
+
+    name = "pgbouncer"
+
+    def __init__(self, workdir: Path, postgres: Postgres) -> None:
+        super().__init__(workdir)
+        self.postgres = postgres
+        self.as_root = os.geteuid() == 0
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        # Like PostgreSQL, PgBouncer refuses to run as root.
+        return {"user": "postgres", "group": "postgres"} if self.as_root else {}
+
+    def configure(self) -> Path:
+        (self.workdir / "userlist.txt").write_text('"postgres" ""\n')
+        config = self.workdir / "pgbouncer.ini"
+        config.write_text(
+            "\n".join(
+                [
+                    "[databases]",
+                    f"* = host=127.0.0.1 port={self.postgres.port}",
+                    "[pgbouncer]",
+                    "listen_addr = 127.0.0.1",
+                    f"listen_port = {self.port}",
+                    "unix_socket_dir =",
+                    "auth_type = trust",
+                    f"auth_file = {self.workdir / 'userlist.txt'}",
+                    "admin_users = postgres",
+                    "pool_mode = transaction",
+                    "server_reset_query =",
+                    "max_client_conn = 1000",
+                    "default_pool_size = 40",
+                    "ignore_startup_parameters = extra_float_digits,options",
+                    "",
+                ]
+            )
+        )
+        if self.as_root:
+            for path in (self.workdir, config, self.workdir / "userlist.txt"):
+                shutil.chown(path, "postgres", "postgres")
+        return config
+
+    def command(self) -> list[str]:
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        return [binary, str(self.configure())]
+
+    def url(self, database: str = "tasks") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+
 class Redis(Server):
     name = "redis"
 
@@ -223,9 +278,10 @@ def running_services(workdir: Path) -> Iterator[dict[str, str]]:
     servers: list[Server] = []
     try:
         postgres = Postgres(workdir / "pg")
+        pgbouncer = PgBouncer(workdir / "pgbouncer", postgres)
         redis = Redis(workdir / "redis")
         s3 = S3(workdir / "s3")
-        for server in (postgres, redis, s3):
+        for server in (postgres, pgbouncer, redis, s3):
             server.workdir.mkdir(parents=True, exist_ok=True)
             server.log_path = server.workdir / f"{server.name}.log"
             server.start()
@@ -233,6 +289,7 @@ def running_services(workdir: Path) -> Iterator[dict[str, str]]:
         s3.create_bucket(BUCKET)
         yield {
             "DATABASE_URL": postgres.url(),
+            "PGBOUNCER_DATABASE_URL": pgbouncer.url(),
             "CELERY_BROKER_URL": redis.url(),
             "AWS_STORAGE_BUCKET_NAME": BUCKET,
             "AWS_S3_ENDPOINT_URL": s3.url(),
@@ -252,25 +309,56 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def parse_passes(argv: list[str]) -> list[tuple[str, list[str]]]:
+    """``-- cmd …`` or ``--pass NAME -- cmd … [--pass NAME -- cmd …]`` → [(name, argv), …]."""
+    passes: list[tuple[str, list[str]]] = []
+    name = "tests"
+    rest = list(argv)
+    while rest:
+        if rest[0] == "--pass" and len(rest) > 1:
+            name, rest = rest[1], rest[2:]
+            continue
+        if rest[0] == "--":
+            rest = rest[1:]
+        end = rest.index("--pass") if "--pass" in rest else len(rest)
+        passes.append((name, rest[:end]))
+        rest = rest[end:]
+    return passes or [("tests", [sys.executable, "-m", "pytest"])]
+
+
+def _pass_env(name: str, env: dict[str, str]) -> dict[str, str]:
+    """The environment of one pass: the ``pgbouncer`` pass reaches PostgreSQL through PgBouncer."""
+    if name != "pgbouncer":
+        return env
+    return {**env, "DATABASE_URL": env["PGBOUNCER_DATABASE_URL"], "DATABASE_DISABLE_SERVER_SIDE_CURSORS": "true"}
+
+
 def main(argv: list[str]) -> int:
-    """Run ``argv`` (after ``--``) with the services up; return its exit code."""
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not argv:
-        argv = [sys.executable, "-m", "pytest"]
+    """Run each pass's command with the services up; return the first non-zero exit code."""
+    passes = parse_passes(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="tasks-test-services-"))
     workdir.chmod(0o755)
     child: subprocess.Popen[bytes] | None = None
+    status = 0
     try:
         with running_services(workdir) as env:
             print(
-                f"services up: {env['DATABASE_URL']} {env['CELERY_BROKER_URL']} {env['AWS_S3_ENDPOINT_URL']}",
+                f"services up: {env['DATABASE_URL']} (PgBouncer {env['PGBOUNCER_DATABASE_URL']}) "
+                f"{env['CELERY_BROKER_URL']} {env['AWS_S3_ENDPOINT_URL']}",
                 flush=True,
             )
-            child = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)  # noqa: S603
-            return child.wait()
+            for name, command in passes:
+                if len(passes) > 1:
+                    print(f"== pass: {name} ==", flush=True)
+                started = time.monotonic()
+                child = subprocess.Popen(command, env={**os.environ, **_pass_env(name, env)}, cwd=ROOT)  # noqa: S603
+                code = child.wait()
+                if len(passes) > 1:
+                    print(f"== pass {name}: exit {code} in {time.monotonic() - started:.0f} s ==", flush=True)
+                status = status or code
+            return status
     except KeyboardInterrupt:
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGINT)
