@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -14,14 +13,15 @@ from typing import Any
 from uuid import UUID
 
 from django.core.files.base import File
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from tasks_app import conf, hooks, registry
+from tasks_app import conf, hooks, registry, storable
+from tasks_app.exceptions import LeaseLost, PermanentFailure, UnstorableOutput
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.signals import task_finished
-from tasks_app.storage import save_object
+from tasks_app.storage import safe_name, save_object
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +30,7 @@ BACKOFF_CAP = timedelta(minutes=10)
 ERROR_MAX_CHARS = 10_000
 
 
-class PermanentFailure(Exception):
-    """Raise from a handler to fail the task at once, without further attempts."""
-
-
-class LeaseLost(Exception):
-    """This attempt no longer holds the task (another took over, or its data was purged)."""
+__all__ = ["LeaseLost", "PermanentFailure", "TaskContext", "UnstorableOutput", "execute", "take"]
 
 
 class TaskContext:
@@ -53,18 +48,29 @@ class TaskContext:
     def save_file(self, name: str, data: bytes | str | File, kind: str = "file") -> StoredObject:
         """Upload a file under ``tasks/<id>/<kind>/`` and record it in the manifest.
 
-        Refused once this attempt lost the task: a late writer must not add files to a task
-        that another attempt now owns, or that retention already purged.
+        Refused (LeaseLost) once this attempt lost the task: a late writer must not add files
+        to a task that another attempt now owns, or that retention already purged. The check
+        and the write are one transaction holding a share lock on the task row, so no recovery
+        or purge can take the task between them. ``kind="input"`` is refused: the submitted
+        input is kept until the task expires, every other file is a result (result TTL).
         """
-        if not Task.objects.filter(pk=self.task.pk, status=TaskStatus.RUNNING, attempts=self.attempt).exists():
-            raise LeaseLost(f"task {self.task.id} attempt {self.attempt} no longer holds its lease")
-        return save_object(self.task, name, data, kind=kind, folder=kind)
+        if kind == StoredObject.INPUT_KIND or safe_name(kind, "files") == StoredObject.INPUT_KIND:
+            raise ValueError(
+                f"kind={kind!r} is reserved for the submitted input file; "
+                "a handler's files are results (choose another kind)"
+            )
+        return save_object(self.task, name, data, kind=kind, folder=kind, attempt=self.attempt)
 
     def record_usage(self, **units: float) -> None:
         """Add billing units (kept after the task's data expires)."""
         for unit, amount in units.items():
             if not isinstance(amount, int | float) or isinstance(amount, bool):
                 raise TypeError(f"usage {unit}={amount!r} must be a number")
+            # NaN or infinity would only fail at the finishing write, after the work was done:
+            # fail the task once, with a message, instead of losing the outcome and re-running.
+            problem = storable.problem({unit: amount}, "usage")
+            if problem:
+                raise UnstorableOutput(f"usage is not storable: {problem}")
             self.usage[unit] = self.usage.get(unit, 0) + amount
 
 
@@ -95,13 +101,18 @@ class _LeaseKeeper(threading.Thread):
         interval = conf.lease().total_seconds() / 3
         try:
             while not self.stopped.wait(interval):
-                renewed = Task.objects.filter(pk=self.task_id, status=TaskStatus.RUNNING, attempts=self.attempt).update(
-                    lease_expires_at=timezone.now() + conf.lease()
-                )
+                try:
+                    renewed = Task.objects.filter(
+                        pk=self.task_id, status=TaskStatus.RUNNING, attempts=self.attempt
+                    ).update(lease_expires_at=timezone.now() + conf.lease())
+                except Exception:
+                    # A broken connection (a database restart, a pooler hiccup) must not end
+                    # the renewals: the lease would lapse and the task run twice.
+                    logger.exception("lease renewal failed; retrying", extra={"task_id": str(self.task_id)})
+                    connection.close()
+                    continue
                 if not renewed:
                     return
-        except Exception:
-            logger.exception("lease renewal failed", extra={"task_id": str(self.task_id)})
         finally:
             connection.close()
 
@@ -159,7 +170,9 @@ def execute(task_id: UUID | str, *, worker: str, run_at: datetime | None = None)
     keeper.start()
     try:
         result = spec.handler(ctx, task.payload)
-        json.dumps(result, allow_nan=False)
+        problem = storable.problem(result, "result")
+        if problem:
+            raise UnstorableOutput(f"result is not storable: {problem}")
     except PermanentFailure as exc:
         return _fail(task, ctx, _describe(exc), permanent=True)
     except Exception as exc:
@@ -170,8 +183,10 @@ def execute(task_id: UUID | str, *, worker: str, run_at: datetime | None = None)
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, UnstorableOutput):
+        return str(exc)
     text = "".join(traceback.format_exception(exc))
-    return text[-ERROR_MAX_CHARS:]
+    return storable.text(text[-ERROR_MAX_CHARS:])
 
 
 def _finish(task: Task, **changes: Any) -> bool:
@@ -184,6 +199,16 @@ def _finish(task: Task, **changes: Any) -> bool:
 
 
 def _succeed(task: Task, ctx: TaskContext, result: Any) -> str:
+    try:
+        return _store_success(task, ctx, result)
+    except DataError as exc:
+        # Belt and braces (the result and usage were checked): never leave the task running
+        # to run again; fail it once, without the outcome the database refused.
+        logger.exception("outcome not storable", extra={"task_id": str(task.id)})
+        return _fail(task, ctx, storable.text(f"outcome not storable: {exc}"), permanent=True, with_usage=False)
+
+
+def _store_success(task: Task, ctx: TaskContext, result: Any) -> str:
     now = timezone.now()
     ttl = task.result_ttl if task.result_ttl is not None else hooks.default_result_ttl(task)
     with transaction.atomic():
@@ -212,13 +237,11 @@ def _succeed(task: Task, ctx: TaskContext, result: Any) -> str:
     return TaskStatus.SUCCEEDED
 
 
-def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool) -> str:
+def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool, with_usage: bool = True) -> str:
     now = timezone.now()
-    changes: dict[str, Any] = {
-        "error": error,
-        "status_changed_at": now,
-        "usage": _merge_usage(task.usage, ctx.usage),
-    }
+    changes: dict[str, Any] = {"error": error, "status_changed_at": now}
+    if with_usage:
+        changes["usage"] = _merge_usage(task.usage, ctx.usage)
     if permanent or task.attempts >= task.max_attempts:
         changes.update(status=TaskStatus.FAILED if permanent else TaskStatus.DEAD, finished_at=now)
     else:

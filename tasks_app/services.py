@@ -12,7 +12,7 @@ from django.core.files.base import File
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from tasks_app import conf, dispatch, registry
+from tasks_app import conf, dispatch, registry, storable
 from tasks_app.models import PENDING_STATUSES, StoredObject, Task, TaskStatus
 from tasks_app.storage import save_object
 
@@ -41,6 +41,10 @@ def _check_payload(errors: dict[str, list[str]], payload: Any) -> Any:
         encoded = json.dumps(payload, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         errors.setdefault("payload", []).append(f"payload must be JSON-serialisable: {exc}.")
+        return None
+    problem = storable.problem(payload, "payload")
+    if problem:
+        errors.setdefault("payload", []).append(f"payload cannot be stored: {problem}.")
         return None
     size = len(encoded.encode())
     if size > conf.max_payload_bytes():

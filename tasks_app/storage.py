@@ -10,10 +10,12 @@ import uuid
 
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import Storage, default_storage
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
-from tasks_app.models import StoredObject, Task
+from tasks_app.exceptions import LeaseLost
+from tasks_app.models import StoredObject, Task, TaskStatus
 
 PREFIX = "tasks/"
 
@@ -53,6 +55,23 @@ def object_key(task_id: uuid.UUID | str, folder: str, name: str) -> str:
     return key
 
 
+def _hold_attempt(task_id: uuid.UUID, attempt: int) -> None:
+    """Inside a transaction: share-lock the task row while ``attempt`` still runs it, else LeaseLost.
+
+    Recovery and retention take rows with FOR UPDATE / FOR NO KEY UPDATE SKIP LOCKED, so they
+    pass this task by until the write commits; the purge that follows then sees the file.
+    """
+    table = Task._meta.db_table
+    lock = " FOR SHARE" if connection.vendor == "postgresql" else ""  # SQLite: its write lock serialises
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {table} WHERE id = %s AND status = %s AND attempts = %s{lock}",  # noqa: S608 - our table name
+            [task_id.hex if connection.vendor != "postgresql" else task_id, TaskStatus.RUNNING, attempt],
+        )
+        if cursor.fetchone() is None:
+            raise LeaseLost(f"task {task_id} attempt {attempt} no longer holds its lease")
+
+
 def save_object(
     task: Task,
     name: str,
@@ -61,12 +80,15 @@ def save_object(
     kind: str,
     folder: str = "files",
     storage: Storage | None = None,
+    attempt: int | None = None,
 ) -> StoredObject:
-    """Upload one file of the task and record it in the manifest.
+    """Upload one file of the task and record it in the manifest, in one transaction.
 
-    The manifest row is written before the upload: a crash in between leaves a row whose
-    object is missing (reported and treated as deleted by retention), never an untracked
-    object.
+    With ``attempt`` (a handler's ``ctx.save_file``) the write happens only while that attempt
+    still runs the task, under a share lock on its row. The manifest row becomes visible with
+    the upload done; a failed upload rolls it back. A crash after the upload and before the
+    commit leaves an object without a row under the task's prefix: once the task expires the
+    orphan sweep deletes it.
     """
     storage = storage or default_storage
     if isinstance(content, str):
@@ -74,16 +96,14 @@ def save_object(
     if isinstance(content, bytes):
         content = ContentFile(content)
     key = object_key(task.id, folder, name)
-    # A re-executed handler writes the same key again: one manifest row, object overwritten.
-    record, created = StoredObject.objects.update_or_create(
-        key=key, defaults={"task": task, "kind": kind, "size": content.size, "created_at": timezone.now()}
-    )
-    try:
+    with transaction.atomic():
+        if attempt is not None:
+            _hold_attempt(task.id, attempt)
+        # A re-executed handler writes the same key again: one manifest row, object overwritten.
+        record, _ = StoredObject.objects.update_or_create(
+            key=key, defaults={"task": task, "kind": kind, "size": content.size, "created_at": timezone.now()}
+        )
         saved_key = storage.save(key, content)
-    except BaseException:
-        if created:
-            record.delete()
-        raise
-    if saved_key != key:
-        raise RuntimeError(f"storage renamed {key!r} to {saved_key!r}; it must overwrite in place")
+        if saved_key != key:
+            raise RuntimeError(f"storage renamed {key!r} to {saved_key!r}; it must overwrite in place")
     return record

@@ -1,0 +1,15 @@
+"""Exceptions of tasks_app that handlers and other apps may catch."""
+
+from __future__ import annotations
+
+
+class PermanentFailure(Exception):
+    """Raise from a handler to fail the task at once, without further attempts."""
+
+
+class UnstorableOutput(PermanentFailure):
+    """The handler's output cannot be stored (a NUL character, NaN or infinity): the task fails once."""
+
+
+class LeaseLost(Exception):
+    """This attempt no longer holds the task (another took over, or its data was purged)."""
