@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 # The tests of locking, transactions, sweeps and the fleet, run a second time through PgBouncer
 # in transaction mode (no session state survives between transactions there).
 PGBOUNCER_TESTS ?= tests/project/test_pgbouncer.py tests/retention/test_fence.py tests/retention/test_purge.py \
-	tests/retention/test_orphans.py tests/retention/test_concurrency.py tests/retention/test_deletion_correctness.py \
+	tests/retention/test_orphans.py tests/retention/test_orphan_safety.py tests/retention/test_concurrency.py \
+	tests/retention/test_deletion_correctness.py tests/tasks_app/test_execution_edges.py \
 	tests/tasks_app/test_execution_fleet.py
 
 .PHONY: run test chaos bench lint migrations-check clean
