@@ -63,6 +63,17 @@ def read_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return number
 
 
+def read_rate(name: str, default: str) -> str | None:
+    """Return a DRF throttle rate such as "60/minute"; empty means no limit."""
+    value = read_str(name, default)
+    if not value:
+        return None
+    count, _, period = value.partition("/")
+    if not count.isdigit() or period[:1] not in {"s", "m", "h", "d"}:
+        raise _fail(name, value, "a rate such as 60/minute (per second, minute, hour or day), or empty")
+    return value
+
+
 def read_seconds(
     name: str,
     default: timedelta | None,

@@ -1,13 +1,22 @@
-"""URL configuration: the admin (the operator's UI)."""
+"""URL configuration: the admin (the operator's UI), the HTTP API, metrics and health."""
 
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 admin.site.site_header = "Task data lifecycle"
 admin.site.site_title = "Task data lifecycle"
 
+api_v1 = [
+    path("", include("tasks_app.api.urls")),
+    path("", include("retention.api.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
 ]

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Install the system packages the tests run against, when missing: redis-server, pgbouncer and
-# the PostgreSQL server binaries (Debian packages). Idempotent; prints what it installs.
+# Install the system packages the tests run against, when missing: redis-server, pgbouncer,
+# the PostgreSQL server binaries, chromium (browser tests) and
+# promtool (Debian packages). Idempotent; prints what it installs.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   missing+=(postgresql)
 fi
@@ -20,7 +23,7 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts the packaged servers; the tests start their own on free ports instead.
 if command -v systemctl >/dev/null 2>&1; then
-  for service in redis-server pgbouncer; do
+  for service in redis-server pgbouncer prometheus; do
     if [[ " ${missing[*]} " == *" $service "* ]]; then
       "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true
     fi

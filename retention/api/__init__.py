@@ -1,0 +1,1 @@
+"""HTTP API of retention (Django REST framework)."""

@@ -1,0 +1,7 @@
+"""Routes of the retention API, mounted under /api/v1/ by the project."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []

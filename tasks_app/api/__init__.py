@@ -1,0 +1,1 @@
+"""HTTP API of tasks_app (Django REST framework)."""
