@@ -22,6 +22,11 @@ def _fail(name: str, value: str, expected: str) -> ImproperlyConfigured:
     return ImproperlyConfigured(f"Environment variable {name}={value!r} is malformed: expected {expected}.")
 
 
+def is_unset(name: str) -> bool:
+    """Return whether the variable is absent from the environment (an empty value counts as set)."""
+    return name not in os.environ
+
+
 def read_str(name: str, default: str) -> str:
     """Return the variable as a string, or the default when unset."""
     value = _raw(name)

@@ -22,6 +22,11 @@ VAR_DIR = Path(envconf.read_str("VAR_DIR", str(BASE_DIR / "var")))
 DEBUG = envconf.read_bool("DJANGO_DEBUG", False)
 _INSECURE_KEY = "django-insecure-development-only-key-do-not-use-in-production-0000"
 SECRET_KEY = envconf.read_str("DJANGO_SECRET_KEY", "")
+_EMBEDDED_KEY_FILE = VAR_DIR / "secret_key"
+if envconf.is_unset("DJANGO_SECRET_KEY") and _EMBEDDED_KEY_FILE.is_file():
+    # `make run` keeps its generated key here, so a second terminal in the same checkout runs
+    # the management commands against the same embedded fleet with no export.
+    SECRET_KEY = _EMBEDDED_KEY_FILE.read_text().strip()
 if not DEBUG and (not SECRET_KEY or SECRET_KEY == _INSECURE_KEY or len(SECRET_KEY) < 50):
     raise ImproperlyConfigured(
         "DJANGO_SECRET_KEY must be set to a random string of at least 50 characters when "

@@ -106,3 +106,34 @@ def test_manage_py_honours_the_settings_option() -> None:
     result = manage("check", "--settings=no_such_settings_module")
     assert result.returncode != 0
     assert "no_such_settings_module" in result.stderr
+
+
+def test_a_second_terminal_finds_the_embedded_key_and_database(tmp_path: Path) -> None:
+    # Given the var/ folder `make run` leaves behind: its generated key and its SQLite database
+    key = "k" * 64
+    (tmp_path / "secret_key").write_text(key + "\n")
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("DJANGO_", "DATABASE_", "CELERY_", "AWS_"))
+    }
+    environment["VAR_DIR"] = str(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120
+        )
+
+    assert run("migrate", "--noinput", "-v0").returncode == 0
+    # When an operator runs the README's commands with nothing exported
+    status = run("retention_status")
+    # Then they work against the embedded database
+    assert status.returncode == 0, status.stderr
+    assert (tmp_path / "db.sqlite3").is_file()
+
+
+def test_an_empty_secret_key_is_not_replaced_by_the_embedded_one(tmp_path: Path) -> None:
+    (tmp_path / "secret_key").write_text("k" * 64)
+    result = manage("check", DJANGO_SECRET_KEY="", DJANGO_DEBUG="false", VAR_DIR=str(tmp_path))
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY" in result.stderr
