@@ -132,6 +132,18 @@ def result_record(
     )
 
 
+def result_records_from(rows: str, now: datetime, run_id: int | None) -> tuple[str, list[object]]:
+    """SQL inserting one ``result_purged`` record per row of ``rows`` (id, owner_id, task_type).
+
+    The set-based twin of ``result_record``, for a statement that deletes and audits together.
+    """
+    table = AuditRecord._meta.db_table
+    columns = "task_id, owner_id, task_type, action, reason, objects_deleted, bytes_freed, occurred_at, sweep_run_id"
+    # A table name and a CTE name of ours; the values are parameters.
+    sql = f"INSERT INTO {table} ({columns}) SELECT id, owner_id, task_type, %s, %s, 0, 0, %s, %s FROM {rows}"  # noqa: S608
+    return sql, [AuditAction.RESULT_PURGED, Reason.RESULT_TTL, now, run_id]
+
+
 def orphan_record(
     subject: Subject, objects_deleted: int, bytes_freed: int, now: datetime, run_id: int | None
 ) -> AuditRecord:

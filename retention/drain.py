@@ -71,10 +71,14 @@ def drain(
     now: datetime,
     cursor: Callable[[], str | None] = lambda: None,
     before_resume: Callable[[], None] | None = None,
+    own: PurgeCounts | None = None,
 ) -> SweepRun:
-    """Run ``steps`` in order within ``budget``; record the run's own part; re-enqueue if unfinished."""
+    """Run ``steps`` in order within ``budget``; record the run's own part; re-enqueue if unfinished.
+
+    ``own`` collects what steps that purge in place (no ``send``) did, recorded with the run.
+    """
     size = conf.batch_size()
-    own = PurgeCounts()
+    own = own if own is not None else PurgeCounts()
     unfinished = False
     try:
         for step in steps:

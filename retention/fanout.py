@@ -42,6 +42,8 @@ class Fanout(Protocol):
 
     def resume(self, kind: str, run_id: int, after: str | None) -> None: ...
 
+    def advance(self, count: int) -> None: ...
+
 
 class InProcess:
     """Purge each batch here and now; the sweep runs to the end (commands, ``purge_now``, tests)."""
@@ -83,6 +85,9 @@ class Fleet:
     def resume(self, kind: str, run_id: int, after: str | None) -> None:
         # The continuation takes over this sweep's own part of the run.
         self._send(SWEEP_TASK_NAMES[SweepKind(kind)], [], {"run_id": run_id, "after": after}, run_id, 0)
+
+    def advance(self, count: int) -> None:
+        """Nothing to show: a fleet run reports through its SweepRun."""
 
     def _send(self, name: str, args: list[Any], kwargs: dict[str, Any], run_id: int, size: int) -> None:
         def send() -> None:

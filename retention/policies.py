@@ -75,17 +75,18 @@ def _results_due_rows(rows: QuerySet, now: datetime) -> QuerySet:
     return exclude_held(rows, task_path="task__")
 
 
-def results_due_ids(now: datetime, *, after: str | None, limit: int) -> list[str]:
+def results_due_ids(now: datetime, *, after: str | None, limit: int, with_files: bool = False) -> list[str]:
     """Ids (ascending, after ``after``) of live tasks past ``result_expires_at`` with a result left.
 
     Driven from the result and manifest tables, which shrink as results are purged, rather
     than from tasks, whose past ``result_expires_at`` stays for the API to answer 410.
+    ``with_files`` walks only tasks owning result files (the rest go set-based, results.py).
     """
     results = _results_due_rows(TaskResult.objects.all(), now)
     files = _results_due_rows(StoredObject.objects.exclude(kind=StoredObject.INPUT_KIND), now)
     if after:
         results, files = results.filter(task_id__gt=after), files.filter(task_id__gt=after)
-    first = list(results.order_by("task_id").values_list("task_id", flat=True)[:limit])
+    first = [] if with_files else list(results.order_by("task_id").values_list("task_id", flat=True)[:limit])
     second = list(files.order_by("task_id").values_list("task_id", flat=True).distinct()[:limit])
     return [str(task_id) for task_id in sorted(set(first) | set(second))[:limit]]
 

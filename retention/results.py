@@ -3,6 +3,11 @@
 Runs on the task purge's skeleton (purge.py): groups of tasks whose result keys fit one delete
 call, each in one fenced transaction that re-checks the task is still due under its row lock,
 so a duplicate run audits nothing twice and a held task keeps its result.
+
+Most results have no files: on PostgreSQL those go in one statement per batch
+(``purge_result_rows``), which walks the result table by its expiry index, locks the tasks,
+deletes the results and writes their audit records together — no per-row Python, no
+transaction longer than one batch.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from datetime import datetime
 from uuid import UUID
 
 from django.core.files.storage import Storage
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from retention import audit, fence, objects, policies
 from retention.holds import exclude_held
@@ -91,3 +98,71 @@ def _finish_results(rows: list[tuple[UUID, int | None, str]], now: datetime, run
     TaskResult.objects.filter(task_id__in=locked).delete()
     done.purged = len(records)
     return done
+
+
+ResultKey = tuple[datetime, str]
+
+
+def set_based() -> bool:
+    """Whether results without files can go in one statement per batch (PostgreSQL)."""
+    return connection.vendor == "postgresql"
+
+
+def purge_result_rows(
+    now: datetime, *, after: ResultKey | None, limit: int, run_id: int | None
+) -> tuple[int, int, ResultKey | None]:
+    """Purge up to ``limit`` expired results that have no result files, in one statement.
+
+    Returns (results scanned, results purged, the last key scanned): the caller walks on from
+    that key, so held, locked or file-owning results left behind never block the walk. A task
+    owning result files is left to ``purge_results`` (its objects go before its rows).
+    """
+    scan = TaskResult.objects.filter(expires_at__lte=now)
+    if after is not None:
+        scan = scan.filter(Q(expires_at__gt=after[0]) | Q(expires_at=after[0], task_id__gt=after[1]))
+    # The result rows are the lock (SKIP LOCKED: another sweep's batch is left to it); a task
+    # purge deletes the same rows, so whichever is second deletes, and audits, nothing. Holds
+    # are fenced; the task's own result_expires_at, status and holds are re-checked here.
+    scan = (
+        scan.order_by("expires_at", "task_id")
+        .select_for_update(skip_locked=True)
+        .values("task_id", "expires_at")[:limit]
+    )
+    files = StoredObject.objects.filter(task=OuterRef("pk")).exclude(kind=StoredObject.INPUT_KIND)
+    with fence.deleting():
+        locked = (
+            exclude_held(Task.objects.filter(pk__in=RawSQL("SELECT task_id FROM scan", ())))
+            .filter(result_expires_at__lte=now)
+            .exclude(status__in=GONE_STATUSES)
+            .exclude(Exists(files))
+            .order_by()
+            .values("id", "owner_id", "task_type")
+        )
+        scan_sql, scan_params = _compiled(scan)
+        locked_sql, locked_params = _compiled(locked)
+        insert_sql, insert_params = audit.result_records_from("gone", now, run_id)
+        results = TaskResult._meta.db_table
+        with connection.cursor() as cursor:
+            # Compiled ORM SQL and a table name are interpolated; the values are parameters.
+            cursor.execute(
+                f"""
+                WITH scan AS MATERIALIZED ({scan_sql}),
+                locked AS MATERIALIZED ({locked_sql}),
+                gone AS (
+                    DELETE FROM {results} AS r USING locked
+                    WHERE r.task_id = locked.id
+                    RETURNING locked.id, locked.owner_id, locked.task_type
+                ),
+                audited AS ({insert_sql} RETURNING 1),
+                last AS (SELECT expires_at, task_id FROM scan ORDER BY expires_at DESC, task_id DESC LIMIT 1)
+                SELECT (SELECT count(*) FROM scan), (SELECT count(*) FROM audited),
+                       (SELECT expires_at FROM last), (SELECT task_id FROM last)
+                """,  # noqa: S608
+                [*scan_params, *locked_params, *insert_params],
+            )
+            scanned, purged, last_at, last_id = cursor.fetchone()
+    return scanned, purged, (last_at, str(last_id)) if last_id is not None else None
+
+
+def _compiled(rows: QuerySet) -> tuple[str, tuple]:
+    return rows.query.get_compiler(using=rows.db).as_sql()

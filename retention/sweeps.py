@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db.models import F
 
-from retention import audit, claims, orphans, policies, shadow
+from retention import audit, claims, orphans, policies, results, shadow
 from retention.choices import Reason, SweepKind
 from retention.drain import Budget, Step, drain
 from retention.fanout import FLEET, Fanout, InProcess
@@ -69,19 +69,50 @@ def sweep_results(
     """Results past ``result_expires_at``: TaskResult and result objects; the task row stays."""
     fanout = fanout or InProcess(now)
     run_id = start_run(SweepKind.RESULTS, now, run_id)
-    # Nothing is claimed, so the run walks task ids in order; a continuation resumes after the last.
-    position = {"after": after}
+    own = PurgeCounts()
+    # Nothing is claimed, so the run walks keys in order; a continuation resumes after the last.
+    # On PostgreSQL results without files go first, a statement per batch, walked by expiry
+    # ("r:<expires_at>|<task id>"); then tasks owning result files, walked by id ("f:<task id>").
+    # Elsewhere (SQLite) every due task takes the second, two-phase path.
+    position = {"after": after or ("r:" if results.set_based() else "f:")}
 
-    def take_due(n: int) -> list[str]:
-        ids = policies.results_due_ids(now, after=position["after"], limit=n)
+    def purge_rows(n: int) -> list[Any]:
+        if not position["after"].startswith("r:"):
+            return []
+        scanned, purged, last = results.purge_result_rows(
+            now, after=_result_key(position["after"]), limit=n, run_id=run_id
+        )
+        own.purged += purged
+        fanout.advance(purged)
+        position["after"] = f"r:{last[0].isoformat()}|{last[1]}" if last else position["after"]
+        if scanned < n:
+            position["after"] = "f:"
+        return [None] * scanned
+
+    def take_by_id(n: int) -> list[str]:
+        ids = policies.results_due_ids(
+            now, after=position["after"][2:] or None, limit=n, with_files=results.set_based()
+        )
         if ids:
-            position["after"] = ids[-1]
+            position["after"] = f"f:{ids[-1]}"
         return ids
 
-    steps = [Step(take_due, fanout.purge_results)]
+    steps = [Step(purge_rows), Step(take_by_id, fanout.purge_results)]
     return drain(
-        SweepKind.RESULTS, run_id, steps, fanout, Budget.for_run(fanout, limit), now, lambda: position["after"]
+        SweepKind.RESULTS,
+        run_id,
+        steps,
+        fanout,
+        Budget.for_run(fanout, limit),
+        now,
+        lambda: position["after"],
+        own=own,
     )
+
+
+def _result_key(position: str) -> results.ResultKey | None:
+    at, _, task_id = position[2:].partition("|")
+    return (datetime.fromisoformat(at), task_id) if task_id else None
 
 
 def _policy_steps(

@@ -211,6 +211,7 @@ def _succeed(task: Task, ctx: TaskContext, result: Any) -> str:
 def _store_success(task: Task, ctx: TaskContext, result: Any) -> str:
     now = timezone.now()
     ttl = task.result_ttl if task.result_ttl is not None else hooks.default_result_ttl(task)
+    expires_at = now + ttl if ttl is not None else None
     with transaction.atomic():
         # Only this attempt writes usage while it holds the lease, so merging in Python is safe.
         finished = _finish(
@@ -218,7 +219,7 @@ def _store_success(task: Task, ctx: TaskContext, result: Any) -> str:
             status=TaskStatus.SUCCEEDED,
             finished_at=now,
             status_changed_at=now,
-            result_expires_at=now + ttl if ttl is not None else None,
+            result_expires_at=expires_at,
             error="",
             usage=_merge_usage(task.usage, ctx.usage),
         )
@@ -227,10 +228,10 @@ def _store_success(task: Task, ctx: TaskContext, result: Any) -> str:
             return "superseded"
         if ttl is None or ttl > timedelta(0):
             TaskResult.objects.bulk_create(
-                [TaskResult(task=task, data=result, created_at=now)],
+                [TaskResult(task=task, data=result, created_at=now, expires_at=expires_at)],
                 update_conflicts=True,
                 unique_fields=["task"],
-                update_fields=["data", "created_at"],
+                update_fields=["data", "created_at", "expires_at"],
             )
     logger.info("task succeeded", extra={"task_id": str(task.id), "attempt": task.attempts})
     task_finished.send(sender=Task, task_id=task.id, status=TaskStatus.SUCCEEDED)

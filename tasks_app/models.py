@@ -150,6 +150,21 @@ class TaskResult(models.Model):
     task = models.OneToOneField(Task, on_delete=models.CASCADE, related_name="result", primary_key=True)
     data = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # A copy of the task's result_expires_at, written with the result: the result sweep walks
+    # this table by it, and the table shrinks as results go (the task keeps its own for the API's
+    # 410). The sweep still checks the task's own value before deleting.
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="When this result is deleted (the task's result_expires_at)."
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["expires_at", "task"],
+                name="taskresult_expires_idx",
+                condition=Q(expires_at__isnull=False),
+            )
+        ]
 
     def __str__(self) -> str:
         return f"result of {self.task_id}"

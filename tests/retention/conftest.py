@@ -82,7 +82,7 @@ def make_task(db: None) -> Callable[..., Task]:
             **fields,
         )
         if result is not None:
-            TaskResult.objects.create(task=task, data=result)
+            TaskResult.objects.create(task=task, data=result, expires_at=result_expires_at)
         for name, data in (files or {}).items():
             folder, _, filename = name.rpartition("/")
             save_object(task, filename, data, kind=folder or "file", folder=folder or "file")

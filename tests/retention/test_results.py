@@ -9,7 +9,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from retention import sweeps
+from retention import results, sweeps
 from retention.models import AuditAction, AuditRecord
 from tasks_app.executor import execute
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
@@ -87,7 +87,7 @@ def test_a_short_result_ttl_keeps_the_result_until_it_passes(make_user: Any) -> 
 
 
 @pytest.mark.django_db
-def test_results_are_swept_in_batches_by_task_id(make_task: Any, settings: Any) -> None:
+def test_results_are_swept_in_batches(make_task: Any, settings: Any, monkeypatch: Any) -> None:
     # given seven tasks with expired results (some only a TaskResult, some only files) and a batch size of 3
     settings.RETENTION_BATCH_SIZE = 3
     now = timezone.now()
@@ -95,6 +95,15 @@ def test_results_are_swept_in_batches_by_task_id(make_task: Any, settings: Any) 
     tasks += [make_task(result_expires_at=now, files={"out/a.txt": b"a"}) for _ in range(3)]
     keep = make_task(result_expires_at=now + timedelta(hours=1), result={"n": 99})
     chunks: list[list[str]] = []
+    statements: list[int] = []
+    set_based = results.purge_result_rows
+
+    def counting(*args: Any, **kwargs: Any) -> tuple[int, int, Any]:
+        scanned, purged, last = set_based(*args, **kwargs)
+        statements.append(purged)
+        return scanned, purged, last
+
+    monkeypatch.setattr(results, "purge_result_rows", counting)
 
     class Recording(sweeps.InProcess):
         def purge_results(self, task_ids: list[str], run_id: int) -> None:
@@ -104,12 +113,43 @@ def test_results_are_swept_in_batches_by_task_id(make_task: Any, settings: Any) 
     # when the results sweep runs
     run = sweeps.sweep_results(now, fanout=Recording(now))
 
-    # then it walked the ids in order in batches of at most three and purged all seven
-    assert [len(c) for c in chunks] == [3, 3, 1]
-    flat = [i for chunk in chunks for i in chunk]
-    assert flat == sorted(flat) == sorted(str(t.pk) for t in tasks)
+    # then results without files went a statement per batch of at most three, and the tasks
+    # owning files in id order through the two-phase purge; all seven were purged once
+    assert statements == [3, 1]
+    assert [len(c) for c in chunks] == [3]
+    assert chunks[0] == sorted(str(t.pk) for t in tasks[4:])
     assert run.purged == 7
+    assert AuditRecord.objects.filter(action="result_purged").count() == 7
     assert TaskResult.objects.filter(task=keep).exists()
+
+
+@pytest.mark.django_db
+def test_held_and_extended_results_do_not_stall_the_set_based_walk(make_task: Any, settings: Any) -> None:
+    # given a batch size of 2, three held results first in expiry order, one whose task's own
+    # result_expires_at was extended after it was written, and two plainly due
+    from retention import services
+
+    settings.RETENTION_BATCH_SIZE = 2
+    now = timezone.now()
+    held = [
+        make_task(result_expires_at=now - timedelta(hours=3), result={"n": i}, task_type="held.type") for i in range(3)
+    ]
+    services.hold(reason="case 7", task_type="held.type")
+    extended = make_task(result_expires_at=now - timedelta(hours=2), result={"n": 3})
+    Task.objects.filter(pk=extended.pk).update(result_expires_at=now + timedelta(days=1))
+    due = [make_task(result_expires_at=now - timedelta(hours=1), result={"n": i}) for i in range(2)]
+
+    # when the results sweep runs twice
+    first = sweeps.sweep_results(now)
+    second = sweeps.sweep_results(now)
+
+    # then the walk passed the held and extended results and purged the due ones, once each
+    assert first.purged == 2
+    assert second.purged == 0
+    assert set(AuditRecord.objects.filter(action="result_purged").values_list("task_id", flat=True)) == {
+        t.pk for t in due
+    }
+    assert TaskResult.objects.filter(task__in=[*held, extended]).count() == 4
 
 
 @pytest.mark.django_db
@@ -124,3 +164,37 @@ def test_a_shadow_policys_result_ttl_deletes_nothing(make_user: Any, no_default_
     assert shadowed.result_expires_at is None
     assert sweeps.sweep_results(timezone.now() + timedelta(hours=1)).claimed == 0
     assert TaskResult.objects.filter(task=shadowed).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_result_sweeps_at_once_audit_each_result_once(make_task: Any, settings: Any) -> None:
+    # given forty expired results and a batch size of 3
+    import threading
+
+    from django.db import connection
+
+    settings.RETENTION_BATCH_SIZE = 3
+    now = timezone.now()
+    tasks = [make_task(result_expires_at=now, result={"n": i}) for i in range(40)]
+    barrier = threading.Barrier(2)
+    runs: list[Any] = []
+
+    def sweep() -> None:
+        barrier.wait()
+        try:
+            runs.append(sweeps.sweep_results(now))
+        finally:
+            connection.close()
+
+    # when two sweeps run at once, each on its own connection
+    threads = [threading.Thread(target=sweep) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then every result is gone with exactly one record, and the runs' counts add up
+    assert TaskResult.objects.filter(task__in=tasks).count() == 0
+    assert AuditRecord.objects.filter(action="result_purged").count() == 40
+    assert sorted(AuditRecord.objects.values_list("task_id", flat=True)) == sorted(t.pk for t in tasks)
+    assert sum(run.purged for run in runs) == 40
