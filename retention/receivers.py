@@ -23,8 +23,11 @@ def on_task_finished(sender: Any, task_id: UUID, status: str, **kwargs: Any) -> 
     The executor must not wait for storage deletes, and a lost message is harmless: the
     tasks sweep finds the same task on its next run.
     """
+    now = timezone.now()
+    if "expires_at" in kwargs and (kwargs["expires_at"] is None or kwargs["expires_at"] > now):
+        return  # the common case, with no query per finished task
     try:
-        if not services.needs_purge_after_finish(task_id, now=timezone.now()):
+        if not services.needs_purge_after_finish(task_id, now=now):
             return
         transaction.on_commit(lambda: current_app.signature(PURGE_EXPIRED_TASK, args=[str(task_id)]).apply_async())
         logger.info("purge after finish requested", extra={"task_id": str(task_id), "status": status})

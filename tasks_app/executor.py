@@ -20,6 +20,7 @@ from django.utils import timezone
 from tasks_app import conf, hooks, registry, storable
 from tasks_app.exceptions import LeaseLost, PermanentFailure, UnstorableOutput
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.querysets import TaskQuerySet
 from tasks_app.signals import task_finished
 from tasks_app.storage import safe_name, save_object
 
@@ -127,7 +128,7 @@ def take(task_id: UUID | str, *, worker: str, now: datetime) -> Task | None:
         Task.objects.filter(pk=task_id, status=TaskStatus.QUEUED)
         .filter(Q(run_at__isnull=True) | Q(run_at__lte=now))
         .not_expired_by(now)
-        .update(
+        .update_returning(
             status=TaskStatus.RUNNING,
             attempts=F("attempts") + 1,
             started_at=now,
@@ -136,9 +137,7 @@ def take(task_id: UUID | str, *, worker: str, now: datetime) -> Task | None:
             worker=worker[:255],
         )
     )
-    if not taken:
-        return None
-    return Task.objects.get(pk=task_id)
+    return taken[0] if taken else None
 
 
 def _wait_until_due(run_at: datetime | None) -> None:
@@ -189,13 +188,22 @@ def _describe(exc: BaseException) -> str:
     return storable.text(text[-ERROR_MAX_CHARS:])
 
 
-def _finish(task: Task, **changes: Any) -> bool:
-    """Write the outcome if this attempt still holds the task (a lost lease means another took over)."""
-    return bool(
-        Task.objects.filter(pk=task.pk, status=TaskStatus.RUNNING, attempts=task.attempts).update(
-            lease_expires_at=None, **changes
-        )
-    )
+def _holding(task: Task) -> TaskQuerySet:
+    """The task, while this attempt still holds it (a lost lease means another took over)."""
+    return Task.objects.filter(pk=task.pk, status=TaskStatus.RUNNING, attempts=task.attempts)
+
+
+_NOT_FINISHED = object()
+
+
+def _finish(task: Task, **changes: Any) -> Any:
+    """Write the outcome if this attempt still holds the task; return the row's expires_at then.
+
+    The expiry is read back in the same statement, so the finished signal knows whether the
+    data already expired (a changed expires_at included) without another query.
+    """
+    finished = _holding(task).update_returning(lease_expires_at=None, **changes)
+    return finished[0].expires_at if finished else _NOT_FINISHED
 
 
 def _succeed(task: Task, ctx: TaskContext, result: Any) -> str:
@@ -212,30 +220,58 @@ def _store_success(task: Task, ctx: TaskContext, result: Any) -> str:
     now = timezone.now()
     ttl = task.result_ttl if task.result_ttl is not None else hooks.default_result_ttl(task)
     expires_at = now + ttl if ttl is not None else None
-    with transaction.atomic():
-        # Only this attempt writes usage while it holds the lease, so merging in Python is safe.
-        finished = _finish(
-            task,
-            status=TaskStatus.SUCCEEDED,
-            finished_at=now,
-            status_changed_at=now,
-            result_expires_at=expires_at,
-            error="",
-            usage=_merge_usage(task.usage, ctx.usage),
-        )
-        if not finished:
-            logger.warning("result dropped: lease lost", extra={"task_id": str(task.id)})
-            return "superseded"
-        if ttl is None or ttl > timedelta(0):
-            TaskResult.objects.bulk_create(
-                [TaskResult(task=task, data=result, created_at=now, expires_at=expires_at)],
-                update_conflicts=True,
-                unique_fields=["task"],
-                update_fields=["data", "created_at", "expires_at"],
-            )
+    # Only this attempt writes usage while it holds the lease, so merging in Python is safe.
+    outcome = {
+        "status": TaskStatus.SUCCEEDED,
+        "finished_at": now,
+        "status_changed_at": now,
+        "result_expires_at": expires_at,
+        "error": "",
+        "usage": _merge_usage(task.usage, ctx.usage),
+    }
+    stored = TaskResult(task=task, data=result, created_at=now, expires_at=expires_at)
+    expiry = _finish_with_result(task, outcome, stored if ttl is None or ttl > timedelta(0) else None)
+    if expiry is _NOT_FINISHED:
+        logger.warning("result dropped: lease lost", extra={"task_id": str(task.id)})
+        return "superseded"
     logger.info("task succeeded", extra={"task_id": str(task.id), "attempt": task.attempts})
-    task_finished.send(sender=Task, task_id=task.id, status=TaskStatus.SUCCEEDED)
+    task_finished.send(sender=Task, task_id=task.id, status=TaskStatus.SUCCEEDED, expires_at=expiry)
     return TaskStatus.SUCCEEDED
+
+
+def _finish_with_result(task: Task, outcome: dict[str, Any], stored: TaskResult | None) -> Any:
+    """``_finish`` that also stores the result: one statement on PostgreSQL."""
+    if stored is None or connection.vendor != "postgresql":
+        with transaction.atomic():
+            expiry = _finish(task, **outcome)
+            if expiry is not _NOT_FINISHED and stored is not None:
+                TaskResult.objects.bulk_create(
+                    [stored],
+                    update_conflicts=True,
+                    unique_fields=["task"],
+                    update_fields=["data", "created_at", "expires_at"],
+                )
+        return expiry
+    update_sql, update_params = _holding(task).update_sql(lease_expires_at=None, **outcome)
+    data = TaskResult._meta.get_field("data").get_db_prep_save(stored.data, connection)
+    with connection.cursor() as cursor:
+        # The result is inserted only from the row the conditional UPDATE returned: a lost lease
+        # updates nothing and so stores nothing, in the same round trip.
+        cursor.execute(
+            f"""
+            WITH finished AS ({update_sql} RETURNING id, expires_at),
+            stored AS (
+                INSERT INTO {TaskResult._meta.db_table} (task_id, data, created_at, expires_at)
+                SELECT id, %s, %s, %s FROM finished
+                ON CONFLICT (task_id) DO UPDATE SET data = EXCLUDED.data, created_at = EXCLUDED.created_at,
+                    expires_at = EXCLUDED.expires_at
+            )
+            SELECT expires_at FROM finished
+            """,  # noqa: S608 - compiled ORM SQL and our table name; the values are parameters
+            [*update_params, data, stored.created_at, stored.expires_at],
+        )
+        row = cursor.fetchone()
+    return row[0] if row is not None else _NOT_FINISHED
 
 
 def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool, with_usage: bool = True) -> str:
@@ -247,12 +283,13 @@ def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool, with_usa
         changes.update(status=TaskStatus.FAILED if permanent else TaskStatus.DEAD, finished_at=now)
     else:
         changes.update(status=TaskStatus.SCHEDULED, run_at=now + backoff(task.attempts))
-    if not _finish(task, **changes):
+    expiry = _finish(task, **changes)
+    if expiry is _NOT_FINISHED:
         return "superseded"
     logger.warning(
         "task attempt failed",
         extra={"task_id": str(task.id), "attempt": task.attempts, "status": changes["status"]},
     )
     if changes["status"] != TaskStatus.SCHEDULED:
-        task_finished.send(sender=Task, task_id=task.id, status=changes["status"])
+        task_finished.send(sender=Task, task_id=task.id, status=changes["status"], expires_at=expiry)
     return changes["status"]
