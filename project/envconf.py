@@ -116,10 +116,89 @@ def read_database(name: str, default: str) -> dict[str, Any]:
     """Return a Django DATABASES entry parsed from a database URL."""
     value = _raw(name) or default
     scheme = value.split("://", 1)[0] if "://" in value else ""
+    # The password is never echoed: configuration errors end up in logs.
     if scheme not in environ.Env.DB_SCHEMES:
-        raise _fail(name, value, "a database URL such as postgres://user:pass@host:5432/db or sqlite:///path")
+        raise _fail(name, _masked(value), "a database URL such as postgres://user:pass@host:5432/db or sqlite:///path")
     try:
         config = environ.Env.db_url_config(value)
     except Exception as exc:  # django-environ raises several types for bad URLs
-        raise _fail(name, value, f"a database URL ({exc})") from None
+        raise _fail(name, _masked(value), f"a database URL ({str(exc).replace(value, _masked(value))})") from None
     return config
+
+
+def read_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """Return the variable if it is one of ``choices`` (compared lower-case); empty means the default."""
+    value = _raw(name)
+    if not value:
+        return default
+    if value.lower() not in choices:
+        raise _fail(name, value, "one of " + ", ".join(choices))
+    return value.lower()
+
+
+def read_http_url(name: str, default: str | None) -> str | None:
+    """Return an http(s) URL with a host (an S3 endpoint); empty means the default."""
+    from urllib.parse import urlsplit
+
+    value = _raw(name)
+    if not value:
+        return default
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise _fail(name, value, "an http(s) URL such as https://s3.example.com") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail(name, value, "an http(s) URL such as https://s3.example.com")
+    return value
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "sentinel", "sentinels")
+
+
+def _masked(url: str) -> str:
+    """The URL with its password hidden (error messages end up in logs)."""
+    import re
+
+    return re.sub(r"(://[^:/@;]*:)[^;]*@", r"\1**@", url)
+
+
+def read_broker_url(name: str, default: str) -> str:
+    """Return a kombu broker URL, each ``;``-separated alternative checked; the password is never echoed.
+
+    Redis URLs may carry a password and any database number (``redis://:secret@host:6379/3``);
+    ``sentinel://host:26379;sentinel://other:26379`` lists Sentinels (the master's name is a
+    transport option).
+    """
+    from kombu.transport import TRANSPORT_ALIASES
+    from kombu.utils.url import parse_url
+
+    value = _raw(name) or default
+    expected = "a broker URL such as redis://:password@127.0.0.1:6379/0, sentinel://host:26379 or filesystem://"
+    schemes = set()
+    for part in value.split(";"):
+        scheme = part.split("://", 1)[0] if "://" in part else ""
+        if scheme not in TRANSPORT_ALIASES:
+            raise ImproperlyConfigured(
+                f"Environment variable {name}={_masked(value)!r} is malformed: expected {expected}."
+            )
+        schemes.add(scheme)
+        if scheme not in _REDIS_SCHEMES:
+            continue
+        try:
+            parts = parse_url(part)
+        except Exception:  # kombu raises ValueError (bad port) and others for bad URLs
+            raise ImproperlyConfigured(
+                f"Environment variable {name}={_masked(value)!r} is malformed: expected {expected}."
+            ) from None
+        database = (parts.get("virtual_host") or "0").strip("/") or "0"
+        if not parts.get("hostname") or not database.isdigit():
+            raise ImproperlyConfigured(
+                f"Environment variable {name}={_masked(value)!r} is malformed: expected {expected} "
+                "(a host, and a database number after the last /)."
+            )
+    if len(schemes) > 1:
+        raise ImproperlyConfigured(
+            f"Environment variable {name}={_masked(value)!r} is malformed: every ';'-separated URL must use one scheme."
+        )
+    return value

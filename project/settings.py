@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
-from kombu.transport import TRANSPORT_ALIASES
 
 from project import envconf
 
@@ -125,12 +124,27 @@ MEDIA_URL = "media/"
 MEDIA_ROOT = Path(envconf.read_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 
 AWS_STORAGE_BUCKET_NAME = envconf.read_str("AWS_STORAGE_BUCKET_NAME", "")
-AWS_S3_ENDPOINT_URL = envconf.read_str("AWS_S3_ENDPOINT_URL", "") or None
+AWS_S3_ENDPOINT_URL = envconf.read_http_url("AWS_S3_ENDPOINT_URL", None)
 AWS_S3_REGION_NAME = envconf.read_str("AWS_S3_REGION_NAME", "") or None
 AWS_ACCESS_KEY_ID = envconf.read_str("AWS_ACCESS_KEY_ID", "") or None
 AWS_SECRET_ACCESS_KEY = envconf.read_str("AWS_SECRET_ACCESS_KEY", "") or None
+# Any S3-compatible store (AWS, MinIO, Ceph RGW, R2…): MinIO and Ceph behind one host name
+# usually need path-style addressing; "auto" lets botocore choose (virtual-hosted on AWS).
+AWS_S3_ADDRESSING_STYLE = envconf.read_choice("AWS_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual"))
+AWS_S3_SIGNATURE_VERSION = envconf.read_choice("AWS_S3_SIGNATURE_VERSION", "s3v4", ("s3v4", "s3"))
+# botocore >= 1.36 adds CRC32 checksums (and aws-chunked uploads over HTTPS) to every call that
+# supports them, which several S3-compatible stores refuse; "when_required" limits them to the
+# calls S3 requires one for. DeleteObjects also gets Content-MD5 (retention/bucket.py).
+AWS_REQUEST_CHECKSUM_CALCULATION = envconf.read_choice(
+    "AWS_REQUEST_CHECKSUM_CALCULATION", "when_required", ("when_required", "when_supported")
+)
+AWS_RESPONSE_CHECKSUM_VALIDATION = envconf.read_choice(
+    "AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required", ("when_required", "when_supported")
+)
 
 if AWS_STORAGE_BUCKET_NAME:
+    from botocore.config import Config as _BotoConfig
+
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
@@ -139,6 +153,14 @@ if AWS_STORAGE_BUCKET_NAME:
             "region_name": AWS_S3_REGION_NAME,
             "access_key": AWS_ACCESS_KEY_ID,
             "secret_key": AWS_SECRET_ACCESS_KEY,
+            # django-storages ignores its addressing_style/signature_version options once a
+            # client config is given: they are set here.
+            "client_config": _BotoConfig(
+                s3={"addressing_style": AWS_S3_ADDRESSING_STYLE},
+                signature_version=AWS_S3_SIGNATURE_VERSION,
+                request_checksum_calculation=AWS_REQUEST_CHECKSUM_CALCULATION,
+                response_checksum_validation=AWS_RESPONSE_CHECKSUM_VALIDATION,
+            ),
             # Keys embed the task id, so a name never collides; never rename silently.
             "file_overwrite": True,
             "default_acl": None,
@@ -159,11 +181,16 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 # --- Celery ------------------------------------------------------------------------------
-CELERY_BROKER_URL = envconf.read_str("CELERY_BROKER_URL", "") or "filesystem://"
-if CELERY_BROKER_URL.split("://", 1)[0] not in TRANSPORT_ALIASES or "://" not in CELERY_BROKER_URL:
+# Redis may take a password and any database number (redis://:secret@host:6379/3), or be
+# reached through Sentinel: sentinel://host1:26379;sentinel://host2:26379 plus the master's name.
+CELERY_BROKER_URL = envconf.read_broker_url("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_MASTER_NAME = envconf.read_str("CELERY_BROKER_MASTER_NAME", "")
+CELERY_BROKER_SENTINEL_PASSWORD = envconf.read_str("CELERY_BROKER_SENTINEL_PASSWORD", "")
+_SENTINEL = CELERY_BROKER_URL.startswith(("sentinel://", "sentinels://"))
+if _SENTINEL and not CELERY_BROKER_MASTER_NAME:
     raise ImproperlyConfigured(
-        f"Environment variable CELERY_BROKER_URL={CELERY_BROKER_URL!r} is malformed: expected a "
-        "broker URL such as redis://127.0.0.1:6379/0 or filesystem://."
+        "Environment variable CELERY_BROKER_MASTER_NAME must name the Redis master (e.g. mymaster) "
+        "when CELERY_BROKER_URL is a sentinel:// URL."
     )
 _BROKER_DIR = VAR_DIR / "broker"
 
@@ -189,6 +216,11 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": int(CELERY_VISIBILITY_TIMEOUT.total_seconds()),
     }
+    if _SENTINEL:
+        CELERY_BROKER_TRANSPORT_OPTIONS["master_name"] = CELERY_BROKER_MASTER_NAME
+        if CELERY_BROKER_SENTINEL_PASSWORD:
+            # The Sentinels' own password; the URL's password is the Redis master's.
+            CELERY_BROKER_TRANSPORT_OPTIONS["sentinel_kwargs"] = {"password": CELERY_BROKER_SENTINEL_PASSWORD}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -219,6 +251,9 @@ TASK_EXPIRES_IN = envconf.read_seconds("TASK_EXPIRES_IN", None, allow_zero=False
 RESULT_TTL = envconf.read_seconds("RESULT_TTL", None, empty_means_none=True)
 TASKS_MAX_EXPIRES_IN = envconf.read_seconds("TASKS_MAX_EXPIRES_IN", timedelta(days=3650), allow_zero=False)
 TASKS_MAX_PAYLOAD_BYTES = envconf.read_int("TASKS_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1)
+TASKS_MAX_INPUT_BYTES = envconf.read_int("TASKS_MAX_INPUT_BYTES", 100 * 1024 * 1024, minimum=1)
+# The API reads a JSON body (or multipart fields) of up to this much: room for the largest payload.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, 2 * TASKS_MAX_PAYLOAD_BYTES + 65_536)
 TASKS_DISPATCH_BATCH_SIZE = envconf.read_int("TASKS_DISPATCH_BATCH_SIZE", 500, minimum=1)
 TASKS_DISPATCH_HORIZON = envconf.read_seconds("TASKS_DISPATCH_HORIZON", timedelta(seconds=2), allow_zero=True)
 
@@ -263,6 +298,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # status and final_status share one choice set: one schema component for both.
+    "ENUM_NAME_OVERRIDES": {"TaskStatusEnum": "tasks_app.statuses.TaskStatus"},
 }
 
 # --- Logging and mail ------------------------------------------------------------------------
@@ -284,3 +321,7 @@ LOGGING = {
         "retention": {"level": LOG_LEVEL},
     },
 }
+
+# --- Monitoring ------------------------------------------------------------------------------
+# /healthz gives the database, the broker and the storage this long each (checked at once).
+HEALTHZ_TIMEOUT = envconf.read_seconds("HEALTHZ_TIMEOUT", timedelta(seconds=2), allow_zero=False)

@@ -1,9 +1,10 @@
 """Batched, idempotent deletion (and listing) of storage objects; the only place that deletes them.
 
 S3 goes through the django-storages bucket's client: ``DeleteObjects`` with up to 1,000 keys a
-call. Any other backend (the local file system) deletes key by key. A key that is already
-gone counts as deleted; any other error is retried with backoff, and keys still not deleted
-after the last attempt are returned so the caller keeps their task for a later run.
+call, signed with Content-MD5, and in a versioned bucket every version of each key (bucket.py).
+Any other backend (the local file system) deletes key by key. A key that is already gone counts
+as deleted; any other error is retried with backoff, and keys still not deleted after the last
+attempt are returned so the caller keeps their task for a later run.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.core.files.storage import Storage, default_storage
 from django.db import connection
+
+from retention import bucket
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +63,14 @@ def is_s3(storage: Storage) -> bool:
 
 
 def _s3_key(storage: Storage, name: str) -> str:
-    from storages.utils import clean_name
+    """The exact key of a storage name: the storage's ``location`` prefix, nothing cleaned.
 
-    # The same name → key mapping S3Storage uses for save() (its ``location`` prefix included).
-    return storage._normalize_name(clean_name(name))  # type: ignore[attr-defined]
+    django-storages cleans names (``a/../b`` → ``b``, ``a//b`` → ``a/b``) before saving. Keys the
+    app writes are already clean (``tasks_app.storage.object_key``), so this is the key it saved;
+    a stray key from a listing must be deleted as listed, never as the other object it cleans to.
+    """
+    location = (getattr(storage, "location", "") or "").strip("/")
+    return f"{location}/{name}" if location else name
 
 
 def _s3_name(storage: Storage, key: str) -> str:
@@ -84,21 +92,52 @@ def _backoff(attempt: int) -> float:
     return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
 
 
-def _s3_delete(storage: Storage, names: list[str]) -> dict[str, str]:
-    """One DeleteObjects call; return the names S3 reported as not deleted."""
-    client = storage.bucket.meta.client  # type: ignore[attr-defined]
-    by_key = {_s3_key(storage, name): name for name in names}
-    response = client.delete_objects(
-        Bucket=storage.bucket_name,  # type: ignore[attr-defined]
-        Delete={"Objects": [{"Key": key} for key in by_key], "Quiet": True},
-    )
+def _reply_errors(response: dict[str, Any]) -> dict[str, str]:
+    """Per-key errors of a DeleteObjects reply; a missing key counts as deleted (django-storages' 404 rule)."""
     errors: dict[str, str] = {}
     for error in response.get("Errors", []):
         if error.get("Code") in MISSING_KEY_CODES:
             continue
-        name = by_key.get(error.get("Key", ""), error.get("Key", ""))
-        errors[name] = f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+        errors[error.get("Key", "")] = f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
     return errors
+
+
+def _s3_delete(storage: Storage, names: list[str]) -> dict[str, str]:
+    """One DeleteObjects call (or, in a versioned bucket, one per 1,000 versions); return the names not deleted.
+
+    The request asks for a verbose reply, but stores differ (some answer quietly whatever is
+    asked): a key is failed only when the reply lists it under ``Errors``. A ``Deleted`` entry
+    with ``DeleteMarker`` means the bucket turned versioned since it was last checked.
+    """
+    client = bucket.prepare_client(storage.bucket.meta.client)  # type: ignore[attr-defined]
+    bucket_name = storage.bucket_name  # type: ignore[attr-defined]
+    by_key = {_s3_key(storage, name): name for name in names}
+    state = bucket.versioning(client, bucket_name)
+    if state.versioned:
+        errors = bucket.delete_versions(client, bucket_name, list(by_key), state)
+    else:
+        response = client.delete_objects(
+            Bucket=bucket_name, Delete={"Objects": [{"Key": key} for key in by_key], "Quiet": False}
+        )
+        errors = _reply_errors(response)
+        markers = [item["Key"] for item in response.get("Deleted", []) if item.get("DeleteMarker")]
+        if markers:
+            # The objects are still stored behind the markers: finish the job on their versions.
+            bucket.mark_versioned(bucket_name)
+            errors.update(bucket.delete_versions(client, bucket_name, markers, bucket.Versioning(status="Enabled")))
+    return {by_key.get(key, key): message for key, message in errors.items()}
+
+
+def check_bucket(storage: Storage | None = None) -> list[str]:
+    """What would stop storage deletion from working (for /healthz); [] when nothing does.
+
+    S3: the bucket is reachable, its versioning can be read, and versions can be deleted
+    (not MFA delete). A versioned bucket is fine: every version of a deleted object is deleted.
+    """
+    storage = storage or default_storage
+    if is_s3(storage):
+        return bucket.check_bucket(storage)
+    return []
 
 
 def _prune_empty_dirs(storage: Storage, name: str) -> None:

@@ -1,4 +1,4 @@
-"""What PostgreSQL can store in a JSON or text column: no NUL characters, no NaN or infinities.
+"""What PostgreSQL can store in a JSON or text column: no NUL characters, no lone surrogates, no NaN or infinities.
 
 Checked before a write, so bad input is refused with the place it occurs (``payload['a'][2]``)
 instead of a DataError from deep inside a transaction.
@@ -23,15 +23,26 @@ def problem(value: Any, where: str) -> str | None:
     return _walk(value, where)
 
 
+def _bad_text(value: str) -> str | None:
+    if NUL in value:
+        return "NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: JSON can spell it, PostgreSQL refuses it
+        return "invalid Unicode (a lone surrogate)"
+    return None
+
+
 def _walk(value: Any, where: str) -> str | None:
     if isinstance(value, str):
-        return f"NUL character in {where}" if NUL in value else None
+        found = _bad_text(value)
+        return f"{found} in {where}" if found else None
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value!r} (not a finite number) at {where}"
     if isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(key, str) and NUL in key:
-                return f"NUL character in a key of {where}"
+            if isinstance(key, str) and (found := _bad_text(key)):
+                return f"{found} in a key of {where}"
             found = _walk(item, f"{where}[{key!r}]")
             if found:
                 return found

@@ -26,14 +26,19 @@ def task_prefix(task_id: uuid.UUID | str) -> str:
 
 
 def task_id_from_key(key: str) -> uuid.UUID | None:
-    """Return the task id encoded in ``tasks/<id>/…``, or None for any other key."""
+    """Return the task id whose prefix (``task_prefix``) the key lives under, or None for any other key."""
     if not key.startswith(PREFIX):
         return None
-    head = key[len(PREFIX) :].split("/", 1)[0]
+    head, slash, _ = key[len(PREFIX) :].partition("/")
     try:
-        return uuid.UUID(head)
+        task_id = uuid.UUID(head)
     except ValueError:
         return None
+    # uuid.UUID also reads "ABC…", "{…}", "urn:uuid:…" and undashed hex, but keys are case-
+    # sensitive: such a key is not under the task's prefix, so it must not be taken for the task's.
+    if not slash or str(task_id) != head:
+        return None
+    return task_id
 
 
 def safe_name(name: str, fallback: str = "file") -> str:

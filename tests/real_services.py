@@ -373,3 +373,151 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+class RedisWithPassword(Redis):
+    """A redis-server that requires a password (``requirepass``): CELERY_BROKER_URL with auth."""
+
+    name = "redis-auth"
+
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
+        super().__init__(workdir)
+        self.password = password or secrets.token_urlsafe(16)
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--requirepass", self.password]
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/{db}"
+
+
+class RedisSentinel(Server):
+    """A Redis Sentinel watching ``master`` under ``master_name`` (redis-server in sentinel mode)."""
+
+    name = "redis-sentinel"
+
+    def __init__(self, workdir: Path, master: Redis, master_name: str = "tasksmaster") -> None:
+        super().__init__(workdir)
+        self.master = master
+        self.master_name = master_name
+
+    def command(self) -> list[str]:
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {self.workdir}",
+            f"sentinel monitor {self.master_name} 127.0.0.1 {self.master.port} 1",
+        ]
+        password = getattr(self.master, "password", None)
+        if password:
+            lines.append(f"sentinel auth-pass {self.master_name} {password}")
+        config = self.workdir / f"sentinel-{self.port}.conf"  # sentinel rewrites its config file
+        config.write_text("\n".join(lines) + "\n")
+        return [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"]
+
+    def url(self, db: int = 0) -> str:
+        """A kombu sentinel URL; the password (if any) is the master's."""
+        password = getattr(self.master, "password", None)
+        auth = f":{password}@" if password else ""
+        return f"sentinel://{auth}127.0.0.1:{self.port}/{db}"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def keep_server(watched: int, argv: list[str], as_postgres: bool) -> int:
+    """Run ``argv`` until it exits or ``watched`` (the harness) is gone; then stop it by PID."""
+    user = {"user": "postgres", "group": "postgres"} if as_postgres else {}
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, **user)  # noqa: S603, PLW1509
+    while proc.poll() is None:
+        if not _alive(watched):
+            proc.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            break
+        time.sleep(0.2)
+    return proc.wait()
+
+
+class HarnessPostgres:
+    """The harness's PostgreSQL, stopped and started again on the same port and data directory.
+
+    A test runs in a child of the harness, which stops its own server by PID at the end. A
+    server the test starts again must outlive the test (the next pass of ``make test`` needs
+    it) and still end with the harness: it runs under a keeper process (``keep_server``) that
+    stops it by PID once the harness, the first server's parent, is gone.
+    """
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.argv: list[str] = []
+        self.port = 0
+        self.harness = 0
+
+    @classmethod
+    def from_env(cls) -> HarnessPostgres:
+        """The server ``running_services`` started (TEST_SERVICES_DIR is set by the harness)."""
+        return cls(Path(os.environ["TEST_SERVICES_DIR"]) / "pg" / "pgdata")
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
+    def _harness_pid(self, postmaster: int) -> int:
+        # Recorded the first time: the parent of the server the harness itself started.
+        record = self.data.parent / "harness.pid"
+        if not record.exists():
+            stat = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+            record.write_text(stat[1])
+        return int(record.read_text())
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown (SIGINT) of the running server; remember its command line."""
+        pid = self.pid()
+        if pid is None or not _alive(pid):
+            raise RuntimeError(f"no PostgreSQL running on {self.data}")
+        self.harness = self._harness_pid(pid)
+        self.argv = [arg.decode() for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
+        self.port = int(self.argv[self.argv.index("-p") + 1])
+        os.kill(pid, signal.SIGINT)
+        _wait_for(lambda: not _alive(pid), "PostgreSQL shutdown", timeout)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server stopped by ``stop`` again, under a keeper; return once it accepts connections."""
+        import json
+
+        import psycopg
+
+        as_postgres = os.geteuid() == 0
+        code = (
+            "import json, sys\n"
+            "from tests.real_services import keep_server\n"
+            "sys.exit(keep_server(*json.loads(sys.argv[1])))"
+        )
+        log = (self.data.parent / "postgres.log").open("ab")
+        subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            [sys.executable, "-c", code, json.dumps([self.harness, self.argv, as_postgres])],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives the test; the keeper ends with the harness
+        )
+        log.close()
+        url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+        _wait_for(lambda: psycopg.connect(url, connect_timeout=2).close() is None, "PostgreSQL restart", timeout)
+
+    def restart(self, down: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down)
+        self.start()

@@ -137,3 +137,10 @@ def test_an_empty_secret_key_is_not_replaced_by_the_embedded_one(tmp_path: Path)
     result = manage("check", DJANGO_SECRET_KEY="", DJANGO_DEBUG="false", VAR_DIR=str(tmp_path))
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_a_malformed_database_url_is_named_without_its_password() -> None:
+    result = manage("check", DATABASE_URL="nosuchdb://alice:hunter2-secret@db:5432/tasks")
+    assert result.returncode != 0
+    assert "DATABASE_URL" in result.stderr
+    assert "hunter2-secret" not in result.stderr
