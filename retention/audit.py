@@ -36,17 +36,38 @@ class DecodedReason:
     action: str
     reason: str
     policy_id: int | None
+    # The policy table's fingerprint when the claim was decided (see ``policy_claim``).
+    policies_version: str | None = None
 
 
 def decode_purge_reason(purge_reason: str) -> DecodedReason:
-    """Map a task's ``purge_reason`` (``expires_at``, ``user_request``, ``policy:<id>``, ``count_cap:<id>``)."""
+    """Map a task's ``purge_reason`` (``expires_at``, ``user_request``, ``policy:<id>``, ``count_cap:<id>``,
+    the last two optionally followed by ``@<policies version>``)."""
     if purge_reason == Reason.USER_REQUEST:
         return DecodedReason(AuditAction.USER_ERASURE, Reason.USER_REQUEST, None)
-    if purge_reason.startswith(Reason.POLICY_PREFIX):
-        return DecodedReason(AuditAction.TASK_PURGED, purge_reason, _int_or_none(purge_reason.split(":", 1)[1]))
-    if purge_reason.startswith(f"{Reason.COUNT_CAP}:"):
-        return DecodedReason(AuditAction.TASK_PURGED, Reason.COUNT_CAP, _int_or_none(purge_reason.split(":", 1)[1]))
+    reason, _, version = purge_reason.partition("@")
+    if reason.startswith(Reason.POLICY_PREFIX):
+        policy_id = _int_or_none(reason.split(":", 1)[1])
+        return DecodedReason(AuditAction.TASK_PURGED, reason, policy_id, version or None)
+    if reason.startswith(f"{Reason.COUNT_CAP}:"):
+        policy_id = _int_or_none(reason.split(":", 1)[1])
+        return DecodedReason(AuditAction.TASK_PURGED, Reason.COUNT_CAP, policy_id, version or None)
     return DecodedReason(AuditAction.TASK_PURGED, purge_reason or Reason.EXPIRES_AT, None)
+
+
+def policies_version_tag(version: tuple[int, datetime | None]) -> str:
+    """A short text form of ``policies.version()`` (row count and last change, in microseconds)."""
+    count, changed = version
+    return f"{count}.{round(changed.timestamp() * 1_000_000) if changed else 0}"
+
+
+def policy_claim(reason: str, version: tuple[int, datetime | None]) -> str:
+    """A policy claim's ``purge_reason``: the rule's reason and the policy table it was decided under.
+
+    The purge gives the claim back when the table differs by then (any save, enable, disable or
+    delete), by equality rather than by comparing clocks.
+    """
+    return f"{reason}@{policies_version_tag(version)}"
 
 
 def _int_or_none(text: str) -> int | None:

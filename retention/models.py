@@ -22,6 +22,7 @@ from retention.choices import (
 )
 from retention.exceptions import AppendOnlyError
 from retention.querysets import AuditRecordQuerySet, LegalHoldQuerySet, RetentionPolicyQuerySet, SweepRunQuerySet
+from tasks_app import conf as tasks_conf
 from tasks_app.models import Task
 
 __all__ = [
@@ -156,6 +157,11 @@ class RetentionPolicy(models.Model):
             errors.setdefault("keep_for", []).append("Keep for must not be negative.")
         if self.result_ttl is not None and self.result_ttl < timedelta(0):
             errors.setdefault("result_ttl", []).append("Result TTL must not be negative.")
+        longest = tasks_conf.max_expires_in()
+        for field, label in (("keep_for", "Keep for"), ("result_ttl", "Result TTL")):
+            value = getattr(self, field)
+            if value is not None and value > longest:
+                errors.setdefault(field, []).append(f"{label} must be at most {longest.days} days (TASKS_MAX_EXPIRES_IN).")
         if self.keep_last is not None and self.keep_last < 1:
             errors.setdefault("keep_last", []).append("Keep last must be at least 1 (leave it empty for no cap).")
         if errors:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import (
@@ -29,7 +29,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 
-from retention.audit import decode_purge_reason
+from retention.audit import decode_purge_reason, policies_version_tag
 from retention.choices import Reason
 from retention.holds import exclude_held
 from retention.models import RetentionPolicy
@@ -159,9 +159,17 @@ def governed(policy: RetentionPolicy, policies: Sequence[RetentionPolicy]) -> Ta
     return tasks
 
 
+def shifted(at: datetime, delta: timedelta) -> datetime:
+    """``at + delta``, clamped to the dates Python can hold: a keep_for of a million days means never."""
+    try:
+        return at + delta
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC) if delta > timedelta(0) else datetime.min.replace(tzinfo=UTC)
+
+
 def age_cutoff(policy: RetentionPolicy, now: datetime) -> datetime | None:
     """Tasks finished (or created, if never finished) at or before this are due by age."""
-    return None if policy.keep_for is None else now - policy.keep_for
+    return None if policy.keep_for is None else shifted(now, -policy.keep_for)
 
 
 def age_due(policy: RetentionPolicy, policies: Sequence[RetentionPolicy], now: datetime) -> TaskQuerySet:
@@ -219,9 +227,9 @@ def version() -> tuple[int, datetime | None]:
 def outdated_claims(claims: Iterable[tuple[Any, str, datetime]]) -> set[Any]:
     """Claims (id, purge reason, claimed at) made under a policy that no longer says delete.
 
-    The policy was deleted, disabled or switched to shadow, or any policy was edited after
-    the claim (the hierarchy it was weighed in changed). The next policies sweep decides
-    again under the rules as they are now.
+    The policy was deleted, disabled or switched to shadow, or the policy table changed since
+    the claim was decided (the hierarchy it was weighed in may differ). The next policies sweep
+    decides again under the rules as they are now.
     """
     by_claim = {}
     for pk, purge_reason, claimed_at in claims:
@@ -232,18 +240,18 @@ def outdated_claims(claims: Iterable[tuple[Any, str, datetime]]) -> set[Any]:
         return set()
     current = {policy.pk: policy for policy in RetentionPolicy.objects.all()}
     last_change = max((policy.updated_at for policy in current.values()), default=None)
+    tag = policies_version_tag((len(current), last_change))
     outdated = set()
     for pk, (decoded, claimed_at) in by_claim.items():
         policy = current.get(decoded.policy_id)
         rule_gone = policy is None or (
             policy.keep_last is None if decoded.reason == Reason.COUNT_CAP else policy.keep_for is None
         )
-        if (
-            rule_gone
-            or not policy.enabled
-            or policy.is_shadow
-            or (last_change is not None and last_change > claimed_at)
-        ):
+        if decoded.policies_version is not None:
+            changed = decoded.policies_version != tag
+        else:  # a claim made before claims carried the version
+            changed = last_change is not None and last_change > claimed_at
+        if rule_gone or not policy.enabled or policy.is_shadow or changed:
             outdated.add(pk)
     return outdated
 

@@ -20,6 +20,7 @@ from retention.choices import PolicyMode, Reason, SweepKind
 from retention.holds import only_held
 from retention.models import RetentionPolicy
 from retention.policies import (
+    shifted,
     GONE,
     TERMINAL,
     age_cutoff,
@@ -65,7 +66,7 @@ def deadline(task: Task, now: datetime, policies: Sequence[RetentionPolicy] | No
     if policy is not None and policy.mode == PolicyMode.ENFORCE:
         if policy.keep_for is not None:
             candidates.append(
-                ((task.finished_at or task.created_at) + policy.keep_for, audit.age_reason(policy.pk), policy)
+                (shifted(task.finished_at or task.created_at, policy.keep_for), audit.age_reason(policy.pk), policy)
             )
         if (
             policy.keep_last is not None
@@ -138,7 +139,7 @@ def retention_lag(now: datetime) -> timedelta:
         due = age_due(policy, policies, now).aggregate(fin=Min("finished_at"), created=Min("created_at"))
         started = due["fin"] or due["created"]
         if started is not None:
-            overdue_since.append(started + policy.keep_for)
+            overdue_since.append(shifted(started, policy.keep_for))
     if not overdue_since:
         return timedelta(0)
     return max(now - min(overdue_since), timedelta(0))

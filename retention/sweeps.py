@@ -129,7 +129,7 @@ def _policy_steps(
         targets.append(
             (
                 lambda: policies.age_due(policy, every, now),
-                audit.age_reason(policy.pk),
+                audit.policy_claim(audit.age_reason(policy.pk), version),
                 audit.age_reason(policy.pk),
                 policies.age_due_at(policy),
             )
@@ -138,7 +138,7 @@ def _policy_steps(
         targets.append(
             (
                 lambda t=task_type, s=status: policies.count_due(policy, every, t, s),
-                audit.count_cap_reason(policy.pk),
+                audit.policy_claim(audit.count_cap_reason(policy.pk), version),
                 Reason.COUNT_CAP,
                 None,
             )
@@ -200,6 +200,8 @@ def sweep_policies(
     """Every enabled policy's age limit and count cap; shadow policies only record."""
     fanout = fanout or InProcess(now)
     run_id = start_run(SweepKind.POLICIES, now, run_id)
+    # Read before the policies themselves: a claim carries this version, and an edit that lands
+    # after it (even one committed before the policies were read) makes the purge give it back.
     version = policies.version()
     every = policies.enabled_policies()
     steps: list[Step] = []

@@ -69,7 +69,10 @@ class TaskContext:
                 raise TypeError(f"usage {unit}={amount!r} must be a number")
             # NaN or infinity would only fail at the finishing write, after the work was done:
             # fail the task once, with a message, instead of losing the outcome and re-running.
-            problem = storable.problem({unit: amount}, "usage")
+            # The total is checked, with what earlier attempts stored: finite amounts can add up
+            # to infinity, or to an integer too long for JSON.
+            total = _merge_usage(self.task.usage, {**self.usage, unit: self.usage.get(unit, 0) + amount})
+            problem = storable.problem({unit: amount, "total": total.get(unit)}, "usage")
             if problem:
                 raise UnstorableOutput(f"usage is not storable: {problem}")
             self.usage[unit] = self.usage.get(unit, 0) + amount
@@ -219,7 +222,10 @@ def _succeed(task: Task, ctx: TaskContext, result: Any) -> str:
 def _store_success(task: Task, ctx: TaskContext, result: Any) -> str:
     now = timezone.now()
     ttl = task.result_ttl if task.result_ttl is not None else hooks.default_result_ttl(task)
-    expires_at = now + ttl if ttl is not None else None
+    try:
+        expires_at = now + ttl if ttl is not None else None
+    except OverflowError:
+        expires_at = None  # a TTL past the last date there is: kept as long as the task lives
     # Only this attempt writes usage while it holds the lease, so merging in Python is safe.
     outcome = {
         "status": TaskStatus.SUCCEEDED,

@@ -89,10 +89,14 @@ def _validate(
     _check_duration(errors, "expires_in", expires_in, allow_zero=False)
     _check_duration(errors, "result_ttl", result_ttl, allow_zero=True)
     if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not idempotency_key or len(idempotency_key) > _IDEMPOTENCY_KEY_MAX
+        not isinstance(idempotency_key, str)
+        or not idempotency_key
+        or len(idempotency_key) > _IDEMPOTENCY_KEY_MAX
+        or storable.problem(idempotency_key, "idempotency_key")
     ):
         errors["idempotency_key"] = [
-            f"idempotency_key must be a non-empty string of at most {_IDEMPOTENCY_KEY_MAX} characters."
+            f"idempotency_key must be a non-empty string of at most {_IDEMPOTENCY_KEY_MAX} characters, "
+            "with no NUL character."
         ]
     if input_file is not None and not (isinstance(input_file, File | bytes) or hasattr(input_file, "read")):
         errors["input_file"] = ["input_file must be a file (django.core.files.File, an upload or bytes)."]

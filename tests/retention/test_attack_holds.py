@@ -1,0 +1,191 @@
+"""Attacks on the legal-hold fence: a hold saved by an operator while deletions are under way.
+
+PostgreSQL: a hold saved while a result purge deletes. Embedded mode: the purger and the
+operator are separate processes on one SQLite file (``make run``: web, worker, beat).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from retention import objects, results
+from retention.models import AuditRecord, LegalHold
+from tasks_app.models import StoredObject, TaskResult
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _in_thread(target: Any) -> threading.Thread:
+    def body() -> None:
+        try:
+            target()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hold_saved_while_a_result_purge_deletes_waits_and_stops_the_next_group(
+    make_task: Any, monkeypatch: pytest.MonkeyPatch, bucket_keys: Any
+) -> None:
+    # given two tasks past their result TTL whose files fill one delete call each, and a result
+    # purge in the middle of deleting the first group
+    now = timezone.now()
+    monkeypatch.setattr(objects, "DELETE_BATCH", 2)
+    made = [make_task("t.case", result_expires_at=now, files={"out/a": b"a", "out/b": b"b"}, result=n) for n in (1, 2)]
+    first, second = sorted(made, key=lambda task: task.pk)  # groups go in id order
+    deleting, resume = threading.Event(), threading.Event()
+    real_delete = objects.delete_keys
+
+    def slow_delete(*args: Any, **kwargs: Any) -> Any:
+        if not deleting.is_set():
+            deleting.set()
+            assert resume.wait(timeout=30)
+        return real_delete(*args, **kwargs)
+
+    monkeypatch.setattr(objects, "delete_keys", slow_delete)
+    purger = _in_thread(lambda: results.purge_results([first.pk, second.pk], now=now))
+    assert deleting.wait(timeout=30)
+
+    # when an operator saves a hold on the task type meanwhile
+    holder = _in_thread(lambda: LegalHold.objects.create(task_type="t.case", reason="litigation"))
+    holder.join(timeout=1.0)
+    waited = holder.is_alive()
+    resume.set()
+    purger.join(timeout=30)
+    holder.join(timeout=30)
+
+    # then the hold waited for the group under way, and the next group kept everything
+    assert waited, "the hold must wait for the deletion already under way"
+    assert not TaskResult.objects.filter(task=first).exists()
+    assert TaskResult.objects.filter(task=second).exists()
+    assert StoredObject.objects.filter(task=second).count() == 2
+    assert len(bucket_keys(f"tasks/{second.pk}/")) == 2
+    assert list(AuditRecord.objects.values_list("task_id", flat=True)) == [first.pk]
+
+
+# One role per process, on one SQLite file with local files (the embedded mode).
+_EMBEDDED = """
+import json, os, sys, time
+from datetime import timedelta
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+import django
+django.setup()
+from django.core.management import call_command
+from django.utils import timezone
+from retention import claims, objects, purge
+from retention.models import AuditRecord, LegalHold
+from tasks_app.models import StoredObject, Task, TaskStatus
+from tasks_app.storage import save_object
+
+role, signals = sys.argv[1], sys.argv[2]
+
+def mark(name):
+    open(os.path.join(signals, name), "w").close()
+
+def wait(name):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(signals, name)):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {name}")
+        time.sleep(0.05)
+
+if role == "hold":
+    LegalHold.objects.create(task_type="t.case", reason="litigation")
+    mark("held")
+    raise SystemExit(0)
+
+call_command("migrate", verbosity=0)
+now = timezone.now()
+tasks = []
+for _ in range(2):
+    task = Task.objects.create(task_type="t.case", status=TaskStatus.SUCCEEDED, payload={"s": 1},
+                               timeout=timedelta(minutes=1), finished_at=now, expires_at=now)
+    save_object(task, "a.txt", b"a", kind="out", folder="out")
+    tasks.append(task)
+claims.claim(Task.objects.filter(pk__in=[t.pk for t in tasks]), reason="expires_at", now=now, limit=2)
+real_delete = objects.delete_keys
+
+def slow(*args, **kwargs):
+    if not os.path.exists(os.path.join(signals, "deleting")):
+        mark("deleting")
+        wait("go")
+    return real_delete(*args, **kwargs)
+
+objects.delete_keys = slow
+purge.purge_claimed([tasks[0].pk], now=now)
+wait("held")
+purge.purge_claimed([tasks[1].pk], now=now)
+print(json.dumps({
+    "first": Task.objects.get(pk=tasks[0].pk).status,
+    "second": Task.objects.get(pk=tasks[1].pk).status,
+    "second_objects": StoredObject.objects.filter(task_id=tasks[1].pk).count(),
+    "records": AuditRecord.objects.count(),
+}))
+"""
+
+
+def test_a_hold_saved_by_another_process_in_the_embedded_mode_waits_and_stops_later_purges(tmp_path: Any) -> None:
+    # given the embedded mode: a worker process purging, in the middle of its storage call
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    env = {
+        **os.environ,
+        "VAR_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "CELERY_BROKER_URL": "filesystem://",
+        "AWS_STORAGE_BUCKET_NAME": "",
+    }
+
+    def start(role: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and script
+            [sys.executable, "-c", _EMBEDDED, role, str(signals)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    worker = start("purge")
+    holder = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (signals / "deleting").exists():
+            assert worker.poll() is None, worker.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the purge never reached its storage call"
+            time.sleep(0.05)
+
+        # when the web process saves a hold on the task type meanwhile
+        holder = start("hold")
+        time.sleep(1.5)
+        waited = holder.poll() is None and not (signals / "held").exists()
+        (signals / "go").touch()
+        _, hold_errors = holder.communicate(timeout=60)
+        out, errors = worker.communicate(timeout=120)
+    finally:
+        for process in (worker, holder):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+    # then the hold waited for the group under way, which finished; the next purge kept the task
+    assert holder.returncode == 0, hold_errors[-3000:]
+    assert worker.returncode == 0, errors[-3000:]
+    outcome = json.loads(out.strip().splitlines()[-1])
+    assert waited, "the hold must wait for the deletion already under way"
+    assert outcome == {"first": "expired", "second": "succeeded", "second_objects": 1, "records": 1}

@@ -1,0 +1,73 @@
+"""Attacks with two purgers at once: a user's erasure racing a sweep that is mid-delete.
+
+Real PostgreSQL and S3; each purger on its own connection (a web request and a worker).
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from retention import objects, services, sweeps
+from retention.models import AuditRecord
+from tasks_app.models import StoredObject, Task, TaskStatus
+from tasks_app.storage import task_prefix
+
+
+def _in_thread(target: Any, out: dict[str, Any], name: str) -> threading.Thread:
+    def body() -> None:
+        try:
+            out[name] = target()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            out[name] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_erasure_racing_a_sweep_mid_delete_ends_with_one_purge_and_one_record(
+    make_task: Any, monkeypatch: pytest.MonkeyPatch, bucket_keys: Any
+) -> None:
+    # given an expired task whose purge by the tasks sweep is in the middle of its storage call
+    now = timezone.now()
+    task = make_task(expires_at=now - timedelta(seconds=1), files={"out/a.txt": b"aa", "out/b.txt": b"b"})
+    deleting, resume = threading.Event(), threading.Event()
+    real_delete = objects.delete_keys
+
+    def slow_delete(*args: Any, **kwargs: Any) -> Any:
+        if not deleting.is_set():
+            deleting.set()
+            assert resume.wait(timeout=30)
+        return real_delete(*args, **kwargs)
+
+    monkeypatch.setattr(objects, "delete_keys", slow_delete)
+    out: dict[str, Any] = {}
+    sweeper = _in_thread(lambda: sweeps.sweep_tasks(now), out, "sweep")
+    assert deleting.wait(timeout=30)
+
+    # when the owner asks for erasure meanwhile, and the sweep then goes on
+    eraser = _in_thread(lambda: services.purge_now(task.pk), out, "erasure")
+    eraser.join(timeout=1.0)
+    resume.set()
+    sweeper.join(timeout=60)
+    eraser.join(timeout=60)
+
+    # then both return, the task is purged once and every object is gone
+    assert not sweeper.is_alive()
+    assert not eraser.is_alive()
+    assert not isinstance(out["sweep"], BaseException), out["sweep"]
+    assert out["erasure"] is True, out["erasure"]
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.EXPIRED
+    assert bucket_keys(task_prefix(task.pk)) == set()
+    assert not StoredObject.objects.filter(task=task).exists()
+    (record,) = AuditRecord.objects.filter(task_id=task.pk)
+    assert (record.objects_deleted, record.bytes_freed) == (2, 3)
