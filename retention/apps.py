@@ -22,6 +22,7 @@ class RetentionConfig(AppConfig):
 
         task_finished.connect(receivers.on_task_finished, dispatch_uid="retention.purge_after_finish")
         hooks.set_result_ttl_resolver(policies.default_result_ttl)
+        hooks.set_erasure_handler(receivers.erase_on_request)
         for signal in (post_save, post_delete):
             signal.connect(
                 policies.forget_policies, sender=RetentionPolicy, dispatch_uid=f"retention.forget_policies.{signal}"

@@ -1,8 +1,9 @@
-"""What retention plugs into tasks_app in ready(): the finished-task signal and the result-TTL hook."""
+"""What retention plugs into tasks_app in ready(): the finished-task signal, the result-TTL and erasure hooks."""
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -11,6 +12,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from retention import services
+from retention.exceptions import TaskOnLegalHold
+from tasks_app.exceptions import ErasureRefused
+from tasks_app.models import Task
 
 logger = logging.getLogger(__name__)
 
@@ -35,3 +39,11 @@ def on_task_finished(sender: Any, task_id: UUID, status: str, **kwargs: Any) -> 
         logger.exception(
             "purge after finish not requested; the tasks sweep will purge it", extra={"task_id": str(task_id)}
         )
+
+
+def erase_on_request(task: Task, now: datetime) -> bool:
+    """The erasure hook (the API's DELETE): purge now through the one purge path, audited as ``user_erasure``."""
+    try:
+        return services.purge_now(task, now=now)
+    except TaskOnLegalHold as exc:
+        raise ErasureRefused(str(exc)) from exc

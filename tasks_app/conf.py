@@ -31,6 +31,11 @@ def max_payload_bytes() -> int:
     return getattr(settings, "TASKS_MAX_PAYLOAD_BYTES", 1024 * 1024)
 
 
+def max_input_bytes() -> int:
+    """Largest accepted input file, in bytes (TASKS_MAX_INPUT_BYTES; default 100 MiB)."""
+    return getattr(settings, "TASKS_MAX_INPUT_BYTES", 100 * 1024 * 1024)
+
+
 def lease() -> timedelta:
     """How long a running task's lease lasts between renewals (TASKS_LEASE, seconds)."""
     return getattr(settings, "TASKS_LEASE", timedelta(seconds=30))

@@ -13,3 +13,11 @@ class UnstorableOutput(PermanentFailure):
 
 class LeaseLost(Exception):
     """This attempt no longer holds the task (another took over, or its data was purged)."""
+
+
+class ResultGone(Exception):
+    """The task's result (or the whole task's data) expired: it can no longer be read."""
+
+
+class ErasureRefused(Exception):
+    """A user-requested erasure may not happen now (a legal hold covers the task)."""

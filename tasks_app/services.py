@@ -1,9 +1,9 @@
-"""Every write path of tasks_app that user code calls: submit and cancel."""
+"""Every write path of tasks_app that user code calls: submit, submit_many and cancel."""
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,98 +12,13 @@ from django.core.files.base import File
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from tasks_app import conf, dispatch, registry, storable
-from tasks_app.models import PENDING_STATUSES, StoredObject, Task, TaskStatus
+from tasks_app import conf, dispatch, registry
+from tasks_app.exceptions import ResultGone
+from tasks_app.models import GONE_STATUSES, PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.storage import save_object
+from tasks_app.validation import IDEMPOTENCY_KEY_MAX, validate
 
 logger = logging.getLogger(__name__)
-
-_IDEMPOTENCY_KEY_MAX = 255
-
-
-def _check_duration(errors: dict[str, list[str]], field: str, value: Any, *, allow_zero: bool) -> None:
-    if value is None:
-        return
-    if not isinstance(value, timedelta):
-        errors.setdefault(field, []).append(f"{field} must be a datetime.timedelta, got {type(value).__name__}.")
-        return
-    if value < timedelta(0):
-        errors.setdefault(field, []).append(f"{field} must not be negative.")
-    elif value == timedelta(0) and not allow_zero:
-        errors.setdefault(field, []).append(f"{field} must be positive; omit it to use the default.")
-    elif value > conf.max_expires_in():
-        limit = int(conf.max_expires_in().total_seconds())
-        errors.setdefault(field, []).append(f"{field} must be at most {limit} seconds (TASKS_MAX_EXPIRES_IN).")
-
-
-def _check_payload(errors: dict[str, list[str]], payload: Any) -> Any:
-    try:
-        encoded = json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        errors.setdefault("payload", []).append(f"payload must be JSON-serialisable: {exc}.")
-        return None
-    problem = storable.problem(payload, "payload")
-    if problem:
-        errors.setdefault("payload", []).append(f"payload cannot be stored: {problem}.")
-        return None
-    size = len(encoded.encode())
-    if size > conf.max_payload_bytes():
-        errors.setdefault("payload", []).append(
-            f"payload is {size} bytes of JSON; the limit is {conf.max_payload_bytes()} (TASKS_MAX_PAYLOAD_BYTES)."
-        )
-    # Store exactly what JSON round-trips to (tuples become lists, keys become strings).
-    return json.loads(encoded)
-
-
-def _validate(
-    task_type: Any,
-    payload: Any,
-    owner: Any,
-    run_at: Any,
-    delay: Any,
-    expires_in: Any,
-    result_ttl: Any,
-    idempotency_key: Any,
-    input_file: Any,
-    now: datetime,
-) -> tuple[registry.TaskType, Any]:
-    errors: dict[str, list[str]] = {}
-    spec = registry.get(task_type) if isinstance(task_type, str) else None
-    if spec is None:
-        errors["task_type"] = [f"Unknown task type {task_type!r}; registered: {', '.join(registry.names()) or 'none'}."]
-    clean_payload = _check_payload(errors, payload)
-    if owner is not None and getattr(owner, "pk", None) is None:
-        errors["owner"] = ["owner must be a saved user or None."]
-    if run_at is not None and delay is not None:
-        errors["run_at"] = ["Give run_at or delay, not both."]
-        errors["delay"] = ["Give run_at or delay, not both."]
-    if run_at is not None and "run_at" not in errors:
-        if not isinstance(run_at, datetime):
-            errors["run_at"] = [f"run_at must be a datetime, got {type(run_at).__name__}."]
-        elif timezone.is_naive(run_at):
-            errors["run_at"] = ["run_at must be timezone-aware (a naive datetime is ambiguous)."]
-        elif run_at - now > conf.max_expires_in():
-            errors["run_at"] = ["run_at is further away than TASKS_MAX_EXPIRES_IN allows."]
-    if "delay" not in errors:
-        _check_duration(errors, "delay", delay, allow_zero=True)
-    _check_duration(errors, "expires_in", expires_in, allow_zero=False)
-    _check_duration(errors, "result_ttl", result_ttl, allow_zero=True)
-    if idempotency_key is not None and (
-        not isinstance(idempotency_key, str)
-        or not idempotency_key
-        or len(idempotency_key) > _IDEMPOTENCY_KEY_MAX
-        or storable.problem(idempotency_key, "idempotency_key")
-    ):
-        errors["idempotency_key"] = [
-            f"idempotency_key must be a non-empty string of at most {_IDEMPOTENCY_KEY_MAX} characters, "
-            "with no NUL character."
-        ]
-    if input_file is not None and not (isinstance(input_file, File | bytes) or hasattr(input_file, "read")):
-        errors["input_file"] = ["input_file must be a file (django.core.files.File, an upload or bytes)."]
-    if errors:
-        raise ValidationError(errors)
-    assert spec is not None
-    return spec, clean_payload
 
 
 def submit(
@@ -128,18 +43,120 @@ def submit(
     now = now or timezone.now()
     if payload is None:
         payload = {}
-    spec, clean_payload = _validate(
+    spec, clean_payload = validate(
         task_type, payload, owner, run_at, delay, expires_in, result_ttl, idempotency_key, input_file, now
     )
     if idempotency_key is not None:
         existing = _find_idempotent(owner, idempotency_key)
         if existing is not None:
             return existing
+    task = _new_task(spec, clean_payload, owner, run_at, delay, expires_in, result_ttl, idempotency_key, now)
+    try:
+        if idempotency_key is None and input_file is None:
+            task.save(force_insert=True)  # one statement: atomic on its own
+        else:
+            # A savepoint, so a lost idempotency race leaves the caller's transaction usable.
+            with transaction.atomic():
+                task.save(force_insert=True)
+                if input_file is not None:
+                    _store_input(task, input_file)
+    except IntegrityError:
+        if idempotency_key is not None:
+            existing = _find_idempotent(owner, idempotency_key)
+            if existing is not None:
+                return existing
+        raise
+    if task.status == TaskStatus.QUEUED:
+        # Publish only once the row is visible to workers; if publishing fails the row stays
+        # queued and the recovery pass publishes it again.
+        transaction.on_commit(lambda: dispatch.publish_safely([task]))
+    logger.info(
+        "task submitted",
+        extra={"task_id": str(task.id), "task_type": task.task_type, "status": task.status},
+    )
+    return task
 
+
+_MANY_ARGUMENTS = frozenset(
+    {"task_type", "payload", "owner", "run_at", "delay", "expires_in", "result_ttl", "idempotency_key"}
+)
+
+
+def submit_many(requests: Iterable[Mapping[str, Any]], *, now: datetime | None = None) -> list[Task]:
+    """Create many tasks with one INSERT and publish the due ones together once committed.
+
+    Each request is a mapping of ``submit()``'s arguments (no ``input_file``). All or nothing:
+    a bad request raises ValidationError keyed ``"<index>.<argument>"`` and writes nothing. A
+    request whose ``idempotency_key`` its owner already used gets the existing task back.
+    """
+    now = now or timezone.now()
+    errors: dict[str, list[str]] = {}
+    tasks: list[Task] = []
+    for index, request in enumerate(requests):
+        unknown = set(request) - _MANY_ARGUMENTS
+        if unknown:
+            errors[f"{index}"] = [f"unknown arguments: {', '.join(sorted(unknown))}."]
+            continue
+        args = {name: request.get(name) for name in _MANY_ARGUMENTS}
+        try:
+            spec, clean_payload = validate(
+                args["task_type"], {} if args["payload"] is None else args["payload"], args["owner"],
+                args["run_at"], args["delay"], args["expires_in"], args["result_ttl"], args["idempotency_key"],
+                None, now,
+            )  # fmt: skip
+        except ValidationError as exc:
+            errors.update({f"{index}.{field}": messages for field, messages in exc.message_dict.items()})
+            continue
+        tasks.append(_new_task(spec, clean_payload, *(args[n] for n in _NEW_TASK_ARGUMENTS), now))
+    if errors:
+        raise ValidationError(errors)
+    if any(task.idempotency_key is not None for task in tasks):
+        # Rare in bulk: one at a time, so each key is decided by the unique constraint.
+        return [_submit_built(task) for task in tasks]
+    with transaction.atomic():
+        Task.objects.bulk_create(tasks)
+        due = [task for task in tasks if task.status == TaskStatus.QUEUED]
+        if due:
+            transaction.on_commit(lambda: dispatch.publish_safely(due))
+    logger.info("tasks submitted", extra={"count": len(tasks), "queued": len(due)})
+    return tasks
+
+
+_NEW_TASK_ARGUMENTS = ("owner", "run_at", "delay", "expires_in", "result_ttl", "idempotency_key")
+
+
+def _submit_built(task: Task) -> Task:
+    existing = _find_idempotent(task.owner, task.idempotency_key) if task.idempotency_key else None
+    if existing is not None:
+        return existing
+    try:
+        with transaction.atomic():
+            task.save(force_insert=True)
+    except IntegrityError:
+        existing = _find_idempotent(task.owner, task.idempotency_key)
+        if existing is None:
+            raise
+        return existing
+    if task.status == TaskStatus.QUEUED:
+        transaction.on_commit(lambda: dispatch.publish_safely([task]))
+    return task
+
+
+def _new_task(
+    spec: registry.TaskType,
+    clean_payload: Any,
+    owner: Any,
+    run_at: datetime | None,
+    delay: timedelta | None,
+    expires_in: timedelta | None,
+    result_ttl: timedelta | None,
+    idempotency_key: str | None,
+    now: datetime,
+) -> Task:
     due_at = run_at if run_at is not None else now + (delay or timedelta(0))
     lifetime = expires_in if expires_in is not None else conf.task_expires_in()
     runs_now = due_at <= now
-    task = Task(
+    return Task(
         owner=owner,
         task_type=spec.name,
         status=TaskStatus.QUEUED if runs_now else TaskStatus.SCHEDULED,
@@ -154,27 +171,6 @@ def submit(
         result_ttl=result_ttl,
         idempotency_key=idempotency_key,
     )
-    try:
-        # A savepoint, so a lost idempotency race leaves the caller's transaction usable.
-        with transaction.atomic():
-            task.save(force_insert=True)
-            if input_file is not None:
-                _store_input(task, input_file)
-    except IntegrityError:
-        if idempotency_key is not None:
-            existing = _find_idempotent(owner, idempotency_key)
-            if existing is not None:
-                return existing
-        raise
-    if runs_now:
-        # Publish only once the row is visible to workers; if publishing fails the row stays
-        # queued and the recovery pass publishes it again.
-        transaction.on_commit(lambda: dispatch.publish_safely([task]))
-    logger.info(
-        "task submitted",
-        extra={"task_id": str(task.id), "task_type": task.task_type, "status": task.status},
-    )
-    return task
 
 
 def _find_idempotent(owner: Any, key: str) -> Task | None:
@@ -225,7 +221,7 @@ def submit_scheduled(
     period = _schedule_period(schedule_name) if schedule_name and fired_at else None
     if fired_at and period and period > timedelta(0):
         bucket = int(fired_at.timestamp() // period.total_seconds())
-        key = f"schedule:{schedule_name}:{bucket}"[:_IDEMPOTENCY_KEY_MAX]
+        key = f"schedule:{schedule_name}:{bucket}"[:IDEMPOTENCY_KEY_MAX]
     return submit(task_type, payload, result_ttl=result_ttl, expires_in=expires_in, idempotency_key=key, now=now)
 
 
@@ -244,3 +240,21 @@ def cancel(task: Task | str, *, now: datetime | None = None) -> bool:
         if isinstance(task, Task):
             task.refresh_from_db()
     return bool(changed)
+
+
+def data_gone(task: Task, *, now: datetime) -> bool:
+    """Whether the task's data is deleted, being deleted, or past its own ``expires_at`` (never served again)."""
+    return task.status in GONE_STATUSES or (task.expires_at is not None and task.expires_at <= now)
+
+
+def readable_result(task: Task, *, now: datetime) -> TaskResult | None:
+    """Return the task's result while it may be read; None while there is none.
+
+    Raises ResultGone once the task's data or the result's TTL expired, even if no sweep has
+    deleted it yet: the owner asked for it to be gone by then.
+    """
+    if data_gone(task, now=now):
+        raise ResultGone(f"task {task.pk} expired")
+    if task.result_expires_at is not None and task.result_expires_at <= now:
+        raise ResultGone(f"the result of task {task.pk} expired")
+    return TaskResult.objects.filter(task=task).first()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from retention.api.views import AuditExportView
+
+urlpatterns = [path("audit/", AuditExportView.as_view(), name="audit-export")]

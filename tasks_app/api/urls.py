@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list[URLPattern] = []
+from tasks_app.api.views import TaskViewSet
+
+router = SimpleRouter()
+router.register("tasks", TaskViewSet, basename="task")
+
+urlpatterns = router.urls

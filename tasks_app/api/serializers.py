@@ -1,0 +1,215 @@
+"""Request and response shapes of the tasks API: parsing and translation only, no decisions.
+
+What is valid (task types, limits, durations) is decided by ``tasks_app.services.submit``; the
+serializers only turn request fields into its arguments and its errors back into request fields.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import NON_FIELD_ERRORS
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from tasks_app.models import Task, TaskResult, TaskStatus
+
+# submit() argument → request field, for the ones whose names differ (units in request names).
+FIELD_FOR_ARGUMENT = {
+    "delay": "delay_seconds",
+    "expires_in": "expires_in_seconds",
+    "result_ttl": "result_ttl_seconds",
+}
+ARGUMENT_FOR_FIELD = {field: argument for argument, field in FIELD_FOR_ARGUMENT.items()}
+# The largest number of seconds a timedelta holds; submit() then applies TASKS_MAX_EXPIRES_IN.
+_MAX_SECONDS = int(timedelta.max.total_seconds())
+
+
+class SecondsField(serializers.IntegerField):
+    """Whole seconds in the request, a timedelta for submit() (which judges sign and size)."""
+
+    def to_internal_value(self, data: Any) -> timedelta:
+        seconds = super().to_internal_value(data)
+        if abs(seconds) > _MAX_SECONDS:
+            self.fail("max_value", max_value=_MAX_SECONDS)
+        return timedelta(seconds=seconds)
+
+    def to_representation(self, value: timedelta) -> int:
+        return int(value.total_seconds())
+
+
+class MomentField(serializers.DateTimeField):
+    """An ISO 8601 datetime, passed on as given: submit() refuses one without a UTC offset."""
+
+    def enforce_timezone(self, value: datetime) -> datetime:
+        return value
+
+
+class TaskSubmitSerializer(serializers.Serializer):
+    """The body of ``POST /api/v1/tasks/`` (JSON, or multipart with ``input_file``)."""
+
+    task_type = serializers.CharField(help_text="A registered task type, e.g. demo.echo.")
+    payload = serializers.JSONField(
+        required=False, allow_null=True, help_text="Any JSON value (a JSON string in a multipart body)."
+    )
+    run_at = MomentField(
+        required=False, allow_null=True, help_text="When to run, ISO 8601 with a UTC offset; not with delay_seconds."
+    )
+    delay_seconds = SecondsField(required=False, allow_null=True, help_text="Run after this many seconds.")
+    expires_in_seconds = SecondsField(
+        required=False, allow_null=True, help_text="Delete the task's data this long after submission."
+    )
+    result_ttl_seconds = SecondsField(
+        required=False, allow_null=True, help_text="Keep the result this long after the task finishes; 0 = do not."
+    )
+    idempotency_key = serializers.CharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        trim_whitespace=False,
+        help_text="The same key from the same user returns the existing task.",
+    )
+    input_file = serializers.FileField(
+        required=False, allow_null=True, allow_empty_file=True, use_url=False, help_text="Multipart only."
+    )
+
+    def submit_arguments(self) -> dict[str, Any]:
+        """The validated request as keyword arguments of ``tasks_app.services.submit``."""
+        return {ARGUMENT_FOR_FIELD.get(name, name): value for name, value in self.validated_data.items()}
+
+
+class TaskSubmitMultipartSerializer(TaskSubmitSerializer):
+    """The multipart form of the submit body (documents ``payload`` as a JSON string)."""
+
+    payload = serializers.CharField(required=False, help_text="The payload as a JSON document.")
+    input_file = serializers.FileField(required=False, help_text="Stored as the task's input under tasks/<id>/input/.")
+
+
+_ARGUMENT_NAMES = re.compile(r"\b(" + "|".join(FIELD_FOR_ARGUMENT) + r")\b")
+
+
+def request_errors(exc: DjangoValidationError) -> dict[str, list[str]]:
+    """submit()'s errors keyed by its arguments → the same messages keyed (and worded) by request field."""
+    details = exc.message_dict if hasattr(exc, "error_dict") else {NON_FIELD_ERRORS: exc.messages}
+    errors: dict[str, list[str]] = {}
+    for argument, messages in details.items():
+        field = "non_field_errors" if argument in (NON_FIELD_ERRORS, "owner") else argument
+        worded = [_ARGUMENT_NAMES.sub(lambda m: FIELD_FOR_ARGUMENT[m.group(1)], message) for message in messages]
+        errors.setdefault(FIELD_FOR_ARGUMENT.get(field, field), []).extend(worded)
+    return errors
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    """A task as the list shows it (no payload)."""
+
+    class Meta:
+        model = Task
+        fields = [
+            "id",
+            "task_type",
+            "status",
+            "run_at",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "attempts",
+            "max_attempts",
+            "expires_at",
+            "result_expires_at",
+            "error",
+        ]
+        read_only_fields = fields
+
+
+class TaskDetailSerializer(TaskSerializer):
+    """A task with its payload (submit and retrieve)."""
+
+    payload = serializers.JSONField(read_only=True)
+
+    class Meta(TaskSerializer.Meta):
+        fields = [*TaskSerializer.Meta.fields, "payload"]
+        read_only_fields = fields
+
+
+class GoneSerializer(serializers.ModelSerializer):
+    """410 Gone: what is left of an expired task (the billing tombstone's public part)."""
+
+    detail = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Task
+        fields = [
+            "detail",
+            "id",
+            "task_type",
+            "status",
+            "final_status",
+            "expires_at",
+            "result_expires_at",
+            "expired_at",
+        ]
+        read_only_fields = fields
+
+
+class ResultSerializer(serializers.ModelSerializer):
+    """A task's stored JSON result."""
+
+    task_id = serializers.UUIDField(read_only=True)
+    data = serializers.JSONField(read_only=True)
+    expires_at = serializers.DateTimeField(source="task.result_expires_at", read_only=True, allow_null=True)
+
+    class Meta:
+        model = TaskResult
+        fields = ["task_id", "data", "created_at", "expires_at"]
+        read_only_fields = fields
+
+
+class ErasureSerializer(serializers.Serializer):
+    """202 Accepted for an erasure: ``erased`` is false while it waits for a running task to finish."""
+
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=TaskStatus.choices)
+    expired_at = serializers.DateTimeField(allow_null=True)
+    erased = serializers.BooleanField()
+
+
+class TaskFilterSerializer(serializers.Serializer):
+    """The list's query parameters."""
+
+    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
+    task_type = serializers.CharField(required=False, max_length=200)
+
+
+class DetailSerializer(serializers.Serializer):
+    """An error with a message (404, 401, 403, 409, 429)."""
+
+    detail = serializers.CharField()
+
+
+def _messages() -> serializers.ListField:
+    return serializers.ListField(child=serializers.CharField(), required=False)
+
+
+class SubmitErrorsSerializer(serializers.Serializer):
+    """400: messages per request field, keyed by the field's name as sent."""
+
+    task_type = _messages()
+    payload = _messages()
+    run_at = _messages()
+    delay_seconds = _messages()
+    expires_in_seconds = _messages()
+    result_ttl_seconds = _messages()
+    idempotency_key = _messages()
+    input_file = _messages()
+    non_field_errors = _messages()
+
+
+class FilterErrorsSerializer(serializers.Serializer):
+    """400: messages per query parameter."""
+
+    status = _messages()
+    task_type = _messages()
+    cursor = _messages()
+    page_size = _messages()
