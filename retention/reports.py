@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.core.files.storage import Storage
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
 from retention import audit, objects, orphans
@@ -20,7 +20,6 @@ from retention.choices import PolicyMode, Reason, SweepKind
 from retention.holds import only_held
 from retention.models import RetentionPolicy
 from retention.policies import (
-    shifted,
     GONE,
     TERMINAL,
     age_cutoff,
@@ -35,9 +34,10 @@ from retention.policies import (
     most_specific,
     purging,
     results_due,
+    shifted,
     stale_claims,
 )
-from tasks_app.models import Task
+from tasks_app.models import StoredObject, Task
 from tasks_app.storage import PREFIX
 
 # --- One task: when and why ----------------------------------------------------------------------
@@ -59,24 +59,61 @@ def deadline(task: Task, now: datetime, policies: Sequence[RetentionPolicy] | No
         return Deadline(at=task.expired_at, reason=task.purge_reason or "")
     policies = enforcing_only(enabled_policies() if policies is None else policies)
     held = only_held(Task.objects.filter(pk=task.pk)).exists()
+    policy = _deciding(task, policies)
+    capped = (
+        policy is not None
+        and policy.keep_last is not None
+        and count_due(policy, policies, task.task_type, task.status).filter(pk=task.pk).exists()
+    )
+    return _decide(task, now, policy, held=held, capped=capped)
+
+
+def deadlines(
+    tasks: Sequence[Task], now: datetime, policies: Sequence[RetentionPolicy] | None = None
+) -> dict[object, Deadline]:
+    """``deadline`` for a page of tasks (a list in the admin) in a few queries, by task id."""
+    policies = enforcing_only(enabled_policies() if policies is None else policies)
+    live = [task for task in tasks if task.status not in GONE]
+    ids = [task.pk for task in live]
+    held = set(only_held(Task.objects.filter(pk__in=ids)).values_list("pk", flat=True)) if ids else set()
+    # One count-cap query per (type, status) group on the page, not one per task.
+    groups: dict[tuple[str, str], list[object]] = {}
+    deciding = {task.pk: _deciding(task, policies) for task in live}
+    for task in live:
+        policy = deciding[task.pk]
+        if policy is not None and policy.keep_last is not None:
+            groups.setdefault((task.task_type, task.status), []).append(task.pk)
+    capped: set[object] = set()
+    for (task_type, status), members in groups.items():
+        policy = deciding[members[0]]
+        due = count_due(policy, policies, task_type, status).filter(pk__in=members)
+        capped.update(due.values_list("pk", flat=True))
+    found = {task.pk: deadline(task, now, policies) for task in tasks if task.status in GONE}
+    for task in live:
+        found[task.pk] = _decide(task, now, deciding[task.pk], held=task.pk in held, capped=task.pk in capped)
+    return found
+
+
+def _deciding(task: Task, policies: Sequence[RetentionPolicy]) -> RetentionPolicy | None:
+    if task.status not in TERMINAL:
+        return None
+    policy = most_specific(policies, task.task_type, task.status)
+    return policy if policy is not None and policy.mode == PolicyMode.ENFORCE else None
+
+
+def _decide(task: Task, now: datetime, policy: RetentionPolicy | None, *, held: bool, capped: bool) -> Deadline:
     candidates: list[tuple[datetime, str, RetentionPolicy | None]] = []
     if task.expires_at is not None:
         candidates.append((task.expires_at, Reason.EXPIRES_AT, None))
-    policy = most_specific(policies, task.task_type, task.status) if task.status in TERMINAL else None
-    if policy is not None and policy.mode == PolicyMode.ENFORCE:
-        if policy.keep_for is not None:
-            candidates.append(
-                (shifted(task.finished_at or task.created_at, policy.keep_for), audit.age_reason(policy.pk), policy)
-            )
-        if (
-            policy.keep_last is not None
-            and count_due(policy, policies, task.task_type, task.status).filter(pk=task.pk).exists()
-        ):
-            candidates.append((now, Reason.COUNT_CAP, policy))
+    if policy is not None and policy.keep_for is not None:
+        aged_at = shifted(task.finished_at or task.created_at, policy.keep_for)
+        candidates.append((aged_at, audit.age_reason(policy.pk), policy))
+    if policy is not None and capped:
+        candidates.append((now, Reason.COUNT_CAP, policy))
     if not candidates:
         return Deadline(at=None, reason="", held=held)
-    at, reason, deciding = min(candidates, key=lambda c: c[0])
-    return Deadline(at=at, reason=reason, policy=deciding, held=held)
+    at, reason, decided_by = min(candidates, key=lambda c: c[0])
+    return Deadline(at=at, reason=reason, policy=decided_by, held=held)
 
 
 # --- Preview and lag -----------------------------------------------------------------------------
@@ -105,17 +142,85 @@ def preview(now: datetime) -> list[PolicyPreview]:
         for task_type, status in count_cap_groups(policy, weighed):
             by_count += count_due(policy, weighed, task_type, status).exclude(pk__in=by_age.values("pk")).count()
         cutoff = age_cutoff(policy, now)
-        held = (
-            only_held(
-                governed(policy, weighed).filter(
-                    Q(finished_at__lte=cutoff) | Q(finished_at__isnull=True, created_at__lte=cutoff)
-                )
-            ).count()
-            if cutoff is not None
-            else 0
-        )
+        held = only_held(governed(policy, weighed).filter(_aged(cutoff))).count() if cutoff is not None else 0
         rows.append(PolicyPreview(policy=policy, by_age=by_age.count(), by_count=by_count, held=held))
     return rows
+
+
+def _aged(cutoff: datetime) -> Q:
+    """Finished (or created, if never finished) at or before ``cutoff``, as age_due reads it."""
+    return Q(finished_at__lte=cutoff) | Q(finished_at__isnull=True, created_at__lte=cutoff)
+
+
+# --- One policy, saved or not --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Impact:
+    """What saving a policy (with its values as edited) deletes at the next policies sweep."""
+
+    tasks: int
+    objects: int
+    bytes: int
+    held: int
+    deletes: bool  # False for a shadow or disabled policy: it records or does nothing
+
+
+def as_saved(policy: RetentionPolicy, policies: Sequence[RetentionPolicy]) -> list[RetentionPolicy]:
+    """The enabled policies as they would be once ``policy`` (edited, maybe unsaved) is saved."""
+    others = [p for p in policies if policy.pk is None or p.pk != policy.pk]
+    return [*others, policy] if policy.enabled else others
+
+
+def due_by_policy(
+    policy: RetentionPolicy, now: datetime, policies: Sequence[RetentionPolicy] | None = None
+) -> QuerySet[Task]:
+    """Tasks ``policy`` would delete now by age or count cap (the sweep's querysets, not held)."""
+    weighed = hierarchy_for(policy, enabled_policies() if policies is None else policies)
+    parts = [age_due(policy, weighed, now)]
+    parts += [count_due(policy, weighed, task_type, status) for task_type, status in count_cap_groups(policy, weighed)]
+    match = Q()
+    for part in parts:
+        match |= Q(pk__in=part.values("pk"))
+    return Task.objects.filter(match)
+
+
+def impact(policy: RetentionPolicy, now: datetime) -> Impact:
+    """What saving ``policy`` as it stands (unsaved edits included) deletes at the next sweep.
+
+    The same querysets the policies sweep claims with, over the policy table as it would be
+    after the save, so the admin's warning and the sweep never disagree.
+    """
+    if not policy.enabled or (policy.keep_for is None and policy.keep_last is None):
+        return Impact(tasks=0, objects=0, bytes=0, held=0, deletes=False)
+    policies = as_saved(policy, enabled_policies())
+    due = due_by_policy(policy, now, policies)
+    files = StoredObject.objects.filter(task__in=due.values("pk")).aggregate(n=Count("pk"), size=Sum("size"))
+    return Impact(
+        tasks=due.count(),
+        objects=files["n"] or 0,
+        bytes=files["size"] or 0,
+        held=_held_back(policy, hierarchy_for(policy, policies), now),
+        deletes=not policy.is_shadow,
+    )
+
+
+def _held_back(policy: RetentionPolicy, weighed: Sequence[RetentionPolicy], now: datetime) -> int:
+    """Tasks the policy's rules select that an active legal hold keeps."""
+    scope = governed(policy, weighed)
+    cutoff = age_cutoff(policy, now)
+    held = only_held(scope.filter(_aged(cutoff))).count() if cutoff is not None else 0
+    for task_type, status in count_cap_groups(policy, weighed):
+        group = scope.filter(task_type=task_type, status=status)
+        beyond = max(group.count() - (policy.keep_last or 0), 0)
+        if not beyond:
+            continue
+        # count_due keeps exactly the newest keep_last and drops the held ones from the rest.
+        held_beyond = beyond - count_due(policy, weighed, task_type, status).count()
+        # A held task past both limits counts once (past the age limit = among the oldest).
+        held_aged = only_held(group.filter(_aged(cutoff))).count() if cutoff is not None else 0
+        held += max(held_beyond - held_aged, 0)
+    return held
 
 
 def retention_lag(now: datetime) -> timedelta:

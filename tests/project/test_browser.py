@@ -1,0 +1,312 @@
+"""The operator's admin in a real headless browser (Playwright driving Debian's chromium) against PostgreSQL.
+
+Each scenario saves a screenshot of every page it checks under its tmp_path, and copies it to
+/tmp/admin-screens/ for people to look at.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+# Playwright's sync API runs an event loop in this thread; the ORM calls in between are still synchronous.
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+from retention.models import AuditRecord, LegalHold, RetentionPolicy, SweepRun  # noqa: E402
+from tasks_app.models import Task, TaskStatus  # noqa: E402
+from tasks_app.storage import save_object  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENS = Path("/tmp/admin-screens")  # noqa: S108 - a fixed place the lead looks at
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium, headless, never a downloaded browser."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def admin_page(browser: Browser, live_server: Any, django_user_model: Any) -> Iterator[Page]:
+    """A page logged in to the admin as a superuser, through the login form."""
+    django_user_model.objects.create_superuser("operator", "operator@example.com", "correct horse")
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{live_server.url}/admin/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", "correct horse")
+    page.click("input[type=submit]")
+    expect(page.locator("#site-name")).to_contain_text("Task data lifecycle")
+    expect(page.locator("#user-tools")).to_contain_text("operator")
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def shot(tmp_path: Path) -> Callable[[Page, str], Path]:
+    """Save a full-page screenshot under tmp_path and copy it to /tmp/admin-screens/."""
+    SCREENS.mkdir(exist_ok=True)
+
+    def take(page: Page, name: str) -> Path:
+        path = tmp_path / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        shutil.copy(path, SCREENS / path.name)
+        return path
+
+    return take
+
+
+def _task(task_type: str = "demo.report", **fields: Any) -> Task:
+    now = timezone.now()
+    status = fields.pop("status", TaskStatus.SUCCEEDED)
+    files = fields.pop("files", {})
+    fields.setdefault("finished_at", now if status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) else None)
+    task = Task.objects.create(
+        task_type=task_type, status=status, payload={"doc": 1}, timeout=timedelta(minutes=1), **fields
+    )
+    for name, data in files.items():
+        save_object(task, name, data, kind="report", folder="out")
+    return task
+
+
+def _fits(page: Page) -> bool:
+    """Whether the change list's table fits its box (no sideways scrolling)."""
+    return page.evaluate("(r => r.scrollWidth <= r.clientWidth)(document.querySelector('#changelist .results'))")
+
+
+def _impact(page: Page) -> dict[str, str]:
+    box = page.locator("#policy-impact")
+    return {key: box.get_attribute(f"data-{key}") or "" for key in ("tasks", "objects", "bytes", "held")}
+
+
+def test_create_a_policy_seeing_the_unsaved_impact_change_then_its_preview(
+    admin_page: Page, live_server: Any, shot: Any
+) -> None:
+    # given five finished t.browser tasks, 1 to 5 days old, each with a 1 kB file; the oldest held
+    now = timezone.now()
+    RetentionPolicy.objects.update(enabled=False)
+    tasks = [
+        _task("t.browser", finished_at=now - timedelta(days=d), files={f"r{d}.txt": b"x" * 1000}) for d in range(1, 6)
+    ]
+    LegalHold.objects.create(task=tasks[-1], reason="case 1")
+
+    # when the operator fills in a new policy keeping t.browser tasks 2 days (not saved yet)
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/retention/retentionpolicy/add/")
+    page.fill("#id_task_type", "t.browser")
+    page.fill("#id_keep_for", "2 00:00:00")
+
+    # then the form shows what saving would delete: 3 tasks (days 2 to 4; day 1 is young, day 5 held)
+    expect(page.locator("#policy-impact")).to_contain_text("Saving this deletes 3 tasks / 3 objects")
+    expect(page.locator("#policy-impact")).to_contain_text("1 more are held back by legal holds")
+    assert _impact(page) == {"tasks": "3", "objects": "3", "bytes": "3000", "held": "1"}
+    shot(page, "01-policy-add-unsaved-impact")
+
+    # and editing keep_for changes the numbers before anything is saved
+    page.fill("#id_keep_for", "3 12:00:00")
+    expect(page.locator("#policy-impact")).to_contain_text("Saving this deletes 1 tasks / 1 objects")
+    assert _impact(page)["tasks"] == "1"
+    assert not RetentionPolicy.objects.filter(task_type="t.browser").exists()
+    shot(page, "02-policy-add-impact-after-edit")
+
+    # when it is saved, the list shows its live "would delete now" count, linking to those tasks
+    page.fill("#id_keep_for", "2 00:00:00")
+    expect(page.locator("#policy-impact")).to_contain_text("Saving this deletes 3 tasks")
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist")).to_contain_text("was added successfully")
+    link = page.locator("a.would-delete")
+    expect(link).to_have_text("3 task(s)")
+    assert _fits(page), "the policy list must fit the screen without scrolling sideways"
+    shot(page, "03-policy-list-preview-count")
+    link.click()
+    expect(page.locator("#result_list tbody tr")).to_have_count(3)
+    listed = set(page.locator("#result_list tbody .task-id").evaluate_all("ids => ids.map(i => i.title)"))
+    assert listed == {str(t.pk) for t in tasks[1:4]}
+    shot(page, "04-tasks-due-by-policy")
+
+
+def test_an_invalid_policy_shows_its_error_and_saves_nothing(admin_page: Page, live_server: Any, shot: Any) -> None:
+    # given the policies as they are
+    before = RetentionPolicy.objects.count()
+
+    # when the operator enters keep_last = 0
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/retention/retentionpolicy/add/")
+    page.fill("#id_task_type", "t.invalid")
+    page.fill("#id_keep_last", "0")
+
+    # then the impact box says it is not valid yet, and saving shows the model's error on the form
+    expect(page.locator("#policy-impact")).to_contain_text("Not valid yet: Keep last must be at least 1")
+    page.click("input[name=_save]")
+    expect(page.locator(".errornote")).to_be_visible()
+    expect(page.locator(".field-keep_last .errorlist")).to_contain_text("Keep last must be at least 1")
+    shot(page, "05-policy-invalid")
+    assert RetentionPolicy.objects.count() == before
+
+
+def test_an_expired_task_is_read_only_and_a_live_one_has_its_actions(
+    admin_page: Page, live_server: Any, shot: Any
+) -> None:
+    # given a tombstone and a live task expiring in 30 minutes
+    now = timezone.now()
+    tombstone = _task(status=TaskStatus.EXPIRED, expired_at=now, final_status="succeeded", purge_reason="expires_at")
+    live = _task(expires_at=now + timedelta(minutes=30))
+
+    # when the operator opens the task list, filtered to tasks expiring within 1 h
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/tasks_app/task/?expiring=1h")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    expect(page.locator("#result_list")).to_contain_text(f"{live.expires_at:%Y-%m-%d %H:%M} UTC")
+    assert _fits(page), "the task list must fit the screen without scrolling sideways"
+    shot(page, "06-task-list-expiring-1h")
+
+    # then the live task's page names its deletion time and rule and offers purge and hold
+    page.goto(f"{live_server.url}/admin/tasks_app/task/{live.pk}/change/")
+    expect(page.locator(".field-retention")).to_contain_text("by own expiry")
+    expect(page.locator("a.retention-purge")).to_be_visible()
+    shot(page, "07-task-live")
+
+    # and the tombstone's page is read-only: no actions, no inputs, no save
+    page.goto(f"{live_server.url}/admin/tasks_app/task/{tombstone.pk}/change/")
+    expect(page.locator(".field-retention")).to_contain_text("this task is read-only")
+    expect(page.locator("a.retention-purge")).to_have_count(0)
+    expect(page.locator("a.retention-hold")).to_have_count(0)
+    expect(page.locator("input[name=_save]")).to_have_count(0)
+    expect(page.locator("#task_form input[type=text], #task_form textarea")).to_have_count(0)
+    shot(page, "08-task-expired-read-only")
+
+
+def test_place_and_release_a_legal_hold(admin_page: Page, live_server: Any, shot: Any) -> None:
+    # given a live task due in an hour
+    task = _task(expires_at=timezone.now() + timedelta(hours=1))
+
+    # when the operator places a hold from the task's page, saying why
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/tasks_app/task/{task.pk}/change/")
+    page.click("a.retention-hold")
+    page.fill("#id_reason", "Litigation hold, case 2026-17")
+    shot(page, "09-hold-reason")
+    page.click("input[type=submit][value='Place legal hold']")
+
+    # then the task shows it is held, and the hold records who and why
+    expect(page.locator(".messagelist")).to_contain_text("Placed 1 legal hold(s).")
+    expect(page.locator(".field-retention")).to_contain_text("Never while held")
+    shot(page, "10-task-held")
+    legal_hold = LegalHold.objects.get(task=task)
+    assert (legal_hold.created_by.username, legal_hold.reason) == ("operator", "Litigation hold, case 2026-17")
+
+    # when the operator releases it from the hold's page
+    page.click(".field-legal_holds a")
+    page.click("button.retention-release")
+
+    # then it is released, stays on record, and the task is due again
+    expect(page.locator(".messagelist")).to_contain_text("Released")
+    expect(page.locator(".field-released_at")).not_to_contain_text("-")
+    expect(page.locator("input[name=_save]")).to_have_count(0)  # a hold is a record: released, never edited
+    shot(page, "11-hold-released")
+    legal_hold.refresh_from_db()
+    assert legal_hold.released_at is not None
+    page.goto(f"{live_server.url}/admin/tasks_app/task/{task.pk}/change/")
+    expect(page.locator(".field-retention")).to_contain_text("by own expiry")
+
+
+def test_download_the_filtered_audit_csv(admin_page: Page, live_server: Any, shot: Any) -> None:
+    # given audit records of two actions
+    erased = AuditRecord.objects.create(
+        task_id=uuid.uuid4(), owner_id=3, task_type="demo.report", action="user_erasure", reason="user_request"
+    )
+    AuditRecord.objects.create(task_id=uuid.uuid4(), task_type="demo.report", action="task_purged", reason="expires_at")
+
+    # when the operator filters the audit list to user erasures and exports it
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/retention/auditrecord/")
+    page.click("#changelist-filter a:text-is('user erasure')")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    shot(page, "12-audit-filtered")
+    with page.expect_download() as download_info:
+        page.click("a.retention-export")
+    download = download_info.value
+
+    # then the CSV holds the header and exactly the filtered record
+    rows = list(csv.reader(io.StringIO(Path(download.path()).read_text())))
+    assert rows[0] == [
+        "task_id",
+        "owner_id",
+        "task_type",
+        "action",
+        "reason",
+        "objects_deleted",
+        "bytes_freed",
+        "occurred_at",
+    ]
+    assert [(r[0], r[3]) for r in rows[1:]] == [(str(erased.task_id), "user_erasure")]
+    assert re.fullmatch(r"audit-\d{8}T\d{6}Z\.csv", download.suggested_filename)
+
+
+def test_the_dashboard_draws_its_charts(admin_page: Page, live_server: Any, shot: Any) -> None:
+    # given tasks expiring over the next two days, deletions over the last days, and a failed sweep
+    now = timezone.now()
+    for hours in (1, 2, 2, 5, 20, 30, 30, 30, 46):
+        _task(expires_at=now + timedelta(hours=hours, minutes=1))
+    _task(expires_at=now - timedelta(hours=2))  # overdue: the retention lag
+    for days, count in ((0, 3), (1, 5), (4, 2), (12, 7)):
+        for _ in range(count):
+            AuditRecord.objects.create(
+                task_id=uuid.uuid4(),
+                action="task_purged",
+                reason="expires_at",
+                objects_deleted=2,
+                bytes_freed=150_000,
+                occurred_at=now - timedelta(days=days),
+            )
+    SweepRun.objects.create(kind="orphans", started_at=now - timedelta(hours=3), failed=4, errors=["S3 timeout"])
+
+    # when the operator opens the dashboard from the admin index
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/")
+    shot(page, "13-admin-index")
+    page.click("#retention-dashboard-link a")
+
+    # then every chart is drawn, with bars for the data
+    expect(page.locator("svg.chart")).to_have_count(6)
+    upcoming = page.locator("#chart-upcoming rect.bar")
+    expect(upcoming).to_have_count(48)
+    values = [float(v) for v in upcoming.evaluate_all("bars => bars.map(b => b.dataset.value)")]
+    assert sum(values) == 9
+    purged = page.locator("#chart-purged-tasks rect.bar")
+    expect(purged).to_have_count(30)
+    assert sum(float(v) for v in purged.evaluate_all("bars => bars.map(b => b.dataset.value)")) == 17
+    assert (
+        page.locator("#chart-purged-tasks rect.bar").evaluate_all(
+            "bars => bars.filter(b => b.getBBox().height > 0).length"
+        )
+        == 4
+    )
+    expect(page.locator("#chart-lag .figure")).to_contain_text("2 h")
+    expect(page.locator("#recent-failures")).to_contain_text("S3 timeout")
+    shot(page, "14-dashboard")
