@@ -6,6 +6,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from project import health
+
 admin.site.site_header = "Task data lifecycle"
 admin.site.site_title = "Task data lifecycle"
 
@@ -19,4 +21,6 @@ api_v1 = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    path("metrics", health.metrics, name="metrics"),
+    path("healthz", health.healthz, name="healthz"),
 ]

@@ -26,6 +26,7 @@ from tasks_app import conf as tasks_conf
 from tasks_app.models import Task
 
 __all__ = [
+    "AlertState",
     "AppendOnlyError",
     "AuditAction",
     "AuditRecord",
@@ -161,7 +162,9 @@ class RetentionPolicy(models.Model):
         for field, label in (("keep_for", "Keep for"), ("result_ttl", "Result TTL")):
             value = getattr(self, field)
             if value is not None and value > longest:
-                errors.setdefault(field, []).append(f"{label} must be at most {longest.days} days (TASKS_MAX_EXPIRES_IN).")
+                errors.setdefault(field, []).append(
+                    f"{label} must be at most {longest.days} days (TASKS_MAX_EXPIRES_IN)."
+                )
         if self.keep_last is not None and self.keep_last < 1:
             errors.setdefault("keep_last", []).append("Keep last must be at least 1 (leave it empty for no cap).")
         if errors:
@@ -371,3 +374,23 @@ class PendingDeletion(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class AlertState(models.Model):
+    """One in-app alert condition: whether it fires and when the admins were last told (retention/alerts.py)."""
+
+    condition = models.CharField(max_length=64, unique=True, help_text="lag, or sweep_failures:<kind>.")
+    firing = models.BooleanField(default=False)
+    since = models.DateTimeField(null=True, blank=True, help_text="When the current firing started.")
+    notified_at = models.DateTimeField(null=True, blank=True, help_text="Last e-mail saying it fires.")
+    announced = models.BooleanField(
+        default=False, help_text="The admins were told of the current firing (so they are told when it clears)."
+    )
+    detail = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "alert state"
+
+    def __str__(self) -> str:
+        return f"{self.condition} ({'firing' if self.firing else 'ok'})"

@@ -7,7 +7,7 @@ from typing import Any
 from celery import shared_task
 from django.utils import timezone
 
-from retention import fanout, services, sweeps
+from retention import alerts, fanout, services, sweeps
 from retention.models import SweepKind
 
 
@@ -55,3 +55,9 @@ def purge_results_chunk(task_ids: list[str], run_id: int | None = None) -> dict[
 def purge_expired_task(task_id: str) -> bool:
     """Purge a task that finished after its expiry passed."""
     return services.purge_if_expired(task_id, now=timezone.now())
+
+
+@shared_task(name="retention.check_alerts", ignore_result=True)
+def check_alerts() -> list[str]:
+    """Tell the admins of retention lag or repeated sweep failures, and of their clearing."""
+    return [f"{notice.condition} {notice.state}" for notice in alerts.check(timezone.now())]

@@ -16,6 +16,7 @@ __all__ = [
     "GONE_STATUSES",
     "PENDING_STATUSES",
     "TERMINAL_STATUSES",
+    "MetricTotal",
     "StoredObject",
     "Task",
     "TaskResult",
@@ -190,3 +191,13 @@ class StoredObject(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class MetricTotal(models.Model):
+    """A monotonic total every process and host adds to (tasks_app/metrics.py), read by /metrics."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    value = models.FloatField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.value}"
