@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ from django.db import DataError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from tasks_app import conf, hooks, registry, storable
+from tasks_app import conf, hooks, leases, metrics, registry, storable
 from tasks_app.exceptions import LeaseLost, PermanentFailure, UnstorableOutput
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.querysets import TaskQuerySet
@@ -92,39 +91,6 @@ def _merge_usage(current: Mapping[str, Any] | None, extra: Mapping[str, float]) 
     return merged
 
 
-class _LeaseKeeper(threading.Thread):
-    """Renew the running task's lease until stopped, so only a dead worker loses it."""
-
-    def __init__(self, task_id: UUID, attempt: int) -> None:
-        super().__init__(name=f"lease-{task_id}", daemon=True)
-        self.task_id = task_id
-        self.attempt = attempt
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        interval = conf.lease().total_seconds() / 3
-        try:
-            while not self.stopped.wait(interval):
-                try:
-                    renewed = Task.objects.filter(
-                        pk=self.task_id, status=TaskStatus.RUNNING, attempts=self.attempt
-                    ).update(lease_expires_at=timezone.now() + conf.lease())
-                except Exception:
-                    # A broken connection (a database restart, a pooler hiccup) must not end
-                    # the renewals: the lease would lapse and the task run twice.
-                    logger.exception("lease renewal failed; retrying", extra={"task_id": str(self.task_id)})
-                    connection.close()
-                    continue
-                if not renewed:
-                    return
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=5)
-
-
 def take(task_id: UUID | str, *, worker: str, now: datetime) -> Task | None:
     """Move the task ``queued → running`` with a conditional UPDATE; None if not ours to run."""
     taken = (
@@ -163,13 +129,13 @@ def execute(task_id: UUID | str, *, worker: str, run_at: datetime | None = None)
     if task is None:
         logger.info("delivery ignored", extra={"task_id": str(task_id)})
         return "ignored"
+    metrics.observe_start(task)
     spec = registry.get(task.task_type)
     ctx = TaskContext(task)
     if spec is None:
         return _fail(task, ctx, f"Unknown task type {task.task_type!r} on worker {worker}", permanent=True)
 
-    keeper = _LeaseKeeper(task.id, task.attempts)
-    keeper.start()
+    leases.KEEPER.hold(task.id, task.attempts)
     try:
         result = spec.handler(ctx, task.payload)
         problem = storable.problem(result, "result")
@@ -180,7 +146,7 @@ def execute(task_id: UUID | str, *, worker: str, run_at: datetime | None = None)
     except Exception as exc:
         return _fail(task, ctx, _describe(exc), permanent=False)
     finally:
-        keeper.stop()
+        leases.KEEPER.release(task.id)
     return _succeed(task, ctx, result)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Task as CeleryTask
 from celery import shared_task
+from django.db import InterfaceError, OperationalError, connections
 
 from tasks_app import dispatch, executor, recovery, services
 from tasks_app.beat import FIRED_AT_HEADER
@@ -18,7 +19,15 @@ from tasks_app.beat import FIRED_AT_HEADER
 def run_task(self: CeleryTask, task_id: str, run_at: str | None = None) -> str:
     """Run one delivery of a task (a duplicate delivery does nothing)."""
     due = datetime.fromisoformat(run_at) if run_at else None
-    return executor.execute(task_id, worker=f"{self.request.hostname}:{os.getpid()}", run_at=due)
+    worker = f"{self.request.hostname}:{os.getpid()}"
+    try:
+        return executor.execute(task_id, worker=worker, run_at=due)
+    except (InterfaceError, OperationalError):
+        # The process's connection broke since it was last checked (a database restart, a
+        # pooler recycling it): once more on a new one. A delivery already taken is not taken
+        # again ("ignored"); its lease lapses and recovery runs it: at least once either way.
+        connections.close_all()
+        return executor.execute(task_id, worker=worker, run_at=due)
 
 
 @shared_task(name="tasks_app.dispatch_due", ignore_result=True)

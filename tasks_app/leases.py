@@ -1,0 +1,95 @@
+"""One lease keeper per worker process: renews every lease the process holds, in one UPDATE.
+
+A running task's lease (``lease_expires_at``) lapses unless renewed, so only a dead worker
+loses its tasks. Renewing from one thread per process, every third of ``TASKS_LEASE``, costs a
+task nothing at start (no thread per task) and the database one statement per process per
+interval however many tasks the process runs. The thread starts with the first task a process
+takes (so after Celery's fork) and holds a database connection only while it holds leases.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from uuid import UUID
+
+from django.db import connection
+from django.db.models import Q
+from django.utils import timezone
+
+from tasks_app import conf
+from tasks_app.models import Task, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    """The process's leases (task id → attempt) and the thread renewing them."""
+
+    def __init__(self) -> None:
+        self._held: dict[UUID, int] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._due = float("inf")
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def hold(self, task_id: UUID, attempt: int) -> None:
+        """Keep renewing this attempt's lease until ``release``."""
+        with self._lock:
+            self._held[task_id] = attempt
+            # The first renewal is due a third of a lease after this take, at the latest.
+            self._due = min(self._due, time.monotonic() + _interval())
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def release(self, task_id: UUID) -> None:
+        """Stop renewing the lease (the attempt finished, or gave up)."""
+        with self._lock:
+            self._held.pop(task_id, None)
+            empty = not self._held
+        if empty:
+            self._wake.set()  # so the thread lets go of its connection
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                held = dict(self._held)
+                wait = None if not held else max(self._due - time.monotonic(), 0)
+            if not held:
+                connection.close()
+            if wait is None or wait > 0:
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue
+            with self._lock:
+                self._due = time.monotonic() + _interval()
+            self._renew(held)
+
+    def _renew(self, held: dict[UUID, int]) -> None:
+        attempts = Q()
+        for task_id, attempt in held.items():
+            attempts |= Q(pk=task_id, attempts=attempt)
+        try:
+            Task.objects.filter(attempts, status=TaskStatus.RUNNING).update(
+                lease_expires_at=timezone.now() + conf.lease()
+            )
+        except Exception:
+            # A broken connection (a database restart, a pooler hiccup) must not end the
+            # renewals: the leases would lapse and the tasks run twice. Retry soon.
+            logger.exception("lease renewal failed; retrying", extra={"tasks": len(held)})
+            connection.close()
+            with self._lock:
+                self._due = time.monotonic() + min(_interval(), 1.0)
+
+
+def _interval() -> float:
+    return conf.lease().total_seconds() / 3
+
+
+KEEPER = LeaseKeeper()
