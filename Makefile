@@ -43,10 +43,11 @@ chaos: $(VENV)/.dev
 	@scripts/system-deps.sh
 	CHAOS_SCALE=$${CHAOS_SCALE:-5} $(BIN)/python -m tests.real_services -- $(BIN)/python -m pytest -m "chaos or fleet" $(PYTEST_ARGS)
 
-## bench: start lateness of delayed tasks, plain Celery ETA against our dispatcher (BENCH_SCALE=1).
+## bench: every speed claim against its alternative (plain Celery, raw SQL, django-celery-results), one
+## table; BENCH_QUICK=1 (under 5 min), BENCH_JSON=path (rows as JSON), BENCH_ONLY=purge,results,… (see bench/).
 bench: $(VENV)/.dev
 	@scripts/system-deps.sh
-	$(BIN)/python -m tests.real_services -- $(BIN)/python -m bench.dispatch_lateness
+	$(BIN)/python -m tests.real_services -- $(BIN)/python -m bench
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

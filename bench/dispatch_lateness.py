@@ -18,21 +18,17 @@ went. It asserts nothing about speed; it fails only if a task never runs.
 
 from __future__ import annotations
 
-import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH_IMPORTS = "bench.celery_tasks"
+from bench.common import Row, aware, format_table, load, migrate, percentile, ratio, setup_django, wait_for
+
 BASELINE = "celery-eta"
 OURS = "ours"
 # Rows must be committed this long before their run_at for the dispatcher (one tick a
@@ -83,30 +79,6 @@ def workloads(factor: float) -> list[Workload]:
     if unknown:
         raise SystemExit(f"BENCH_WORKLOADS: unknown {unknown}; choose from {sorted(every)}")
     return [every[name] for name in chosen]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def aware(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 # --- The two mechanisms ---------------------------------------------------------------------
@@ -263,7 +235,7 @@ def table(outcomes: list[Outcome]) -> str:
                 early_text,
             ]
         )
-    return _format(header, rows)
+    return format_table(header, rows)
 
 
 def breakdown(outcomes: list[Outcome]) -> str:
@@ -283,7 +255,7 @@ def breakdown(outcomes: list[Outcome]) -> str:
         spread = max(o.lateness_ms) - min(o.lateness_ms)
         # Only a spike measures throughput: every task is due at once, so the last one
         # starts when the worker has drained all of them.
-        rate = f"{len(o.lateness_ms) / (max(o.lateness_ms) / 1000):.0f}" if o.workload == "spike" and spread else "-"
+        rate = f"{starts_per_s(o):.0f}" if o.workload == "spike" and spread else "-"
         rows.append(
             [
                 o.workload,
@@ -297,51 +269,44 @@ def breakdown(outcomes: list[Outcome]) -> str:
                 f"{o.slack_s:.2f}",
             ]
         )
-    return _format(header, rows)
+    return format_table(header, rows)
 
 
-def _format(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+def starts_per_s(o: Outcome) -> float:
+    """A spike's throughput: every task is due at once, so the last start drains them all."""
+    return len(o.lateness_ms) / max(max(o.lateness_ms) / 1000, 1e-3)
 
-    def line(cells: list[str]) -> str:
-        # Names left-aligned, numbers right-aligned.
-        padded = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
-        return " | ".join(padded)
 
-    rule = "-+-".join("-" * width for width in widths)
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+def spike_rows(baseline: Outcome, ours: Outcome) -> list[Row]:
+    """``task_starts_per_s`` and ``delayed_lateness_p99_ms`` of one spike through both mechanisms."""
+    n = len(ours.lateness_ms)
+    ours_rate, celery_rate = starts_per_s(ours), starts_per_s(baseline)
+    ours_p99, celery_p99 = percentile(ours.lateness_ms, 0.99), percentile(baseline.lateness_ms, 0.99)
+    early = sum(1 for value in ours.lateness_ms if value < 0)
+    return [
+        Row(
+            "task_starts_per_s",
+            ours_rate,
+            "tasks/s",
+            "plain Celery task, same worker and Redis",
+            celery_rate,
+            ratio(ours_rate, celery_rate),
+            f"{n} due at once, 1 worker, concurrency {os.environ.get('WORKER_CONCURRENCY', '2')}; target ≥ 0.5×",
+        ),
+        Row(
+            "delayed_lateness_p99_ms",
+            ours_p99,
+            "ms",
+            "plain Celery eta=",
+            celery_p99,
+            ratio(ours_p99, celery_p99, higher_is_better=False),
+            f"same spike; p50 ours {statistics.median(ours.lateness_ms):.0f} ms, Celery "
+            f"{statistics.median(baseline.lateness_ms):.0f} ms; started early (ours): {early}",
+        ),
+    ]
 
 
 # --- Main -----------------------------------------------------------------------------------
-
-
-def _load() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-def setup_django() -> None:
-    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
-        raise SystemExit(
-            "The benchmark runs against real PostgreSQL and Redis: run `make bench`, or "
-            "`python -m tests.real_services -- python -m bench.dispatch_lateness`."
-        )
-    imports = [m for m in os.environ.get("TASKS_IMPORTS", "").split(",") if m.strip()]
-    if BENCH_IMPORTS not in imports:
-        imports.append(BENCH_IMPORTS)
-    os.environ["TASKS_IMPORTS"] = ",".join(imports)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    import django
-
-    django.setup()
-    # This process submits thousands of tasks: keep its own log to warnings (the fleet's
-    # processes keep LOG_LEVEL, INFO by default, as in production).
-    logging.getLogger("tasks_app").setLevel(logging.WARNING)
-
-
-def migrate() -> None:
-    subprocess.run(  # noqa: S603 - our own manage.py
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, check=True
-    )
 
 
 def main() -> int:
@@ -373,7 +338,7 @@ def main() -> int:
         horizon = settings.TASKS_DISPATCH_HORIZON.total_seconds()
         print(
             f"fleet up: 1 beat (dispatch every 1 s, horizon {horizon:g} s), 1 worker (concurrency {concurrency}); "
-            f"BENCH_SCALE={factor:g}; {per_submit * 1000:.1f} ms per submission; load average {_load()}",
+            f"BENCH_SCALE={factor:g}; {per_submit * 1000:.1f} ms per submission; load average {load()}",
             flush=True,
         )
         time.sleep(6)  # the calibration tasks run (due 5 s ahead) before the first measured run
@@ -403,7 +368,7 @@ def main() -> int:
     early_ours = sum(1 for o in outcomes if o.mechanism == OURS for value in o.lateness_ms if value < 0)
     print(
         f"\ntasks started before run_at (ours): {early_ours}; "
-        f"total time {time.monotonic() - began:.0f} s; load average {_load()} (other work on the machine skews it all)"
+        f"total time {time.monotonic() - began:.0f} s; load average {load()} (other work on the machine skews it all)"
     )
     return 0
 

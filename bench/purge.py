@@ -1,0 +1,150 @@
+"""``purge_tasks_per_s`` and ``purge_vs_naive``: the product's task purge against the floor and a naive loop.
+
+Each side gets the same freshly seeded data: N expired tasks, each with a result row and 3
+manifest rows, one of whose objects really exists in the bucket (the other two keys are
+missing, which still costs their place in a ``DeleteObjects`` call).
+
+- **ours**: ``retention_sweep --kind tasks`` in this process (the ``tasks`` sweep with the
+  in-process fan-out: claim in batches, delete the objects, audit, tombstone);
+- **floor**: per batch of ``RETENTION_BATCH_SIZE`` tasks, ``DeleteObjects`` of their keys and one
+  transaction of three raw ``DELETE`` statements (no claim, no audit, no tombstone);
+- **naive**: ``storage.delete(key)`` + ``Model.delete()`` per object, then ``task.delete()``,
+  on a smaller N (rates are compared).
+"""
+
+from __future__ import annotations
+
+from bench import seed
+from bench.common import Row, log, ratio, sized, timed
+
+OURS = "bench.purge.ours"
+FLOOR = "bench.purge.floor"
+NAIVE = "bench.purge.naive"
+OBJECTS_PER_TASK = 3
+
+
+def _prepare(n: int, task_type: str) -> None:
+    seed.reset()
+    seed.insert_tasks(n, task_type, expires_at="now() - interval '1 hour'")
+    seed.insert_results(task_type)
+    seed.insert_manifest(task_type, OBJECTS_PER_TASK)
+    seed.analyze()
+    seed.upload(seed.keys(task_type, where="o.key LIKE '%%/1.bin'"))
+
+
+def _check(task_type: str, what: str) -> None:
+    left = seed.objects_left()
+    if left:
+        raise RuntimeError(f"{what}: {left} objects left in the bucket")
+    if seed.count(task_type, "status <> 'expired'"):
+        raise RuntimeError(f"{what}: tasks left unpurged")
+
+
+def run_ours(n: int) -> float:
+    """Seconds the in-process tasks sweep takes to purge ``n`` expired tasks."""
+    from django.utils import timezone
+
+    from retention import sweeps
+    from retention.models import AuditRecord
+
+    _prepare(n, OURS)
+    audits_before = AuditRecord.objects.count()
+    now = timezone.now()
+    with timed() as elapsed:
+        run = sweeps.sweep("tasks", now, fanout=sweeps.InProcess(now))
+    assert run is not None
+    if run.purged != n or AuditRecord.objects.count() - audits_before != n:
+        raise RuntimeError(f"ours purged {run.purged} of {n} (errors: {run.errors[:3]})")
+    _check(OURS, "ours")
+    return elapsed[0]
+
+
+def run_floor(n: int) -> float:
+    """Seconds batched raw SQL ``DELETE`` + ``DeleteObjects`` of the same rows and keys take."""
+    from django.core.files.storage import default_storage
+    from django.db import connection, transaction
+
+    from retention import conf, objects
+
+    _prepare(n, FLOOR)
+    client = default_storage.bucket.meta.client  # type: ignore[attr-defined]
+    bucket = default_storage.bucket_name  # type: ignore[attr-defined]
+    batch = conf.batch_size()
+    with timed() as elapsed:
+        after = "00000000-0000-0000-0000-000000000000"
+        while True:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT id FROM tasks_app_task WHERE task_type = %s AND expires_at <= now() AND id > %s "
+                    "ORDER BY id LIMIT %s",
+                    [FLOOR, after, batch],
+                )
+                ids = [row[0] for row in cursor.fetchall()]
+                if not ids:
+                    break
+                cursor.execute("SELECT key FROM tasks_app_storedobject WHERE task_id = ANY(%s)", [ids])
+                keys = [row[0] for row in cursor.fetchall()]
+            for chunk in objects.batched(keys, objects.DELETE_BATCH):
+                client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("DELETE FROM tasks_app_storedobject WHERE task_id = ANY(%s)", [ids])
+                cursor.execute("DELETE FROM tasks_app_taskresult WHERE task_id = ANY(%s)", [ids])
+                cursor.execute("DELETE FROM tasks_app_task WHERE id = ANY(%s)", [ids])
+            after = str(ids[-1])
+            if len(ids) < batch:
+                break
+    if seed.count(FLOOR) or seed.objects_left():
+        raise RuntimeError("floor left rows or objects behind")
+    return elapsed[0]
+
+
+def run_naive(n: int) -> float:
+    """Seconds a loop of ``storage.delete(key)`` + ``Model.delete()`` takes for ``n`` tasks."""
+    from django.core.files.storage import default_storage
+    from django.utils import timezone
+
+    from tasks_app.models import Task
+
+    _prepare(n, NAIVE)
+    with timed() as elapsed:
+        for task in Task.objects.filter(task_type=NAIVE, expires_at__lte=timezone.now()).order_by("pk"):
+            for stored in task.stored_objects.all():
+                default_storage.delete(stored.key)
+                stored.delete()
+            task.delete()
+    if seed.count(NAIVE) or seed.objects_left():
+        raise RuntimeError("naive loop left rows or objects behind")
+    return elapsed[0]
+
+
+def rows() -> list[Row]:
+    n = sized(1000, 20000)
+    naive_n = sized(200, 1000)
+    log(f"purge: ours, {n} expired tasks × {OBJECTS_PER_TASK} keys")
+    ours = n / run_ours(n)
+    log(f"purge: floor, {n} tasks")
+    floor = n / run_floor(n)
+    log(f"purge: naive loop, {naive_n} tasks")
+    naive = naive_n / run_naive(naive_n)
+    seed.reset()
+    data = f"N={n}, 3 keys/task (1 real object), result row each"
+    return [
+        Row(
+            "purge_tasks_per_s",
+            ours,
+            "tasks/s",
+            "floor: batched SQL DELETE + DeleteObjects",
+            floor,
+            ratio(ours, floor),
+            f"{data}; target ≥ 0.5×",
+        ),
+        Row(
+            "purge_vs_naive",
+            ours,
+            "tasks/s",
+            "Model.delete() + storage.delete() per object",
+            naive,
+            ratio(ours, naive),
+            f"naive N={naive_n}; target ≥ 20×",
+        ),
+    ]
