@@ -19,7 +19,7 @@ from uuid import UUID
 
 from django.core.files.storage import Storage
 from django.db import connection
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, OuterRef, QuerySet
 from django.db.models.expressions import RawSQL
 
 from retention import audit, fence, objects, policies
@@ -119,7 +119,11 @@ def purge_result_rows(
     """
     scan = TaskResult.objects.filter(expires_at__lte=now)
     if after is not None:
-        scan = scan.filter(Q(expires_at__gt=after[0]) | Q(expires_at=after[0], task_id__gt=after[1]))
+        # A row comparison, so the index scan starts right after the last key instead of walking
+        # past every result this run already deleted.
+        scan = scan.filter(
+            RawSQL("(expires_at, task_id) > (%s, %s)", (after[0], after[1]), output_field=BooleanField())
+        )
     # The result rows are the lock (SKIP LOCKED: another sweep's batch is left to it); a task
     # purge deletes the same rows, so whichever is second deletes, and audits, nothing. Holds
     # are fenced; the task's own result_expires_at, status and holds are re-checked here.
