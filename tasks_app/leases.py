@@ -40,13 +40,18 @@ class LeaseKeeper:
         """Keep renewing this attempt's lease until ``release``."""
         with self._lock:
             self._held[task_id] = attempt
-            # The first renewal is due a third of a lease after this take, at the latest.
-            self._due = min(self._due, time.monotonic() + _interval())
+            # The first renewal is due a third of a lease after this take, at the latest. Wake
+            # the thread only when that is sooner than it planned: a busy process holding leases
+            # already has a renewal coming, and a context switch per task is not free.
+            due = time.monotonic() + _interval()
+            wake = due < self._due
+            self._due = min(self._due, due)
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
                 self._thread.start()
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     def release(self, task_id: UUID) -> None:
         """Stop renewing the lease (the attempt finished, or gave up)."""
@@ -60,6 +65,8 @@ class LeaseKeeper:
         while True:
             with self._lock:
                 held = dict(self._held)
+                if not held:
+                    self._due = float("inf")  # the next hold plans afresh (and wakes the thread)
                 wait = None if not held else max(self._due - time.monotonic(), 0)
             if not held:
                 connection.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -61,15 +62,10 @@ class TaskQuerySet(models.QuerySet):
         sql, params = self.update_sql(**changes)
         if not sql:
             return []
-        reader = self.model._base_manager.using(self.db).all().query.get_compiler(self.db)
-        reader.setup_query()
-        columns = [col for col, _, _ in reader.select]
-        names = [col.target.attname for col in columns]
-        returning = ", ".join(connection.ops.quote_name(col.target.column) for col in columns)
+        reader, names, returning, converters = _row_reader(self.model, self.db)
         with connection.cursor() as cursor:
             cursor.execute(f"{sql} RETURNING {returning}", params)
             rows = cursor.fetchall()
-        converters = reader.get_converters(columns)
         if converters:
             rows = list(reader.apply_converters(rows, converters))
         return [self.model.from_db(self.db, names, row) for row in rows]
@@ -79,3 +75,13 @@ class TaskQuerySet(models.QuerySet):
         query = self.query.chain(UpdateQuery)
         query.add_update_values(changes)
         return query.get_compiler(self.db).as_sql()
+
+
+@functools.cache
+def _row_reader(model: type[models.Model], db: str) -> tuple[Any, list[str], str, dict[int, Any]]:
+    """How to read a whole row of ``model`` back: columns, attribute names, converters (once per process)."""
+    reader = model._base_manager.using(db).all().query.get_compiler(db)
+    reader.setup_query()
+    columns = [col for col, _, _ in reader.select]
+    returning = ", ".join(connections[db].ops.quote_name(col.target.column) for col in columns)
+    return reader, [col.target.attname for col in columns], returning, reader.get_converters(columns)
