@@ -59,9 +59,14 @@ def test_one_bad_request_writes_nothing_and_names_its_index_and_argument() -> No
 def test_nothing_is_published_when_the_callers_transaction_rolls_back(monkeypatch: Any) -> None:
     published: list[Any] = []
     monkeypatch.setattr(dispatch, "publish_safely", lambda tasks: published.append(tasks))
-    with pytest.raises(RuntimeError), transaction.atomic():
-        submit_many([{"task_type": "demo.echo"}] * 3)
-        raise RuntimeError("the caller changed its mind")
+
+    def submit_then_change_mind() -> None:
+        with transaction.atomic():
+            submit_many([{"task_type": "demo.echo"}] * 3)
+            raise RuntimeError("the caller changed its mind")
+
+    with pytest.raises(RuntimeError):
+        submit_then_change_mind()
     assert not Task.objects.exists()
     assert published == []
 
