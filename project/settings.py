@@ -325,3 +325,30 @@ LOGGING = {
 # --- Monitoring ------------------------------------------------------------------------------
 # /healthz gives the database, the broker and the storage this long each (checked at once).
 HEALTHZ_TIMEOUT = envconf.read_seconds("HEALTHZ_TIMEOUT", timedelta(seconds=2), allow_zero=False)
+
+# --- Security ------------------------------------------------------------------------------
+# Production hardening behind flags (README "Security"); the defaults keep `make run` serving
+# plain http on 127.0.0.1. `python manage.py check --deploy` names whatever is still off.
+SECURE_SSL_REDIRECT = envconf.read_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Load balancers and orchestrators probe these over plain http from inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = envconf.read_int("DJANGO_SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envconf.read_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envconf.read_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = envconf.read_bool("DJANGO_SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = envconf.read_bool("DJANGO_CSRF_COOKIE_SECURE", False)
+if envconf.read_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    # Only behind a proxy that terminates TLS and sets X-Forwarded-Proto itself (overwriting a
+    # client's): otherwise any client could claim https.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = envconf.read_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    _scheme, _, _host = _origin.partition("://")
+    if _scheme not in ("http", "https") or not _host.strip("/*."):
+        raise ImproperlyConfigured(
+            f"Environment variable DJANGO_CSRF_TRUSTED_ORIGINS has {_origin!r}: expected comma-separated "
+            "origins with a scheme, such as https://tasks.example.com or https://*.example.com."
+        )
+# Error reports mailed to ADMINS hide form fields, traceback locals and URL passwords (task data
+# and credentials); see project/logging.py.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "project.logging.RedactingReporterFilter"

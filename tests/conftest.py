@@ -83,3 +83,19 @@ def no_pending_metrics() -> Iterator[None]:
 
     yield
     metrics.discard()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
+    """Let the test database's flush between tests TRUNCATE the audit table (production refuses it)."""
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for connection in connections.all():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"ALTER DATABASE {connection.ops.quote_name(connection.settings_dict['NAME'])} "
+                        "SET retention.allow_audit_truncate = 'on'"
+                    )
+        connections.close_all()  # the setting applies to new sessions

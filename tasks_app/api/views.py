@@ -60,7 +60,7 @@ class TaskCursorPagination(CursorPagination):
 
     def get_page_size(self, request: Request) -> int:
         given = request.query_params.get(self.page_size_query_param, "")
-        if given and not (given.isdigit() and int(given) > 0):
+        if given and not (given.isascii() and given.isdigit() and int(given) > 0):
             # DRF silently falls back to the default; say what is wrong instead.
             raise ValidationError({self.page_size_query_param: ["A positive whole number (a page holds at most 500)."]})
         return super().get_page_size(request)
