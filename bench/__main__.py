@@ -4,7 +4,8 @@ Run under ``tests.real_services`` (PostgreSQL, Redis, S3 on loopback):
 ``python -m tests.real_services -- python -m bench``. Prints one table on stdout (progress goes
 to stderr); ``BENCH_JSON=path`` also writes the rows as JSON. ``BENCH_QUICK=1`` uses smaller
 sizes (each module's docstring says which) and finishes in under 5 minutes; the full run in
-under 30. ``BENCH_ONLY=purge,results,…`` runs a subset (names in ``PARTS``).
+under 30. ``BENCH_ONLY=purge,results,…`` runs a subset (names in ``PARTS``); ``BENCH_WORKERS=2`` and
+``WORKER_CONCURRENCY=4`` change the fleet the spike runs on.
 
 Order: the submit benchmark (no worker), then the fleet (one worker, ``WORKER_CONCURRENCY=2``,
 and beat from the Procfile): the spike, the retention-lag stream, and the worker kill. Once
@@ -95,6 +96,9 @@ def run(parts: list[str]) -> list[Row]:
     fleet = Fleet(logdir, {"TASKS_IMPORTS": os.environ["TASKS_IMPORTS"], "WORKER_CONCURRENCY": concurrency})
     try:
         worker, beat = fleet.start("worker"), fleet.start("beat")
+        # BENCH_WORKERS=2: more worker processes for the spike (the kill benchmark kills the first).
+        for _ in range(int(os.environ.get("BENCH_WORKERS", "1")) - 1):
+            fleet.start("worker")
         if "spike" in parts:
             rows += spike(fleet, worker, beat)
         if "lag" in parts:

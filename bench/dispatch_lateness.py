@@ -291,7 +291,8 @@ def spike_rows(baseline: Outcome, ours: Outcome) -> list[Row]:
             "plain Celery task, same worker and Redis",
             celery_rate,
             ratio(ours_rate, celery_rate),
-            f"{n} due at once, 1 worker, concurrency {os.environ.get('WORKER_CONCURRENCY', '2')}; target ≥ 0.5×",
+            f"{n} due at once, {os.environ.get('BENCH_WORKERS', '1')} worker(s), "
+            f"concurrency {os.environ.get('WORKER_CONCURRENCY', '2')}; target ≥ 0.5×",
         ),
         Row(
             "delayed_lateness_p99_ms",
