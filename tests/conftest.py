@@ -85,17 +85,19 @@ def no_pending_metrics() -> Iterator[None]:
     metrics.discard()
 
 
-@pytest.fixture(scope="session")
-def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
-    """Let the test database's flush between tests TRUNCATE the audit table (production refuses it)."""
-    from django.db import connections
+@pytest.fixture(autouse=True, scope="session")
+def flush_may_truncate_the_audit_table() -> Iterator[None]:
+    """The test database's flush between tests empties every table with TRUNCATE, which PostgreSQL
+    refuses for the audit table (retention migration 0009) unless the transaction allows it: the
+    flush's own transaction does (SET LOCAL, so it also holds behind PgBouncer in transaction mode)."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
 
-    with django_db_blocker.unblock():
-        for connection in connections.all():
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        f"ALTER DATABASE {connection.ops.quote_name(connection.settings_dict['NAME'])} "
-                        "SET retention.allow_audit_truncate = 'on'"
-                    )
-        connections.close_all()  # the setting applies to new sessions
+    real = DatabaseOperations.sql_flush
+
+    def sql_flush(self: Any, style: Any, tables: Any, **kwargs: Any) -> list[str]:
+        statements = real(self, style, tables, **kwargs)
+        return ["SET LOCAL retention.allow_audit_truncate = 'on'", *statements] if statements else statements
+
+    DatabaseOperations.sql_flush = sql_flush  # type: ignore[method-assign]
+    yield
+    DatabaseOperations.sql_flush = real  # type: ignore[method-assign]

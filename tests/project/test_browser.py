@@ -19,15 +19,25 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls in between are still synchronous.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+from retention.models import AuditRecord, LegalHold, RetentionPolicy, SweepRun
+from tasks_app.models import Task, TaskStatus
+from tasks_app.storage import save_object
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
-from retention.models import AuditRecord, LegalHold, RetentionPolicy, SweepRun  # noqa: E402
-from tasks_app.models import Task, TaskStatus  # noqa: E402
-from tasks_app.storage import save_object  # noqa: E402
+@pytest.fixture(autouse=True, scope="module")
+def sync_orm_beside_playwright() -> Iterator[None]:
+    """Playwright's sync API runs an event loop in this thread; the ORM calls in between are still
+    synchronous. Allowed for this module only: the variable must not leak into later tests' processes."""
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if previous is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -281,8 +281,5 @@ def test_postgresql_refuses_to_truncate_the_audit_table(statement: str) -> None:
     with connection.cursor() as cursor:
         # The insert's deferred foreign-key check would make PostgreSQL refuse any TRUNCATE.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        # The test database allows TRUNCATE for its flush between tests (tests/conftest.py); any
-        # other session is refused, as this one is for the rest of its transaction.
-        cursor.execute("SET LOCAL retention.allow_audit_truncate = 'off'")
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(statement)
