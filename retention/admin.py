@@ -4,12 +4,11 @@ trail and sweep runs, the dashboard, and retention's view of tasks (retention/ta
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
@@ -194,19 +193,6 @@ class LegalHoldAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:retention_legalhold_change", args=[legal_hold.pk]))
 
 
-def keyset_records(records: QuerySet, chunk: int = audit.EXPORT_CHUNK) -> Iterator[AuditRecord]:
-    """Every record of a filtered queryset in time order, a keyset page per query (no server cursor)."""
-    rows = records.order_by("occurred_at", "pk")
-    page = list(rows[:chunk])
-    while page:
-        yield from page
-        if len(page) < chunk:
-            return
-        last = page[-1]
-        after = Q(occurred_at__gt=last.occurred_at) | Q(occurred_at=last.occurred_at, pk__gt=last.pk)
-        page = list(rows.filter(after)[:chunk])
-
-
 @admin.register(AuditRecord)
 class AuditRecordAdmin(ReadOnlyAdmin):
     list_display = [
@@ -238,7 +224,7 @@ class AuditRecordAdmin(ReadOnlyAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         records = self.get_changelist_instance(request).queryset
-        response = StreamingHttpResponse(audit.csv_lines(keyset_records(records)), content_type="text/csv")
+        response = StreamingHttpResponse(audit.csv_lines(audit.keyset_records(records)), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="audit-{timezone.now():%Y%m%dT%H%M%SZ}.csv"'
         return response
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from retention.choices import AuditAction, Reason
 from retention.models import AuditRecord
@@ -246,12 +246,17 @@ def csv_lines(records: Iterable[AuditRecord]) -> Iterator[str]:
 
 
 def records_between(since: datetime, until: datetime, *, chunk: int = EXPORT_CHUNK) -> Iterator[AuditRecord]:
-    """Every record with ``since <= occurred_at < until`` in time order, fetched a page per query.
+    """Every record with ``since <= occurred_at < until`` in time order, fetched a page per query."""
+    return keyset_records(AuditRecord.objects.between(since, until), chunk=chunk)
+
+
+def keyset_records(records: QuerySet, *, chunk: int = EXPORT_CHUNK) -> Iterator[AuditRecord]:
+    """Every record of a (filtered) queryset in time order, a keyset page per query.
 
     Keyset pages instead of a server-side cursor: no session state across transactions, so
     the export works behind PgBouncer in transaction mode and holds no snapshot open.
     """
-    rows = AuditRecord.objects.between(since, until).order_by("occurred_at", "pk")
+    rows = records.order_by("occurred_at", "pk")
     page = list(rows[:chunk])
     while page:
         yield from page

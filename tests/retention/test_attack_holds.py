@@ -16,26 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from retention import objects, results
 from retention.models import AuditRecord, LegalHold
 from tasks_app.models import StoredObject, TaskResult
+from tests.threads import in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _in_thread(target: Any) -> threading.Thread:
-    def body() -> None:
-        try:
-            target()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    return thread
 
 
 @pytest.mark.django_db(transaction=True)
@@ -58,11 +46,11 @@ def test_a_hold_saved_while_a_result_purge_deletes_waits_and_stops_the_next_grou
         return real_delete(*args, **kwargs)
 
     monkeypatch.setattr(objects, "delete_keys", slow_delete)
-    purger = _in_thread(lambda: results.purge_results([first.pk, second.pk], now=now))
+    purger = in_thread(lambda: results.purge_results([first.pk, second.pk], now=now))
     assert deleting.wait(timeout=30)
 
     # when an operator saves a hold on the task type meanwhile
-    holder = _in_thread(lambda: LegalHold.objects.create(task_type="t.case", reason="litigation"))
+    holder = in_thread(lambda: LegalHold.objects.create(task_type="t.case", reason="litigation"))
     holder.join(timeout=1.0)
     waited = holder.is_alive()
     resume.set()

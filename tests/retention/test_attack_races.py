@@ -10,27 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from retention import objects, services, sweeps
 from retention.models import AuditRecord
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import task_prefix
-
-
-def _in_thread(target: Any, out: dict[str, Any], name: str) -> threading.Thread:
-    def body() -> None:
-        try:
-            out[name] = target()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            out[name] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    return thread
+from tests.threads import in_thread
 
 
 @pytest.mark.django_db(transaction=True)
@@ -51,11 +37,11 @@ def test_an_erasure_racing_a_sweep_mid_delete_ends_with_one_purge_and_one_record
 
     monkeypatch.setattr(objects, "delete_keys", slow_delete)
     out: dict[str, Any] = {}
-    sweeper = _in_thread(lambda: sweeps.sweep_tasks(now), out, "sweep")
+    sweeper = in_thread(lambda: sweeps.sweep_tasks(now), out, "sweep")
     assert deleting.wait(timeout=30)
 
     # when the owner asks for erasure meanwhile, and the sweep then goes on
-    eraser = _in_thread(lambda: services.purge_now(task.pk), out, "erasure")
+    eraser = in_thread(lambda: services.purge_now(task.pk), out, "erasure")
     eraser.join(timeout=1.0)
     resume.set()
     sweeper.join(timeout=60)

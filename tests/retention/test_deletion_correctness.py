@@ -22,18 +22,7 @@ from django.utils import timezone
 from retention import claims, objects, policies, purge, reports, services, sweeps
 from retention.models import AuditAction, AuditRecord, LegalHold, RetentionPolicy
 from tasks_app.models import StoredObject, Task, TaskStatus
-
-
-def _in_thread(target: Callable[[], Any]) -> threading.Thread:
-    def body() -> None:
-        try:
-            target()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    return thread
+from tests.threads import in_thread
 
 
 def _status(task: Task) -> str:
@@ -96,12 +85,12 @@ def test_a_hold_is_saved_within_seconds_while_a_large_chunk_purges(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(objects, "delete_keys", slow)
-    purger = _in_thread(lambda: purge.purge_claimed(ids, now=now))
+    purger = in_thread(lambda: purge.purge_claimed(ids, now=now))
     assert first_call.wait(timeout=30)
 
     # when a hold on the task type is saved while the first group deletes
     saved_at: list[float] = []
-    holder = _in_thread(lambda: saved_at.append(LegalHold.objects.create(task_type="t.case", reason="x").pk))
+    holder = in_thread(lambda: saved_at.append(LegalHold.objects.create(task_type="t.case", reason="x").pk))
     time.sleep(0.5)
     release.set()
     holder.join(timeout=10)
@@ -279,7 +268,7 @@ def test_a_purge_still_working_is_not_taken_over(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(objects, "_s3_delete", slow)
-    purger = _in_thread(lambda: purge.purge_claimed(ids, now=now))
+    purger = in_thread(lambda: purge.purge_claimed(ids, now=now))
 
     # when a tasks sweep runs after the claim timeout while the purge is still working
     time.sleep(2.5)

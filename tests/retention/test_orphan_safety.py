@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from retention import objects, sweeps
@@ -19,6 +19,7 @@ from retention.models import AuditAction, AuditRecord, LegalHold
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.services import submit
 from tasks_app.storage import task_id_from_key, task_prefix
+from tests.threads import in_thread
 
 pytestmark = pytest.mark.usefixtures("empty_bucket")
 
@@ -26,18 +27,6 @@ pytestmark = pytest.mark.usefixtures("empty_bucket")
 def _put(key: str, data: bytes = b"x") -> str:
     assert default_storage.save(key, ContentFile(data)) == key
     return key
-
-
-def _in_thread(target: Any) -> threading.Thread:
-    def body() -> None:
-        try:
-            target()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    return thread
 
 
 def _orphan_records(task_id: Any = None) -> list[AuditRecord]:
@@ -68,14 +57,14 @@ def test_an_input_uploaded_in_an_open_transaction_is_never_taken_for_an_orphan(
             if outcome == "rollback":
                 transaction.set_rollback(True)
 
-    submitter = _in_thread(caller)
+    submitter = in_thread(caller)
     assert submitted.wait(timeout=30)
     key = f"{task_prefix(created['task'].pk)}input/in.txt"
     assert key in bucket_keys("tasks/")
 
     # when an orphan sweep runs meanwhile (it waits for the caller) and the caller then ends
     swept: list[Any] = []
-    sweeper = _in_thread(lambda: swept.append(sweeps.sweep_orphans(timezone.now() + timedelta(seconds=1))))
+    sweeper = in_thread(lambda: swept.append(sweeps.sweep_orphans(timezone.now() + timedelta(seconds=1))))
     time.sleep(1.0)
     decide.set()
     submitter.join(timeout=30)
@@ -117,11 +106,11 @@ def test_two_orphan_sweeps_that_overlap_audit_each_object_once(
     monkeypatch.setattr(objects, "delete_keys", stall_first_call)
 
     # when the first sweep stalls on its first page past its lease and a second sweep starts
-    first = _in_thread(lambda: sweeps.sweep_orphans(later))
+    first = in_thread(lambda: sweeps.sweep_orphans(later))
     assert stalled.wait(timeout=30)
     time.sleep(1.5)
     # (beat's next run: its own, later "now")
-    second = _in_thread(lambda: sweeps.sweep_orphans(later + timedelta(seconds=5)))
+    second = in_thread(lambda: sweeps.sweep_orphans(later + timedelta(seconds=5)))
     time.sleep(1.0)
     go_on.set()
     first.join(timeout=30)

@@ -12,26 +12,13 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
-from django.db import connection
 from django.utils import timezone
 
 from tasks_app import recovery
 from tasks_app.executor import LeaseLost, TaskContext, execute, take
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.services import submit
-
-
-def _in_thread(target: Any) -> threading.Thread:
-    def body() -> None:
-        try:
-            target()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    return thread
-
+from tests.threads import in_thread
 
 # --- Outputs PostgreSQL cannot store -----------------------------------------------------------------
 
@@ -169,7 +156,7 @@ def test_recovery_cannot_take_a_task_while_its_attempt_is_writing_a_file(monkeyp
 
     monkeypatch.setattr(default_storage, "save", slow_save)
     ctx = TaskContext(running)
-    writer = _in_thread(lambda: ctx.save_file("late.txt", b"late", kind="out"))
+    writer = in_thread(lambda: ctx.save_file("late.txt", b"late", kind="out"))
     assert uploading.wait(timeout=30)
 
     # when recovery runs during the upload
