@@ -14,7 +14,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from django.db.models import F
+from django.db.models import BooleanField, F
+from django.db.models.expressions import RawSQL
 
 from retention import audit, claims, orphans, policies, results, shadow
 from retention.choices import Reason, SweepKind
@@ -22,6 +23,7 @@ from retention.drain import Budget, Step, drain
 from retention.fanout import FLEET, Fanout, InProcess
 from retention.models import RetentionPolicy, SweepRun
 from retention.runs import PurgeCounts, close_abandoned_runs, prune_empty_runs, record, start_run
+from tasks_app.models import Task
 
 __all__ = ["FLEET", "SWEEPS", "InProcess", "sweep", "sweep_orphans", "sweep_policies", "sweep_results", "sweep_tasks"]
 
@@ -44,15 +46,21 @@ def sweep_tasks(
     def take_over_stale(n: int) -> list[Any]:
         return claims.take_over(policies.stale_claims(now), now=now, limit=n)
 
+    # The run walks on from the last task it claimed (expires_at, id): each batch's index scan
+    # starts there instead of stepping over the entries of every task it already claimed. A task
+    # skipped because another process held its row is left to the next sweep.
+    walked: dict[str, Any] = {"after": None}
+
     def claim_expired(n: int) -> list[Any]:
-        return claims.claim(
-            policies.expiry_due(now),
-            reason=Reason.EXPIRES_AT,
-            now=now,
-            limit=n,
-            order_by=("expires_at", "pk"),
-            due_at=F("expires_at"),
+        due = policies.expiry_due(now)
+        if walked["after"] is not None:
+            due = due.filter(RawSQL("(expires_at, id) > (%s, %s)", walked["after"], output_field=BooleanField()))
+        ids = claims.claim(
+            due, reason=Reason.EXPIRES_AT, now=now, limit=n, order_by=("expires_at", "pk"), due_at=F("expires_at")
         )
+        if ids:
+            walked["after"] = (Task.objects.filter(pk=ids[-1]).values_list("expires_at", flat=True).get(), ids[-1])
+        return ids
 
     steps = [Step(take_over_stale, fanout.purge_tasks), Step(claim_expired, fanout.purge_tasks)]
     return drain(SweepKind.TASKS, run_id, steps, fanout, Budget.for_run(fanout, limit), now)
