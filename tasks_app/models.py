@@ -101,8 +101,10 @@ class Task(models.Model):
             # While purging, lease_expires_at is the purger's heartbeat: a lapsed one is taken over.
             models.Index(fields=["lease_expires_at"], name="task_purge_lease_idx", condition=Q(status="purging")),
             models.Index(fields=["purge_due_at"], name="task_purge_due_idx", condition=Q(status="purging")),
+            # With the id, so tasks sharing one expires_at (a bulk submission) are walked in index
+            # order by the tasks sweep's keyset, never sorted.
             models.Index(
-                fields=["expires_at"],
+                fields=["expires_at", "id"],
                 name="task_expires_idx",
                 condition=Q(expires_at__isnull=False) & ~Q(status__in=["purging", "expired"]),
             ),
