@@ -56,7 +56,9 @@ class Deadline:
 def deadline(task: Task, now: datetime, policies: Sequence[RetentionPolicy] | None = None) -> Deadline:
     """The earliest rule deleting ``task`` (own expiry, policy age, count cap); ``at`` None = never."""
     if task.status in GONE:
-        return Deadline(at=task.expired_at, reason=task.purge_reason or "")
+        # Decoded: a policy claim's purge_reason also carries the policy table's version.
+        reason = audit.decode_purge_reason(task.purge_reason).reason if task.purge_reason else ""
+        return Deadline(at=task.expired_at, reason=reason)
     policies = enforcing_only(enabled_policies() if policies is None else policies)
     held = only_held(Task.objects.filter(pk=task.pk)).exists()
     policy = _deciding(task, policies)

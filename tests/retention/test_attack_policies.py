@@ -93,3 +93,17 @@ def test_a_policy_that_keeps_for_a_million_days_does_not_stop_the_other_policies
     assert run.purged == 1
     assert Task.objects.get(pk=due.pk).status == TaskStatus.EXPIRED
     assert Task.objects.get(pk=kept.pk).status == TaskStatus.SUCCEEDED
+
+
+@pytest.mark.django_db
+def test_a_purging_tasks_deadline_names_its_rule_without_the_claims_version(make_task: Any) -> None:
+    # given a task claimed by a policy (its purge_reason carries the policy table's version)
+    from retention import audit, claims, policies, reports
+
+    task = make_task(status=TaskStatus.SUCCEEDED)
+    reason = audit.policy_claim(audit.age_reason(7), policies.version())
+    claims.claim(Task.objects.filter(pk=task.pk), reason=reason, now=timezone.now(), limit=1)
+
+    # then the deadline shown to operators names the rule only
+    task.refresh_from_db()
+    assert reports.deadline(task, timezone.now()).reason == "policy:7"
