@@ -13,13 +13,11 @@ from uuid import UUID
 
 from django.core.files.base import File
 from django.db import DataError, connection, transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
-from tasks_app import conf, hooks, leases, metrics, registry, storable
+from tasks_app import conf, hooks, leases, metrics, registry, statements, storable
 from tasks_app.exceptions import LeaseLost, PermanentFailure, UnstorableOutput
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
-from tasks_app.querysets import TaskQuerySet
 from tasks_app.signals import task_finished
 from tasks_app.storage import safe_name, save_object
 
@@ -92,21 +90,11 @@ def _merge_usage(current: Mapping[str, Any] | None, extra: Mapping[str, float]) 
 
 
 def take(task_id: UUID | str, *, worker: str, now: datetime) -> Task | None:
-    """Move the task ``queued → running`` with a conditional UPDATE; None if not ours to run."""
-    taken = (
-        Task.objects.filter(pk=task_id, status=TaskStatus.QUEUED)
-        .filter(Q(run_at__isnull=True) | Q(run_at__lte=now))
-        .not_expired_by(now)
-        .update_returning(
-            status=TaskStatus.RUNNING,
-            attempts=F("attempts") + 1,
-            started_at=now,
-            status_changed_at=now,
-            lease_expires_at=now + conf.lease(),
-            worker=worker[:255],
-        )
-    )
-    return taken[0] if taken else None
+    """Move the task ``queued → running`` with a conditional UPDATE; None if not ours to run.
+
+    Only a task still ``queued``, due (``run_at`` passed or unset) and not expired is taken.
+    """
+    return statements.take(task_id, now=now, lease_until=now + conf.lease(), worker=worker)
 
 
 def _wait_until_due(run_at: datetime | None) -> None:
@@ -157,11 +145,6 @@ def _describe(exc: BaseException) -> str:
     return storable.text(text[-ERROR_MAX_CHARS:])
 
 
-def _holding(task: Task) -> TaskQuerySet:
-    """The task, while this attempt still holds it (a lost lease means another took over)."""
-    return Task.objects.filter(pk=task.pk, status=TaskStatus.RUNNING, attempts=task.attempts)
-
-
 _NOT_FINISHED = object()
 
 
@@ -171,8 +154,8 @@ def _finish(task: Task, **changes: Any) -> Any:
     The expiry is read back in the same statement, so the finished signal knows whether the
     data already expired (a changed expires_at included) without another query.
     """
-    finished = _holding(task).update_returning(lease_expires_at=None, **changes)
-    return finished[0].expires_at if finished else _NOT_FINISHED
+    written, expiry = statements.finish(task, changes)
+    return expiry if written else _NOT_FINISHED
 
 
 def _succeed(task: Task, ctx: TaskContext, result: Any) -> str:
@@ -224,26 +207,8 @@ def _finish_with_result(task: Task, outcome: dict[str, Any], stored: TaskResult 
                     update_fields=["data", "created_at", "expires_at"],
                 )
         return expiry
-    update_sql, update_params = _holding(task).update_sql(lease_expires_at=None, **outcome)
-    data = TaskResult._meta.get_field("data").get_db_prep_save(stored.data, connection)
-    with connection.cursor() as cursor:
-        # The result is inserted only from the row the conditional UPDATE returned: a lost lease
-        # updates nothing and so stores nothing, in the same round trip.
-        cursor.execute(
-            f"""
-            WITH finished AS ({update_sql} RETURNING id, expires_at),
-            stored AS (
-                INSERT INTO {TaskResult._meta.db_table} (task_id, data, created_at, expires_at)
-                SELECT id, %s, %s, %s FROM finished
-                ON CONFLICT (task_id) DO UPDATE SET data = EXCLUDED.data, created_at = EXCLUDED.created_at,
-                    expires_at = EXCLUDED.expires_at
-            )
-            SELECT expires_at FROM finished
-            """,  # noqa: S608 - compiled ORM SQL and our table name; the values are parameters
-            [*update_params, data, stored.created_at, stored.expires_at],
-        )
-        row = cursor.fetchone()
-    return row[0] if row is not None else _NOT_FINISHED
+    written, expiry = statements.finish_with_result(task, outcome, stored)
+    return expiry if written else _NOT_FINISHED
 
 
 def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool, with_usage: bool = True) -> str:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections, models
+from django.db import models
 from django.db.models import Q
-from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from tasks_app.statuses import GONE_STATUSES, TERMINAL_STATUSES, TaskStatus
@@ -51,37 +49,3 @@ class TaskQuerySet(models.QuerySet):
     def terminal(self) -> TaskQuerySet:
         """Tasks that finished one way or another (succeeded, failed, dead, cancelled)."""
         return self.filter(status__in=TERMINAL_STATUSES)
-
-    def update_returning(self, **changes: Any) -> list[Any]:
-        """``update(**changes)`` that returns the updated rows as instances, in one round trip.
-
-        ``UPDATE … RETURNING`` (PostgreSQL, SQLite ≥ 3.35): the conditional update that takes a
-        task hands back the row it took, with no second SELECT.
-        """
-        connection = connections[self.db]
-        sql, params = self.update_sql(**changes)
-        if not sql:
-            return []
-        reader, names, returning, converters = _row_reader(self.model, self.db)
-        with connection.cursor() as cursor:
-            cursor.execute(f"{sql} RETURNING {returning}", params)
-            rows = cursor.fetchall()
-        if converters:
-            rows = list(reader.apply_converters(rows, converters))
-        return [self.model.from_db(self.db, names, row) for row in rows]
-
-    def update_sql(self, **changes: Any) -> tuple[str, tuple[Any, ...]]:
-        """The SQL and parameters ``update(**changes)`` would run, to compose into one statement."""
-        query = self.query.chain(UpdateQuery)
-        query.add_update_values(changes)
-        return query.get_compiler(self.db).as_sql()
-
-
-@functools.cache
-def _row_reader(model: type[models.Model], db: str) -> tuple[Any, list[str], str, dict[int, Any]]:
-    """How to read a whole row of ``model`` back: columns, attribute names, converters (once per process)."""
-    reader = model._base_manager.using(db).all().query.get_compiler(db)
-    reader.setup_query()
-    columns = [col for col, _, _ in reader.select]
-    returning = ", ".join(connections[db].ops.quote_name(col.target.column) for col in columns)
-    return reader, [col.target.attname for col in columns], returning, reader.get_converters(columns)

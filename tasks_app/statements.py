@@ -1,0 +1,150 @@
+"""The executor's two statements per delivery, take and finish, composed once per process.
+
+Every delivery takes its task (``queued → running``) and finishes it (the outcome, only while
+the attempt still holds the task). Compiling those through the ORM cost more CPU than the
+database spends running them (about 0.7 ms a statement here, against ~0.25 ms for PostgreSQL
+to run the UPDATE), on the path that decides how many tasks a worker starts a second. So their
+SQL is written here once, from the model's own columns; a call only prepares its values with
+the fields' ``get_db_prep_save`` (what the ORM does), and reads the row back as the ORM would.
+
+Both are conditional ``UPDATE … RETURNING`` (PostgreSQL, SQLite ≥ 3.35): the row comes back
+only if the condition held, in the same round trip.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db import connection
+
+from tasks_app.models import Task, TaskResult, TaskStatus
+
+
+@functools.cache
+def _row_reader() -> tuple[Any, list[str], str, list[Any]]:
+    """How to read a whole task row back: compiler, attribute names, columns, converters."""
+    reader = Task._base_manager.all().query.get_compiler(connection.alias)
+    reader.setup_query()
+    columns = [col for col, _, _ in reader.select]
+    returning = ", ".join(connection.ops.quote_name(col.target.column) for col in columns)
+    return reader, [col.target.attname for col in columns], returning, reader.get_converters(columns)
+
+
+def _tasks(rows: list[tuple[Any, ...]]) -> list[Task]:
+    reader, names, _, converters = _row_reader()
+    if converters:
+        rows = list(reader.apply_converters(rows, converters))
+    return [Task.from_db(connection.alias, names, row) for row in rows]
+
+
+def _column(name: str) -> str:
+    return connection.ops.quote_name(Task._meta.get_field(name).column)
+
+
+def _value(name: str, value: Any) -> Any:
+    return Task._meta.get_field(name).get_db_prep_save(value, connection)
+
+
+@functools.cache
+def _take_sql() -> str:
+    c = _column
+    return (
+        # Table and column names from the model; the values are parameters.
+        f"UPDATE {connection.ops.quote_name(Task._meta.db_table)} SET {c('status')} = %s, "  # noqa: S608
+        f"{c('attempts')} = {c('attempts')} + 1, {c('started_at')} = %s, {c('status_changed_at')} = %s, "
+        f"{c('lease_expires_at')} = %s, {c('worker')} = %s "
+        f"WHERE {c('id')} = %s AND {c('status')} = %s "
+        f"AND ({c('run_at')} IS NULL OR {c('run_at')} <= %s) "
+        f"AND ({c('expires_at')} IS NULL OR {c('expires_at')} > %s) "
+        f"RETURNING {_row_reader()[2]}"
+    )
+
+
+def take(task_id: UUID | str, *, now: datetime, lease_until: datetime, worker: str) -> Task | None:
+    """Move the task ``queued → running`` if it is queued, due and not expired; None otherwise."""
+    at = _value("started_at", now)
+    params = [
+        _value("status", TaskStatus.RUNNING),
+        at,
+        at,
+        _value("lease_expires_at", lease_until),
+        _value("worker", worker[:255]),
+        _value("id", task_id),
+        _value("status", TaskStatus.QUEUED),
+        at,
+        at,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_take_sql(), params)
+        rows = cursor.fetchall()
+    return _tasks(rows)[0] if rows else None
+
+
+@functools.cache
+def _finish_sql(fields: tuple[str, ...]) -> str:
+    changes = ", ".join(f"{_column(name)} = %s" for name in fields)
+    return (
+        f"UPDATE {connection.ops.quote_name(Task._meta.db_table)} SET {changes} "  # noqa: S608 - as above
+        f"WHERE {_column('id')} = %s AND {_column('status')} = %s AND {_column('attempts')} = %s"
+    )
+
+
+def finish_sql(task: Task, changes: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """The UPDATE writing ``changes`` (and clearing the lease) while this attempt holds ``task``.
+
+    Without RETURNING, so it can be composed (the result is stored in the same statement).
+    """
+    changes = {"lease_expires_at": None, **changes}
+    params = [_value(name, value) for name, value in changes.items()]
+    params += [_value("id", task.pk), _value("status", TaskStatus.RUNNING), task.attempts]
+    return _finish_sql(tuple(changes)), params
+
+
+def finish(task: Task, changes: Mapping[str, Any]) -> tuple[bool, datetime | None]:
+    """Write ``changes`` if this attempt still holds the task: (written, the row's expires_at)."""
+    sql, params = finish_sql(task, changes)
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} RETURNING {_column('expires_at')}", params)
+        row = cursor.fetchone()
+    if row is None:
+        return False, None
+    return True, _expiry(row[0])
+
+
+def finish_with_result(task: Task, changes: Mapping[str, Any], result: TaskResult) -> tuple[bool, datetime | None]:
+    """``finish`` that also stores ``result``, in one statement (PostgreSQL).
+
+    The result is inserted only from the row the conditional UPDATE returned: a lost lease
+    updates nothing and so stores nothing, in the same round trip.
+    """
+    sql, params = finish_sql(task, changes)
+    data = TaskResult._meta.get_field("data").get_db_prep_save(result.data, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH finished AS ({sql} RETURNING id, expires_at),
+            stored AS (
+                INSERT INTO {TaskResult._meta.db_table} (task_id, data, created_at, expires_at)
+                SELECT id, %s, %s, %s FROM finished
+                ON CONFLICT (task_id) DO UPDATE SET data = EXCLUDED.data, created_at = EXCLUDED.created_at,
+                    expires_at = EXCLUDED.expires_at
+            )
+            SELECT expires_at FROM finished
+            """,  # noqa: S608 - our own SQL and table names; the values are parameters
+            [*params, data, result.created_at, result.expires_at],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return False, None
+    return True, _expiry(row[0])
+
+
+def _expiry(raw: Any) -> datetime | None:
+    field = Task._meta.get_field("expires_at")
+    for convert in connection.ops.get_db_converters(field.get_col(Task._meta.db_table)):
+        raw = convert(raw, field, connection)
+    return raw
