@@ -4,7 +4,7 @@ A running task's lease (``lease_expires_at``) lapses unless renewed, so only a d
 loses its tasks. Renewing from one thread per process, every third of ``TASKS_LEASE``, costs a
 task nothing at start (no thread per task) and the database one statement per process per
 interval however many tasks the process runs. The thread starts with the first task a process
-takes (so after Celery's fork) and holds a database connection only while it holds leases.
+takes (so after Celery's fork) and lets its database connection go at the first tick with none held.
 """
 
 from __future__ import annotations
@@ -32,53 +32,49 @@ class LeaseKeeper:
         self._held: dict[UUID, int] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._due = float("inf")
+        self._next_tick = float("inf")
         self._thread: threading.Thread | None = None
         self._pid = 0
 
     def hold(self, task_id: UUID, attempt: int) -> None:
-        """Keep renewing this attempt's lease until ``release``."""
+        """Keep renewing this attempt's lease until ``release``.
+
+        The thread ticks every third of a lease whatever is held, so the first renewal comes
+        within a third of a lease of this take, and a task start or finish does not wake it (a
+        context switch per task is not free when a process starts hundreds a second). Only a
+        lease shortened since the thread went to sleep wakes it early.
+        """
         with self._lock:
             self._held[task_id] = attempt
-            # The first renewal is due a third of a lease after this take, at the latest. Wake
-            # the thread only when that is sooner than it planned: a busy process holding leases
-            # already has a renewal coming, and a context switch per task is not free.
-            due = time.monotonic() + _interval()
-            wake = due < self._due
-            self._due = min(self._due, due)
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
+                self._next_tick = float("inf")
                 self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
                 self._thread.start()
-        if wake:
-            self._wake.set()
+            elif time.monotonic() + _interval() < self._next_tick:
+                self._wake.set()
 
     def release(self, task_id: UUID) -> None:
         """Stop renewing the lease (the attempt finished, or gave up)."""
         with self._lock:
             self._held.pop(task_id, None)
-            empty = not self._held
-        if empty:
-            self._wake.set()  # so the thread lets go of its connection
 
     def _run(self) -> None:
+        wait = _interval()
         while True:
             with self._lock:
-                held = dict(self._held)
-                if not held:
-                    self._due = float("inf")  # the next hold plans afresh (and wakes the thread)
-                wait = None if not held else max(self._due - time.monotonic(), 0)
-            if not held:
-                connection.close()
-            if wait is None or wait > 0:
-                self._wake.wait(wait)
+                self._next_tick = time.monotonic() + wait
+            if self._wake.wait(wait):
                 self._wake.clear()
-                continue
             with self._lock:
-                self._due = time.monotonic() + _interval()
-            self._renew(held)
+                held = dict(self._held)
+            if not held:
+                connection.close()  # an idle process holds no connection for renewals
+                wait = _interval()
+                continue
+            wait = _interval() if self._renew(held) else min(_interval(), 1.0)
 
-    def _renew(self, held: dict[UUID, int]) -> None:
+    def _renew(self, held: dict[UUID, int]) -> bool:
         attempts = Q()
         for task_id, attempt in held.items():
             attempts |= Q(pk=task_id, attempts=attempt)
@@ -91,8 +87,8 @@ class LeaseKeeper:
             # renewals: the leases would lapse and the tasks run twice. Retry soon.
             logger.exception("lease renewal failed; retrying", extra={"tasks": len(held)})
             connection.close()
-            with self._lock:
-                self._due = time.monotonic() + min(_interval(), 1.0)
+            return False
+        return True
 
 
 def _interval() -> float:
