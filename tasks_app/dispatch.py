@@ -50,7 +50,10 @@ def publish(tasks: Iterable[Task | Delivery], *, now: datetime | None = None) ->
     app = current_app
     now = now or timezone.now()
     sent = 0
-    with app.producer_or_acquire() as producer:
+    # One batch: the messages go to Redis in one pipelined round trip at the end (kombu's
+    # producer batch), not one round trip each. If that write fails, the rows stay queued and
+    # recovery publishes them again.
+    with app.producer_or_acquire() as producer, producer.batch():
         for item in tasks:
             delivery = _as_delivery(item)
             soft = delivery.timeout.total_seconds()
