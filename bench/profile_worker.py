@@ -10,6 +10,12 @@ bucket is printed as wall milliseconds per task. ``--idle`` keeps time spent wai
 PostgreSQL or Redis (a round trip is a wait, not CPU); a pool process waiting for its next
 message is counted apart and left out of the per-task total. The raw stacks stay in
 ``PROFILE_DIR`` (default a temporary folder) for a flame graph (``py-spy`` ``--format raw``).
+
+Wall time sampled on a busy 2-core machine counts waiting for a core as time spent, so a
+second table gives the CPU time (``/proc/<pid>/stat``, user + system) each process used per
+task over the same spike: the worker's consumer and pool processes, beat, every PostgreSQL
+process and Redis. That one does not move with other load, and it is what bounds throughput
+when the cores are the limit.
 """
 
 from __future__ import annotations
@@ -79,6 +85,40 @@ def pids_of(main_pid: int) -> list[int]:
     return [main_pid, *children]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_pids() -> dict[str, list[int]]:
+    """PostgreSQL's processes (the postmaster and its children) and Redis's, by reading their own reports."""
+    import redis
+    from django.conf import settings
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW data_directory")
+        data_dir = cursor.fetchone()[0]
+    postmaster = int(Path(data_dir, "postmaster.pid").read_text().split()[0])
+    redis_pid = int(redis.Redis.from_url(settings.CELERY_BROKER_URL).info("server")["process_id"])
+    return {"postgres": pids_of(postmaster), "redis": [redis_pid]}
+
+
+def cpu_by_role(roles: dict[int, str]) -> Counter[str]:
+    """CPU seconds used so far, summed by role (PostgreSQL's backends come and go: re-listed each time)."""
+    used: Counter[str] = Counter()
+    for pid, role in roles.items():
+        used[role] += cpu_seconds(pid)
+    for role, pids in service_pids().items():
+        for pid in pids:
+            used[role] += cpu_seconds(pid)
+    return used
+
+
 def record(pid: int, out: Path) -> subprocess.Popen[bytes]:
     spy = Path(sys.executable).parent / "py-spy"
     return subprocess.Popen(  # noqa: S603 - our own venv's py-spy
@@ -100,7 +140,7 @@ def tally(path: Path, role: str) -> Counter[str]:
     return counts
 
 
-def profile(mechanism: str, n: int, fleet, worker: str, beat: str, outdir: Path) -> Counter[str]:  # type: ignore[no-untyped-def]
+def profile(mechanism: str, n: int, fleet, worker: str, beat: str, outdir: Path) -> tuple[Counter[str], Counter[str]]:  # type: ignore[no-untyped-def]
     from bench import dispatch_lateness as dl
 
     sender = dl.Baseline() if mechanism == "celery" else dl.Ours()
@@ -109,10 +149,13 @@ def profile(mechanism: str, n: int, fleet, worker: str, beat: str, outdir: Path)
     roles = {main_pid: "consumer", **{pid: "pool" for pid in workers[1:]}, fleet.procs[beat].pid: "beat"}
     spies = {pid: record(pid, outdir / f"{mechanism}-{role}-{pid}.txt") for pid, role in roles.items()}
     time.sleep(1.5)  # py-spy attaches
+    cpu_before = cpu_by_role(roles)
     run = f"profile-{mechanism}-{time.time_ns()}"
     due = time.time() + 3 + n * 0.004
     sender.publish(run, [due] * n)
     wait_for(lambda: sender.done(run) >= n, 120 + n * 0.05, f"{n} {mechanism} tasks")
+    cpu = cpu_by_role(roles)
+    cpu.subtract(cpu_before)
     for spy in spies.values():
         spy.send_signal(signal.SIGINT)
     for spy in spies.values():
@@ -120,7 +163,7 @@ def profile(mechanism: str, n: int, fleet, worker: str, beat: str, outdir: Path)
     counts: Counter[str] = Counter()
     for pid, role in roles.items():
         counts += tally(outdir / f"{mechanism}-{role}-{pid}.txt", role)
-    return counts
+    return counts, cpu
 
 
 def report(by_mechanism: dict[str, Counter[str]], n: int) -> str:
@@ -157,6 +200,7 @@ def main() -> int:
     concurrency = os.environ.get("WORKER_CONCURRENCY", "2")
     fleet = Fleet(outdir, {"TASKS_IMPORTS": os.environ["TASKS_IMPORTS"], "WORKER_CONCURRENCY": concurrency})
     by_mechanism: dict[str, Counter[str]] = {}
+    cpu: dict[str, Counter[str]] = {}
     try:
         worker, beat = fleet.start("worker"), fleet.start("beat")
         from bench import dispatch_lateness as dl
@@ -164,12 +208,21 @@ def main() -> int:
         dl.warm_up(dl.Baseline(), dl.Ours())
         for mechanism in ("celery", "ours"):
             log(f"profile: {n} {mechanism} tasks due at once")
-            by_mechanism[mechanism] = profile(mechanism, n, fleet, worker, beat, outdir)
+            by_mechanism[mechanism], cpu[mechanism] = profile(mechanism, n, fleet, worker, beat, outdir)
     finally:
         fleet.stop_all()
     print(f"py-spy --idle at {RATE} Hz; {n} tasks each; worker concurrency {concurrency}; stacks in {outdir}")
     print(report(by_mechanism, n))
+    print("\nCPU time per task over the same spike (/proc user + system; py-spy's own sampling excluded)")
+    print(cpu_report(cpu, n))
     return 0
+
+
+def cpu_report(cpu: dict[str, Counter[str]], n: int) -> str:
+    roles = ["consumer", "pool", "beat", "postgres", "redis"]
+    rows = [[role, *(f"{cpu[m][role] / n * 1000:.2f}" for m in cpu)] for role in roles]
+    rows.append(["total", *(f"{sum(cpu[m][r] for r in roles) / n * 1000:.2f}" for m in cpu)])
+    return format_table(["process", *(f"{m} CPU ms/task" for m in cpu)], rows, left=frozenset({0}))
 
 
 if __name__ == "__main__":
