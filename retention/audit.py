@@ -165,6 +165,38 @@ def result_records_from(rows: str, now: datetime, run_id: int | None) -> tuple[s
     return sql, [AuditAction.RESULT_PURGED, Reason.RESULT_TTL, now, run_id]
 
 
+def task_records_from(rows: str, now: datetime, run_id: int | None) -> tuple[str, list[object]]:
+    """SQL inserting one task purge record per row of ``rows`` (id, owner_id, task_type, action, reason,
+    policy_id, objects_deleted, bytes_freed): the set-based twin of ``task_record``.
+
+    The action, reason and policy come from ``decode_purge_reason`` (see ``decoded_reasons``).
+    """
+    table = AuditRecord._meta.db_table
+    columns = (
+        "task_id, owner_id, task_type, action, reason, policy_id, objects_deleted, bytes_freed, occurred_at, "
+        "sweep_run_id"
+    )
+    # A table name and a CTE name of ours; the values are parameters.
+    sql = (
+        f"INSERT INTO {table} ({columns}) "  # noqa: S608
+        "SELECT id, owner_id, task_type, action, reason, policy_id, objects_deleted, bytes_freed, %s, %s "
+        f"FROM {rows}"
+    )
+    return sql, [now, run_id]
+
+
+def decoded_reasons(purge_reasons: Iterable[str]) -> tuple[list[str], list[str], list[str], list[int | None]]:
+    """Columns (purge reason, action, reason, policy id) decoding each distinct claim reason, for SQL to join."""
+    distinct = sorted(set(purge_reasons))
+    decoded = [decode_purge_reason(purge_reason) for purge_reason in distinct]
+    return (
+        distinct,
+        [d.action for d in decoded],
+        [d.reason for d in decoded],
+        [d.policy_id for d in decoded],
+    )
+
+
 def orphan_record(
     subject: Subject, objects_deleted: int, bytes_freed: int, now: datetime, run_id: int | None
 ) -> AuditRecord:

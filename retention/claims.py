@@ -113,14 +113,16 @@ def give_back(task_ids: Iterable[UUID], now: datetime) -> int:
     )
 
 
-def withhold(rows: Sequence[tuple[UUID, str, datetime]], now: datetime) -> set[UUID]:
+def withhold(rows: Sequence[tuple[UUID, str, datetime]], now: datetime, *, held: set[UUID] | None = None) -> set[UUID]:
     """Give back the claims among ``rows`` (id, reason, claimed at) that may no longer proceed.
 
     A legal hold now covers the task, or the claim was made under a policy that no longer
-    says delete (disabled, shadow, deleted, or any policy edited since the claim).
+    says delete (disabled, shadow, deleted, or any policy edited since the claim). ``held``:
+    the tasks among ``rows`` a hold covers, when the caller read that under the fence already.
     """
     ids = [row[0] for row in rows]
-    held = set(only_held(Task.objects.filter(pk__in=ids)).values_list("pk", flat=True))
+    if held is None:
+        held = set(only_held(Task.objects.filter(pk__in=ids)).values_list("pk", flat=True))
     outdated = policies.outdated_claims(rows) - held
     if held:
         logger.warning("purge withheld: legal hold", extra={"task_ids": sorted(str(i) for i in held)})
@@ -132,11 +134,19 @@ def withhold(rows: Sequence[tuple[UUID, str, datetime]], now: datetime) -> set[U
     return withheld
 
 
-def heartbeat(task_ids: Iterable[UUID], now: datetime) -> None:
-    """Renew the purger's lease on claims it still works on, so no takeover duplicates its work."""
+def heartbeat(task_ids: Iterable[UUID], now: datetime, *, leases_from: datetime | None = None) -> datetime:
+    """Renew the purger's lease on claims it still works on, so no takeover duplicates its work.
+
+    ``leases_from``: the earliest lease of those claims, if known. Returns that bound for the next call.
+    """
     moment = max(now, timezone.now())
+    renew_before = moment + conf.claim_timeout() / 2
     # Only leases past half their time are rewritten: a claim made a moment ago (the usual first
-    # group) costs no new row version.
-    Task.objects.filter(
-        pk__in=list(task_ids), status=TaskStatus.PURGING, lease_expires_at__lt=moment + conf.claim_timeout() / 2
-    ).update(lease_expires_at=moment + conf.claim_timeout())
+    # group) costs no new row version, and when the earliest lease is known to be later, no query.
+    # (A lease only grows while its task is purging: renewals and takeovers push it later.)
+    if leases_from is not None and leases_from >= renew_before:
+        return leases_from
+    Task.objects.filter(pk__in=list(task_ids), status=TaskStatus.PURGING, lease_expires_at__lt=renew_before).update(
+        lease_expires_at=moment + conf.claim_timeout()
+    )
+    return renew_before

@@ -21,19 +21,33 @@ from datetime import datetime
 from uuid import UUID
 
 from django.core.files.storage import Storage
-from django.db import transaction
-from django.db.models import Case, Count, DateTimeField, F, QuerySet, Sum, Value, When
+from django.db import connection, transaction
+from django.db.models import BooleanField, Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce
 
-from retention import audit, fence, objects
+from retention import audit, fence, finish, objects
 from retention.claims import heartbeat, withhold
+from retention.holds import active_hold_exists
 from retention.models import AuditRecord
 from retention.runs import PurgeCounts
-from tasks_app.models import PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 
 logger = logging.getLogger(__name__)
 
 
 # --- The skeleton: groups, keys, one fenced transaction each --------------------------------------
+
+
+def of_tasks(rows: QuerySet, ids: Sequence[UUID], field: str = "task") -> QuerySet:
+    """``rows`` whose ``field`` is one of ``ids``: on PostgreSQL one array parameter, not one per id
+    (a group has hundreds, and each costs the client time to quote and the server to parse)."""
+    if connection.vendor != "postgresql":
+        return rows.filter(**{f"{field}__in": list(ids)})
+    column = f'"{rows.model._meta.db_table}"."{rows.model._meta.get_field(field).column}"'
+    # A quoted column name of the model; the ids are one parameter.
+    among = RawSQL(f"{column} = ANY(%s::uuid[])", (list(ids),), output_field=BooleanField())  # noqa: S611
+    return rows.filter(among)
 
 
 def manifest_keys(manifest: QuerySet, page: int | None = None) -> Iterator[str]:
@@ -68,14 +82,20 @@ def manifest_stats(manifest: QuerySet) -> dict[UUID, tuple[int, int]]:
     return {row["task_id"]: (row["n"], row["size"] or 0) for row in rows}
 
 
-def groups(task_ids: Sequence[UUID], manifest: QuerySet, *, keys: int | None = None) -> list[list[UUID]]:
+def groups(
+    task_ids: Sequence[UUID], manifest: QuerySet, *, keys: int | None = None, sizes: dict[UUID, int] | None = None
+) -> list[list[UUID]]:
     """Split ``task_ids`` (in order) into groups whose manifest keys fit one delete call.
 
     A task with more keys than that is a group of its own: a group is the unit the fence
-    covers, so a hold never lands between two calls deleting one task.
+    covers, so a hold never lands between two calls deleting one task. ``sizes`` (keys per
+    task) spares the count when the caller already has it.
     """
     keys = keys or objects.DELETE_BATCH
-    sizes = dict(manifest.filter(task_id__in=list(task_ids)).order_by().values_list("task_id").annotate(n=Count("pk")))
+    if sizes is None:
+        sizes = dict(
+            manifest.filter(task_id__in=list(task_ids)).order_by().values_list("task_id").annotate(n=Count("pk"))
+        )
     result: list[list[UUID]] = []
     current: list[UUID] = []
     count = 0
@@ -92,34 +112,19 @@ def groups(task_ids: Sequence[UUID], manifest: QuerySet, *, keys: int | None = N
 
 
 def _tombstone(task_ids: list[UUID], now: datetime) -> None:
-    """Clear everything but the billing record: id, owner, type, timestamps, final status, usage.
+    """Leave only the billing record of the tasks (see ``finish.tombstone_values``)."""
+    Task.objects.filter(pk__in=task_ids).update(**finish.tombstone_values(now))
 
-    A task purged before it ran (scheduled or queued) is recorded as cancelled at that moment.
-    The idempotency key stays: a schedule's period (or a client's retry) that already ran
-    must find its task, even as a tombstone, instead of running again.
+
+def _finish(task_ids: list[UUID], now: datetime, run_id: int | None, purge_reasons: set[str]) -> PurgeCounts:
+    """Audit, delete the rows and tombstone the tasks still ``purging``; returns what it did.
+
+    ``purge_reasons``: the claim reasons of the tasks, read under the caller's row locks.
     """
-    pending = [str(status) for status in PENDING_STATUSES]
-    Task.objects.filter(pk__in=task_ids).update(
-        final_status=Case(When(final_status__in=pending, then=Value(TaskStatus.CANCELLED)), default=F("final_status")),
-        finished_at=Case(
-            When(final_status__in=pending, then=Value(now, output_field=DateTimeField())),
-            default=F("finished_at"),
-        ),
-        status=TaskStatus.EXPIRED,
-        expired_at=now,
-        status_changed_at=now,
-        payload=None,
-        error="",
-        result_expires_at=None,
-        purge_reason="",
-        lease_expires_at=None,
-        worker="",
-    )
-
-
-def _finish(task_ids: list[UUID], now: datetime, run_id: int | None) -> PurgeCounts:
-    """Audit, delete the rows and tombstone the tasks still ``purging``; returns what it did."""
     done = PurgeCounts()
+    if connection.vendor == "postgresql":
+        done.purged, done.objects_deleted, done.bytes_freed = finish.finish_tasks(task_ids, purge_reasons, now, run_id)
+        return done
     with transaction.atomic():
         # Re-check under the row lock: a concurrent purge of the same task may have finished it.
         rows = list(
@@ -153,19 +158,23 @@ def _purge_group(group: list[UUID], now: datetime, run_id: int | None, storage: 
     counts = PurgeCounts()
     with fence.deleting():
         # SKIP LOCKED: a rival purger (a takeover, a duplicate message) is finishing those.
-        rows = list(
-            Task.objects.select_for_update(skip_locked=True, no_key=True)
-            .filter(pk__in=group, status=TaskStatus.PURGING)
+        # The holds are read in this statement, after the fence was taken: a hold saved since waits for us.
+        locked = list(
+            of_tasks(Task.objects.select_for_update(skip_locked=True, no_key=True), group, "id")
+            .filter(status=TaskStatus.PURGING)
+            .annotate(held=active_hold_exists())
             .order_by("pk")
-            .values_list("pk", "purge_reason", "status_changed_at")
+            .values_list("pk", "purge_reason", "status_changed_at", "held")
         )
-        withheld = withhold(rows, now) if rows else set()
+        rows = [row[:3] for row in locked]
+        withheld = withhold(rows, now, held={row[0] for row in locked if row[3]}) if rows else set()
         ids = [row[0] for row in rows if row[0] not in withheld]
         if not ids:
             return counts
-        failed = delete_manifest(StoredObject.objects.filter(task_id__in=ids), counts, storage)
+        failed = delete_manifest(of_tasks(StoredObject.objects.all(), ids), counts, storage)
         counts.failed += len(failed)
-        counts.add(_finish([task_id for task_id in ids if task_id not in failed], now, run_id))
+        reasons = {row[1] for row in rows if row[0] not in withheld and row[0] not in failed}
+        counts.add(_finish([task_id for task_id in ids if task_id not in failed], now, run_id, reasons))
     return counts
 
 
@@ -177,13 +186,19 @@ def in_groups(
     now: datetime,
     what: str,
     renew: bool,
+    sizes: dict[UUID, int] | None = None,
+    leases_from: datetime | None = None,
 ) -> PurgeCounts:
-    """Run ``work`` on each group of ``ids``; a failed group is counted, the others go on."""
+    """Run ``work`` on each group of ``ids``; a failed group is counted, the others go on.
+
+    ``renew``: keep the claims' leases alive (``leases_from``, the earliest, if known);
+    ``sizes``: keys per task, if known (see ``groups``).
+    """
     counts = PurgeCounts()
     remaining = list(ids)
-    for group in groups(ids, manifest):
+    for group in groups(ids, manifest, sizes=sizes):
         if renew:
-            heartbeat(remaining, now)
+            leases_from = heartbeat(remaining, now, leases_from=leases_from)
         try:
             counts.add(work(group))
         except Exception as exc:
@@ -204,18 +219,23 @@ def purge_claimed(
     the failure is counted and described in the returned counts.
     """
     objects.refuse_inside_transaction()
-    ids = list(
-        Task.objects.filter(pk__in=list(task_ids), status=TaskStatus.PURGING)
+    keys = StoredObject.objects.filter(task=OuterRef("pk")).order_by().values("task").annotate(n=Count("pk"))
+    rows = list(
+        of_tasks(Task.objects.filter(status=TaskStatus.PURGING), [UUID(str(i)) for i in task_ids], "id")
+        .annotate(keys=Coalesce(Subquery(keys.values("n"), output_field=IntegerField()), 0))
         .order_by("pk")
-        .values_list("pk", flat=True)
+        .values_list("pk", "keys", "lease_expires_at")
     )
+    leases = [row[2] for row in rows if row[2] is not None]
     counts = in_groups(
-        ids,
+        [row[0] for row in rows],
         StoredObject.objects.all(),
         lambda group: _purge_group(group, now, run_id, storage),
         now=now,
         what="purge",
         renew=True,
+        sizes={row[0]: row[1] for row in rows},
+        leases_from=min(leases) if len(leases) == len(rows) and leases else None,
     )
     if counts.purged:
         logger.info(

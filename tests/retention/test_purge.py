@@ -94,19 +94,21 @@ def test_nothing_is_claimed_before_expiry(make_task: Any) -> None:
 def test_failure_after_objects_are_deleted_leaves_the_task_purging_until_a_later_sweep_finishes_it(
     make_task: Any, bucket_keys: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
-    # given an expired task with files, and a tombstone step that fails once
+    # given an expired task with files, and a final step that fails once after its statements ran
+    # (the audit, row deletes and tombstone written, not committed)
     now = timezone.now()
     task = make_task(expires_at=now - timedelta(seconds=1), files={"out/a.txt": b"aaa", "out/b.txt": b"bb"}, result=1)
-    real_tombstone = purge._tombstone
+    real_finish = purge._finish
     failures = iter([RuntimeError("database went away mid-transaction")])
 
-    def flaky_tombstone(*args: Any, **kwargs: Any) -> None:
+    def flaky_finish(*args: Any, **kwargs: Any) -> PurgeCounts:
+        done = real_finish(*args, **kwargs)
         error = next(failures, None)
         if error is not None:
             raise error
-        real_tombstone(*args, **kwargs)
+        return done
 
-    monkeypatch.setattr(purge, "_tombstone", flaky_tombstone)
+    monkeypatch.setattr(purge, "_finish", flaky_finish)
 
     # when the first sweep deletes the objects and then fails before committing
     first = sweeps.sweep_tasks(now)
