@@ -8,6 +8,7 @@ after ``RETENTION_SWEEP_BATCHES`` batches and re-enqueues itself to continue, a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,7 +99,11 @@ def drain(
                     own.shadow += len(items)
                 if len(items) < wanted:
                     break
+        # Batches still purging in this process finish before the run is recorded.
+        _settle(fanout)
     except Exception as exc:
+        with contextlib.suppress(Exception):  # the first failure is the one raised
+            _settle(fanout)
         logger.exception("sweep failed", extra={"kind": kind, "sweep_run": run_id})
         own.error(f"sweep failed: {exc!r}")
         record(run_id, own, now=now)
@@ -112,3 +117,10 @@ def drain(
     else:
         record(run_id, own, now=now)
     return SweepRun.objects.get(pk=run_id)
+
+
+def _settle(fanout: Fanout) -> None:
+    # A fan-out written before ``settle`` existed hands nothing to the background.
+    settle = getattr(fanout, "settle", None)
+    if settle is not None:
+        settle()

@@ -13,7 +13,7 @@ from django.core.files.storage import Storage
 from django.db import transaction
 from django.utils import timezone
 
-from retention import purge, results
+from retention import overlap, purge, results
 from retention.choices import SweepKind
 from retention.runs import PurgeCounts, record
 
@@ -44,9 +44,15 @@ class Fanout(Protocol):
 
     def advance(self, count: int) -> None: ...
 
+    def settle(self) -> None: ...
+
 
 class InProcess:
-    """Purge each batch here and now; the sweep runs to the end (commands, ``purge_now``, tests)."""
+    """Purge each batch in this process; the sweep runs to the end (commands, ``purge_now``, tests).
+
+    Task batches are purged by background threads while the sweep claims the next (see
+    overlap.py) where that is possible, else here and now; ``settle`` waits for them.
+    """
 
     bounded = False
 
@@ -54,8 +60,16 @@ class InProcess:
         self.now = now
         self.progress = progress
         self.storage = storage
+        self._purgers: overlap.Purgers | None = None
 
     def purge_tasks(self, task_ids: list[UUID], run_id: int) -> None:
+        if self._purgers is None and overlap.usable():
+            self._purgers = overlap.Purgers()
+        if self._purgers is not None:
+            ids = list(task_ids)
+            work = lambda: run_tasks_chunk(ids, run_id, now=self.now, storage=self.storage)  # noqa: E731
+            self._purgers.submit(work, len(ids), self.advance)
+            return
         run_tasks_chunk(task_ids, run_id, now=self.now, storage=self.storage)
         self.advance(len(task_ids))
 
@@ -69,6 +83,12 @@ class InProcess:
     def advance(self, count: int) -> None:
         if self.progress is not None and count:
             self.progress(count)
+
+    def settle(self) -> None:
+        """Wait for the batches purging in the background; raise the first failure among them."""
+        purgers, self._purgers = self._purgers, None
+        if purgers is not None:
+            purgers.close(self.advance)
 
 
 class Fleet:
@@ -88,6 +108,9 @@ class Fleet:
 
     def advance(self, count: int) -> None:
         """Nothing to show: a fleet run reports through its SweepRun."""
+
+    def settle(self) -> None:
+        """Nothing to wait for: the chunks are the workers' (sent at commit)."""
 
     def _send(self, name: str, args: list[Any], kwargs: dict[str, Any], run_id: int, size: int) -> None:
         def send() -> None:
