@@ -10,6 +10,7 @@ lost, the row is still there and the recovery pass publishes it again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,11 +51,12 @@ def publish(tasks: Iterable[Task | Delivery], *, now: datetime | None = None) ->
     app = current_app
     now = now or timezone.now()
     sent = 0
-    # One batch: the messages go to Redis in one pipelined round trip at the end (kombu's
-    # producer batch), not one round trip each. If that write fails, the rows stay queued and
-    # recovery publishes them again.
-    with app.producer_or_acquire() as producer, producer.batch():
-        for item in tasks:
+    items = list(tasks)
+    # Several messages go to Redis in one pipelined round trip at the end (kombu's producer
+    # batch), not one round trip each; a single one goes straight. If the write fails, the rows
+    # stay queued and recovery publishes them again.
+    with app.producer_or_acquire() as producer, producer.batch() if len(items) > 1 else contextlib.nullcontext():
+        for item in items:
             delivery = _as_delivery(item)
             soft = delivery.timeout.total_seconds()
             options: dict[str, object] = {
