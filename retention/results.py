@@ -5,7 +5,7 @@ call, each in one fenced transaction that re-checks the task is still due under 
 so a duplicate run audits nothing twice and a held task keeps its result.
 
 Most results have no files: on PostgreSQL those go in one statement per batch
-(``purge_result_rows``), which walks the result table by its expiry index, locks the tasks,
+(``purge_result_rows``), which walks the result table by its expiry index, re-checks each task,
 deletes the results and writes their audit records together — no per-row Python, no
 transaction longer than one batch.
 """
@@ -19,11 +19,11 @@ from uuid import UUID
 
 from django.core.files.storage import Storage
 from django.db import connection
-from django.db.models import BooleanField, Exists, OuterRef, QuerySet
+from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from retention import audit, fence, objects, policies
-from retention.holds import exclude_held
+from retention.holds import active_hold_exists, exclude_held
 from retention.models import AuditRecord
 from retention.purge import delete_manifest, in_groups, manifest_stats
 from retention.runs import PurgeCounts
@@ -117,52 +117,53 @@ def purge_result_rows(
     that key, so held, locked or file-owning results left behind never block the walk. A task
     owning result files is left to ``purge_results`` (its objects go before its rows).
     """
+    results = TaskResult._meta.db_table
     scan = TaskResult.objects.filter(expires_at__lte=now)
     if after is not None:
         # A row comparison, so the index scan starts right after the last key instead of walking
         # past every result this run already deleted.
-        scan = scan.filter(
-            RawSQL("(expires_at, task_id) > (%s, %s)", (after[0], after[1]), output_field=BooleanField())
-        )
+        key = f"({results}.expires_at, {results}.task_id) > (%s, %s)"
+        scan = scan.filter(RawSQL(key, (after[0], after[1]), output_field=BooleanField()))  # noqa: S611 - our table
     # The result rows are the lock (SKIP LOCKED: another sweep's batch is left to it); a task
     # purge deletes the same rows, so whichever is second deletes, and audits, nothing. Holds
-    # are fenced; the task's own result_expires_at, status and holds are re-checked here.
-    scan = (
-        scan.order_by("expires_at", "task_id")
-        .select_for_update(skip_locked=True)
-        .values("task_id", "expires_at")[:limit]
+    # are fenced; the task's own result_expires_at, status and holds are re-checked here, per
+    # scanned row, as a column rather than a filter: the scan stays one walk of the expiry index
+    # that probes each task by its key (a join the planner could turn into a scan of every task
+    # past its result expiry, which only grows), and still counts the rows it passes over.
+    files = StoredObject.objects.filter(task=OuterRef("task_id")).exclude(kind=StoredObject.INPUT_KIND)
+    due = (
+        Q(task__result_expires_at__lte=now)
+        & ~Q(task__status__in=GONE_STATUSES)
+        & ~active_hold_exists("task__")
+        & ~Exists(files)
     )
-    files = StoredObject.objects.filter(task=OuterRef("pk")).exclude(kind=StoredObject.INPUT_KIND)
+    scan = (
+        scan.annotate(row=RawSQL(f"{results}.ctid", ()), due=ExpressionWrapper(due, BooleanField()))  # noqa: S611
+        .order_by("expires_at", "task_id")
+        .select_for_update(skip_locked=True, of=("self",))
+        .values("row", "task_id", "expires_at", "task__owner_id", "task__task_type", "due")[:limit]
+    )
     with fence.deleting():
-        locked = (
-            exclude_held(Task.objects.filter(pk__in=RawSQL("SELECT task_id FROM scan", ())))
-            .filter(result_expires_at__lte=now)
-            .exclude(status__in=GONE_STATUSES)
-            .exclude(Exists(files))
-            .order_by()
-            .values("id", "owner_id", "task_type")
-        )
         scan_sql, scan_params = _compiled(scan)
-        locked_sql, locked_params = _compiled(locked)
         insert_sql, insert_params = audit.result_records_from("gone", now, run_id)
-        results = TaskResult._meta.db_table
         with connection.cursor() as cursor:
-            # Compiled ORM SQL and a table name are interpolated; the values are parameters.
+            # Compiled ORM SQL and a table name are interpolated; the values are parameters. The
+            # delete finds each row by the ctid the scan locked (it cannot move while locked).
             cursor.execute(
                 f"""
-                WITH scan AS MATERIALIZED ({scan_sql}),
-                locked AS MATERIALIZED ({locked_sql}),
-                gone AS (
-                    DELETE FROM {results} AS r USING locked
-                    WHERE r.task_id = locked.id
-                    RETURNING locked.id, locked.owner_id, locked.task_type
+                WITH scan (row, task_id, expires_at, owner_id, task_type, due) AS MATERIALIZED ({scan_sql}),
+                deleted AS (
+                    DELETE FROM {results}
+                    WHERE ctid = ANY(ARRAY(SELECT row FROM scan WHERE due))
+                    RETURNING task_id
                 ),
+                gone AS (SELECT scan.task_id AS id, owner_id, task_type FROM deleted JOIN scan USING (task_id)),
                 audited AS ({insert_sql} RETURNING 1),
                 last AS (SELECT expires_at, task_id FROM scan ORDER BY expires_at DESC, task_id DESC LIMIT 1)
                 SELECT (SELECT count(*) FROM scan), (SELECT count(*) FROM audited),
                        (SELECT expires_at FROM last), (SELECT task_id FROM last)
                 """,  # noqa: S608
-                [*scan_params, *locked_params, *insert_params],
+                [*scan_params, *insert_params],
             )
             scanned, purged, last_at, last_id = cursor.fetchone()
     return scanned, purged, (last_at, str(last_id)) if last_id is not None else None
