@@ -1,7 +1,7 @@
 """``result_sweep_rows_per_s``: the result-TTL sweep against django-celery-results' ``delete_expired()``.
 
 Both sides delete N expired results among N live ones, seeded with SQL. Ours is
-``retention_sweep --kind results`` in this process (batches of ``RETENTION_BATCH_SIZE``, one audit
+``retention_sweep --kind results`` in this process (batches of ``RETENTION_RESULT_BATCH_SIZE``, one audit
 record per result, each batch its own transaction); the baseline runs in a child process on a
 throwaway database with django-celery-results installed (bench/dcr_settings.py), one
 transaction for everything, no audit. The longest open transaction of each is sampled from

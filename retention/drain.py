@@ -56,11 +56,15 @@ class Budget:
 
 @dataclass
 class Step:
-    """One source of work: ``take(n)`` claims (or records) up to n items; ``send`` purges them."""
+    """One source of work: ``take(n)`` claims (or records) up to n items; ``send`` purges them.
+
+    ``size`` is its batch size when not ``RETENTION_BATCH_SIZE``.
+    """
 
     take: Callable[[int], list[Any]]
     send: Callable[[list[Any], int], None] | None = None
     shadow: bool = False
+    size: int | None = None
 
 
 def drain(
@@ -78,11 +82,12 @@ def drain(
 
     ``own`` collects what steps that purge in place (no ``send``) did, recorded with the run.
     """
-    size = conf.batch_size()
+    default_size = conf.batch_size()
     own = own if own is not None else PurgeCounts()
     unfinished = False
     try:
         for step in steps:
+            size = step.size or default_size
             while not unfinished:
                 if budget.limit_reached:
                     break

@@ -17,7 +17,7 @@ from typing import Any
 from django.db.models import BooleanField, F
 from django.db.models.expressions import RawSQL
 
-from retention import audit, claims, orphans, policies, results, shadow
+from retention import audit, claims, conf, orphans, policies, results, shadow
 from retention.choices import Reason, SweepKind
 from retention.drain import Budget, Step, drain
 from retention.fanout import FLEET, Fanout, InProcess
@@ -105,7 +105,7 @@ def sweep_results(
             position["after"] = f"f:{ids[-1]}"
         return ids
 
-    steps = [Step(purge_rows), Step(take_by_id, fanout.purge_results)]
+    steps = [Step(purge_rows, size=conf.result_batch_size()), Step(take_by_id, fanout.purge_results)]
     return drain(
         SweepKind.RESULTS,
         run_id,

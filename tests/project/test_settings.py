@@ -30,6 +30,7 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ("TASKS_MAX_EXPIRES_IN", "forever"),
         ("TASKS_MAX_PAYLOAD_BYTES", "1MB"),
         ("RETENTION_BATCH_SIZE", "0"),
+        ("RETENTION_RESULT_BATCH_SIZE", "0"),
         ("RETENTION_ORPHAN_GRACE", "an hour"),
         ("RETENTION_LAG_ALERT", "nan"),
         ("RETENTION_CLAIM_TIMEOUT", "-1"),

@@ -88,8 +88,8 @@ def test_a_short_result_ttl_keeps_the_result_until_it_passes(make_user: Any) -> 
 
 @pytest.mark.django_db
 def test_results_are_swept_in_batches(make_task: Any, settings: Any, monkeypatch: Any) -> None:
-    # given seven tasks with expired results (some only a TaskResult, some only files) and a batch size of 3
-    settings.RETENTION_BATCH_SIZE = 3
+    # given seven tasks with expired results (some only a TaskResult, some only files) and batch sizes of 3
+    settings.RETENTION_BATCH_SIZE = settings.RETENTION_RESULT_BATCH_SIZE = 3
     now = timezone.now()
     tasks = [make_task(result_expires_at=now, result={"n": i}) for i in range(4)]
     tasks += [make_task(result_expires_at=now, files={"out/a.txt": b"a"}) for _ in range(3)]
@@ -124,12 +124,47 @@ def test_results_are_swept_in_batches(make_task: Any, settings: Any, monkeypatch
 
 
 @pytest.mark.django_db
+def test_results_without_files_go_in_batches_of_their_own_size(make_task: Any, settings: Any, monkeypatch: Any) -> None:
+    # given five results without files, two tasks owning result files, RETENTION_BATCH_SIZE 2
+    # and RETENTION_RESULT_BATCH_SIZE 4
+    settings.RETENTION_BATCH_SIZE = 2
+    settings.RETENTION_RESULT_BATCH_SIZE = 4
+    now = timezone.now()
+    for i in range(5):
+        make_task(result_expires_at=now, result={"n": i})
+    for _ in range(2):
+        make_task(result_expires_at=now, files={"out/a.txt": b"a"})
+    statements: list[int] = []
+    chunks: list[int] = []
+    set_based = results.purge_result_rows
+
+    def counting(*args: Any, limit: int, **kwargs: Any) -> tuple[int, int, Any]:
+        statements.append(limit)
+        return set_based(*args, limit=limit, **kwargs)
+
+    monkeypatch.setattr(results, "purge_result_rows", counting)
+
+    class Recording(sweeps.InProcess):
+        def purge_results(self, task_ids: list[str], run_id: int) -> None:
+            chunks.append(len(task_ids))
+            super().purge_results(task_ids, run_id)
+
+    # when the results sweep runs
+    run = sweeps.sweep_results(now, fanout=Recording(now))
+
+    # then the set-based statements took four at a time, the two-phase path two
+    assert statements == [4, 4]
+    assert chunks == [2]
+    assert run.purged == 7
+
+
+@pytest.mark.django_db
 def test_held_and_extended_results_do_not_stall_the_set_based_walk(make_task: Any, settings: Any) -> None:
-    # given a batch size of 2, three held results first in expiry order, one whose task's own
+    # given batch sizes of 2, three held results first in expiry order, one whose task's own
     # result_expires_at was extended after it was written, and two plainly due
     from retention import services
 
-    settings.RETENTION_BATCH_SIZE = 2
+    settings.RETENTION_BATCH_SIZE = settings.RETENTION_RESULT_BATCH_SIZE = 2
     now = timezone.now()
     held = [
         make_task(result_expires_at=now - timedelta(hours=3), result={"n": i}, task_type="held.type") for i in range(3)
@@ -168,12 +203,12 @@ def test_a_shadow_policys_result_ttl_deletes_nothing(make_user: Any, no_default_
 
 @pytest.mark.django_db(transaction=True)
 def test_two_result_sweeps_at_once_audit_each_result_once(make_task: Any, settings: Any) -> None:
-    # given forty expired results and a batch size of 3
+    # given forty expired results and batch sizes of 3
     import threading
 
     from django.db import connection
 
-    settings.RETENTION_BATCH_SIZE = 3
+    settings.RETENTION_BATCH_SIZE = settings.RETENTION_RESULT_BATCH_SIZE = 3
     now = timezone.now()
     tasks = [make_task(result_expires_at=now, result={"n": i}) for i in range(40)]
     barrier = threading.Barrier(2)
