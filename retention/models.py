@@ -271,8 +271,15 @@ class AuditRecord(models.Model):
     objects_deleted = models.PositiveBigIntegerField(default=0)
     bytes_freed = models.PositiveBigIntegerField(default=0)
     occurred_at = models.DateTimeField(default=timezone.now)
+    # On PostgreSQL, triggers check the run once per insert statement instead of a foreign key
+    # constraint checking each record (migration 0010); SQLite keeps the constraint.
     sweep_run = models.ForeignKey(
-        SweepRun, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_records"
+        SweepRun,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        db_constraint=False,
+        related_name="audit_records",
     )
 
     objects = AuditRecordQuerySet.as_manager()

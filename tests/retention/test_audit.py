@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from retention import audit
 from retention.models import AppendOnlyError, AuditAction, AuditRecord, SweepRun
@@ -81,6 +81,56 @@ def test_postgresql_refuses_update_and_delete_from_raw_sql(statement: str) -> No
             "VALUES ('x', 'orphan_deleted', 'orphan', 0, 0, now())"
         )
     assert AuditRecord.objects.count() == 2
+
+
+_INSERT = (
+    "INSERT INTO retention_auditrecord (task_type, action, reason, objects_deleted, bytes_freed, occurred_at, "
+    "sweep_run_id) SELECT 'x', 'result_purged', 'result_ttl', 0, 0, now(), run FROM unnest(%s::bigint[]) AS run"
+)
+
+
+def _checked_now(statement: str, params: list[Any]) -> None:
+    """Run ``statement`` in a transaction whose constraints are checked as it goes, not at commit."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(statement, params)
+
+
+@pytest.mark.django_db
+def test_records_naming_a_sweep_run_that_does_not_exist_are_refused_whole() -> None:
+    # given one run, and an id no run has
+    run = SweepRun.objects.create(kind="results")
+    missing = run.pk + 1000
+
+    # when one statement inserts records naming the run and the missing id, then it is refused
+    # and nothing of it stays
+    with pytest.raises(IntegrityError):
+        _checked_now(_INSERT, [[run.pk, run.pk, missing]])
+    with pytest.raises(IntegrityError):
+        _checked_now(_INSERT, [[missing]])
+    assert AuditRecord.objects.count() == 0
+
+    # while records naming existing runs, or none, are written
+    _checked_now(_INSERT, [[run.pk, run.pk, None]])
+    assert AuditRecord.objects.filter(sweep_run=run).count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "statement",
+    ["DELETE FROM retention_sweeprun WHERE id = %s", "UPDATE retention_sweeprun SET id = -id WHERE id = %s"],
+)
+def test_the_database_refuses_to_delete_a_sweep_run_that_records_refer_to(statement: str) -> None:
+    # given a run a record refers to, and one no record refers to
+    run, empty = SweepRun.objects.create(kind="results"), SweepRun.objects.create(kind="results")
+    _record(sweep_run=run)
+
+    # when raw SQL deletes or renumbers either, then only the unreferred one changes
+    with pytest.raises(IntegrityError):
+        _checked_now(statement, [run.pk])
+    _checked_now(statement, [empty.pk])
+    assert SweepRun.objects.filter(pk=run.pk).exists()
+    assert not SweepRun.objects.filter(pk=empty.pk).exists()
 
 
 def _rows(text: str) -> list[list[str]]:
