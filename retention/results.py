@@ -19,7 +19,7 @@ from uuid import UUID
 
 from django.core.files.storage import Storage
 from django.db import connection
-from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from retention import audit, fence, objects, policies
@@ -138,10 +138,15 @@ def purge_result_rows(
         & ~Exists(files)
     )
     scan = (
-        scan.annotate(row=RawSQL(f"{results}.ctid", ()), due=ExpressionWrapper(due, BooleanField()))  # noqa: S611
+        scan.annotate(
+            row=RawSQL(f"{results}.ctid", ()),  # noqa: S611 - our table's name
+            owner_id=F("task__owner_id"),
+            task_type=F("task__task_type"),
+            due=ExpressionWrapper(due, BooleanField()),
+        )
         .order_by("expires_at", "task_id")
         .select_for_update(skip_locked=True, of=("self",))
-        .values("row", "task_id", "expires_at", "task__owner_id", "task__task_type", "due")[:limit]
+        .values("row", "task_id", "expires_at", "owner_id", "task_type", "due")[:limit]
     )
     with fence.deleting():
         scan_sql, scan_params = _compiled(scan)
@@ -151,7 +156,7 @@ def purge_result_rows(
             # delete finds each row by the ctid the scan locked (it cannot move while locked).
             cursor.execute(
                 f"""
-                WITH scan (row, task_id, expires_at, owner_id, task_type, due) AS MATERIALIZED ({scan_sql}),
+                WITH scan AS MATERIALIZED ({scan_sql}),
                 deleted AS (
                     DELETE FROM {results}
                     WHERE ctid = ANY(ARRAY(SELECT row FROM scan WHERE due))
