@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +16,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from retention import audit
 from retention.models import AppendOnlyError, AuditAction, AuditRecord, SweepRun
+from tests.threads import in_thread
 
 
 def _record(**fields: Any) -> AuditRecord:
@@ -131,6 +134,39 @@ def test_the_database_refuses_to_delete_a_sweep_run_that_records_refer_to(statem
     _checked_now(statement, [empty.pk])
     assert SweepRun.objects.filter(pk=run.pk).exists()
     assert not SweepRun.objects.filter(pk=empty.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweep_run_stays_while_a_transaction_writing_records_that_name_it_is_open() -> None:
+    # given a transaction that has written a record naming a run and has not committed yet
+    run = SweepRun.objects.create(kind="results")
+    written, deleting = threading.Event(), threading.Event()
+    out: dict[str, Any] = {}
+
+    def write() -> None:
+        with transaction.atomic():
+            _record(sweep_run=run)
+            written.set()
+            deleting.wait(5)
+            time.sleep(0.3)  # the delete is waiting by now
+
+    def delete() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM retention_sweeprun WHERE id = %s", [run.pk])
+
+    writer = in_thread(write, out, "write")
+    assert written.wait(5)
+
+    # when another connection deletes the run meanwhile
+    deleting.set()
+    deleter = in_thread(delete, out, "delete")
+    writer.join(10)
+    deleter.join(10)
+
+    # then the delete waited for the record's commit and was refused; the record and its run stay
+    assert out["write"] is None
+    assert isinstance(out["delete"], IntegrityError)
+    assert AuditRecord.objects.filter(sweep_run=run).count() == 1
 
 
 def _rows(text: str) -> list[list[str]]:
