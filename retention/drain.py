@@ -1,7 +1,7 @@
 """The drain loop every sweep runs: take bounded batches from its steps and hand them on.
 
-A sweep never loads all due ids: each step takes ``RETENTION_BATCH_SIZE`` items at a time
-(ordered by an indexed key, no OFFSET) and passes each batch to the fan-out; a fleet run stops
+A sweep never loads all due ids: each step takes ``RETENTION_BATCH_SIZE`` items (or its own
+size) at a time (ordered by an indexed key, no OFFSET) and passes each batch to the fan-out; a fleet run stops
 after ``RETENTION_SWEEP_BATCHES`` batches and re-enqueues itself to continue, a run in process
 (commands, tests) goes on to the end. A step ends when a batch comes back short.
 """
