@@ -21,6 +21,7 @@ from uuid import UUID
 
 from django.db import connection
 
+from tasks_app import storable
 from tasks_app.models import Task, TaskResult, TaskStatus
 
 
@@ -72,7 +73,7 @@ def take(task_id: UUID | str, *, now: datetime, lease_until: datetime, worker: s
         at,
         at,
         _value("lease_expires_at", lease_until),
-        _value("worker", worker[:255]),
+        _value("worker", _worker_name(worker)),
         _value("id", task_id),
         _value("status", TaskStatus.QUEUED),
         at,
@@ -82,6 +83,16 @@ def take(task_id: UUID | str, *, now: datetime, lease_until: datetime, worker: s
         cursor.execute(_take_sql(), params)
         rows = cursor.fetchall()
     return _tasks(rows)[0] if rows else None
+
+
+def _worker_name(worker: str) -> str:
+    """``worker`` as a text column holds it: no NUL, no lone surrogate, at most 255 characters.
+
+    A name the database refused would make every take on that worker fail, so its deliveries
+    would never run there.
+    """
+    readable = storable.text(worker).encode("utf-8", "backslashreplace").decode("utf-8")
+    return readable[:255]
 
 
 @functools.cache
