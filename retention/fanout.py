@@ -13,7 +13,7 @@ from django.core.files.storage import Storage
 from django.db import transaction
 from django.utils import timezone
 
-from retention import overlap, purge, results
+from retention import claims, overlap, purge, results
 from retention.choices import SweepKind
 from retention.runs import PurgeCounts, record
 
@@ -64,11 +64,11 @@ class InProcess:
 
     def purge_tasks(self, task_ids: list[UUID], run_id: int) -> None:
         if self._purgers is None and overlap.usable():
-            self._purgers = overlap.Purgers()
+            self._purgers = overlap.Purgers(keep_alive=lambda ids: claims.heartbeat(ids, self.now))
         if self._purgers is not None:
             ids = list(task_ids)
             work = lambda: run_tasks_chunk(ids, run_id, now=self.now, storage=self.storage)  # noqa: E731
-            self._purgers.submit(work, len(ids), self.advance)
+            self._purgers.submit(work, len(ids), self.advance, claimed=ids)
             return
         run_tasks_chunk(task_ids, run_id, now=self.now, storage=self.storage)
         self.advance(len(task_ids))
