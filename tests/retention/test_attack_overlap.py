@@ -7,9 +7,15 @@ the threads' database connections. Real PostgreSQL and S3 (the overlap is Postgr
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.db import connection
@@ -19,6 +25,8 @@ from retention import claims, finish, objects, policies, sweeps
 from retention.models import AuditRecord, LegalHold, RetentionPolicy, SweepRun
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.threads import in_thread
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Gate:
@@ -322,3 +330,70 @@ def test_claims_waiting_for_a_purger_thread_keep_their_lease(
     assert queued == 4
     assert stale == []
     assert isinstance(out["run"], SweepRun)
+
+
+# The sweep: purges on its two threads, each stopping dead inside its fenced transaction right
+# after the final statement ran (records, row deletes and tombstones written, not committed).
+_SWEEPER = """
+import os, time
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+import django
+django.setup()
+from django.utils import timezone
+from retention import finish, sweeps
+
+real_finish = finish.finish_tasks
+
+def stop_here(*args, **kwargs):
+    real_finish(*args, **kwargs)
+    print("written", flush=True)
+    time.sleep(600)
+
+finish.finish_tasks = stop_here
+now = timezone.now()
+sweeps.sweep_tasks(now, fanout=sweeps.InProcess(now))
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweep_killed_while_both_threads_finish_their_groups_records_nothing_and_is_finished_once(
+    make_task: Any, settings: Any, bucket_keys: Any
+) -> None:
+    # given 4 expired tasks with a file each, and a sweep process (batches of 1) whose two purger
+    # threads have both written their final statement, uncommitted
+    now = timezone.now()
+    tasks = [make_task(expires_at=now - timedelta(minutes=i), files={"out/a.txt": b"xy"}) for i in range(4)]
+    url = urlsplit(os.environ["DATABASE_URL"])
+    env = {
+        **os.environ,
+        "DATABASE_URL": urlunsplit(url._replace(path=f"/{connection.settings_dict['NAME']}")),
+        "RETENTION_BATCH_SIZE": "1",
+    }
+    sweeper = subprocess.Popen(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", _SWEEPER], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for _ in range(2):
+            line = sweeper.stdout.readline() if sweeper.stdout else ""
+            assert line.strip() == "written", sweeper.stderr.read() if sweeper.stderr else ""
+
+        # when the process dies (SIGKILL) before either transaction commits
+        sweeper.send_signal(signal.SIGKILL)
+        sweeper.wait(timeout=30)
+    finally:
+        if sweeper.poll() is None:
+            sweeper.kill()
+            sweeper.wait()
+
+    # then nothing was recorded and no task was tombstoned
+    ids = [t.pk for t in tasks]
+    assert not AuditRecord.objects.filter(task_id__in=ids).exists()
+    assert not Task.objects.filter(pk__in=ids, status=TaskStatus.EXPIRED).exists()
+
+    # and a sweep after the claim timeout finishes every task with exactly one record
+    later = timezone.now() + settings.RETENTION_CLAIM_TIMEOUT + timedelta(seconds=1)
+    run = sweeps.sweep_tasks(later, fanout=sweeps.InProcess(later))
+    assert Task.objects.filter(pk__in=ids, status=TaskStatus.EXPIRED).count() == 4
+    assert AuditRecord.objects.filter(task_id__in=ids).count() == 4
+    assert run.purged == _audited(run) == 4
+    assert all(bucket_keys(f"tasks/{task.pk}/") == set() for task in tasks)
