@@ -9,10 +9,12 @@ takes (so after Celery's fork) and lets its database connection go at the first 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
+import weakref
 from uuid import UUID
 
 from django.db import connection
@@ -34,6 +36,21 @@ class LeaseKeeper:
         self._wake = threading.Event()
         self._next_tick = float("inf")
         self._thread: threading.Thread | None = None
+        self._pid = 0
+        os.register_at_fork(after_in_child=functools.partial(_forget_in_child, weakref.ref(self)))
+
+    def _forget(self) -> None:
+        """In a forked child: hold nothing and start afresh.
+
+        The parent's leases are the parent's: a child renewing them would keep a dead parent's
+        tasks ``running`` for as long as the child lives, never recovered. A lock some parent
+        thread held at the fork would never be released in the child.
+        """
+        self._held = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._next_tick = float("inf")
+        self._thread = None
         self._pid = 0
 
     def hold(self, task_id: UUID, attempt: int) -> None:
@@ -89,6 +106,12 @@ class LeaseKeeper:
             connection.close()
             return False
         return True
+
+
+def _forget_in_child(keeper: weakref.ref[LeaseKeeper]) -> None:
+    alive = keeper()
+    if alive is not None:
+        alive._forget()
 
 
 def _interval() -> float:

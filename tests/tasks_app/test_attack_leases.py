@@ -1,15 +1,21 @@
 """Attacks on the lease keeper that ticks every third of a lease (leases.py).
 
 Many holds and releases in a busy process, and the keeper's connection killed by the server,
-while one long attempt must keep its lease ahead of the clock throughout. Real PostgreSQL.
+while one long attempt must keep its lease ahead of the clock throughout; a process holding
+leases that forks. Real PostgreSQL.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.db import connection
@@ -20,6 +26,8 @@ from tasks_app import leases
 from tasks_app.models import Task, TaskStatus
 from tasks_app.services import submit
 from tests.threads import in_thread
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _running(lease: timedelta) -> Task:
@@ -81,3 +89,63 @@ def test_a_held_lease_never_lapses_while_other_attempts_churn_and_the_keeper_los
 
     # then the held lease was ahead of the clock at every look
     assert lapsed == []
+
+
+# A worker process holding a lease forks a child that runs tasks of its own (a pool process made
+# from a busy one, a handler's multiprocessing child running deliveries). The parent's attempt
+# then ends (or the parent dies): its lease must lapse, whatever the child still holds.
+_FORKER = """
+import os, sys, time, uuid
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+import django
+django.setup()
+from tasks_app import leases
+
+parents, childs = uuid.UUID(sys.argv[1]), uuid.UUID(sys.argv[2])
+leases.KEEPER.hold(parents, 1)
+time.sleep(0.5)
+pid = os.fork()
+if pid == 0:
+    leases.KEEPER.hold(childs, 1)  # the child's own delivery; its keeper thread starts here
+    time.sleep(8)
+    os._exit(0)
+leases.KEEPER.release(parents)
+print("released", flush=True)
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_forked_child_renews_only_its_own_leases_not_the_ones_its_parent_held(settings: Any) -> None:
+    # given two running attempts, one held by a worker process that then forks a child running the other
+    lease = timedelta(seconds=1)
+    parents, childs = _running(lease), _running(lease)
+    url = urlsplit(os.environ["DATABASE_URL"])
+    env = {
+        **os.environ,
+        "DATABASE_URL": urlunsplit(url._replace(path=f"/{connection.settings_dict['NAME']}")),
+        "TASKS_LEASE": "1",
+    }
+    forker = subprocess.Popen(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", _FORKER, str(parents.pk), str(childs.pk)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = forker.stdout.readline() if forker.stdout else ""
+        assert line.strip() == "released", forker.stderr.read() if forker.stderr else ""
+
+        # when the parent's attempt has ended and more than two leases pass
+        threading.Event().wait(3.0)
+        rows = dict(Task.objects.filter(pk__in=[parents.pk, childs.pk]).values_list("pk", "lease_expires_at"))
+        now = timezone.now()
+    finally:
+        forker.kill()
+        forker.wait()
+
+    # then the child kept its own lease alive and let the parent's lapse (recovery may take it)
+    assert rows[childs.pk] > now
+    assert rows[parents.pk] < now
