@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.embedded import embedded_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_embedded_mode_migrates_and_seeds_on_sqlite(tmp_path: Path) -> None:
     # every migration must also run on SQLite (the tests otherwise run on PostgreSQL)
-    env = {
-        **os.environ,
-        "VAR_DIR": str(tmp_path),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "CELERY_BROKER_URL": "filesystem://",
-        "AWS_STORAGE_BUCKET_NAME": "",
-    }
+    env = embedded_env(tmp_path)
     for args in (["migrate", "--noinput"], ["seed_demo"], ["retention_status"]):
         result = subprocess.run(
             [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180

@@ -7,7 +7,6 @@ operator are separate processes on one SQLite file (``make run``: web, worker, b
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from django.utils import timezone
 from retention import objects, results
 from retention.models import AuditRecord, LegalHold
 from tasks_app.models import StoredObject, TaskResult
+from tests.embedded import embedded_env
 from tests.threads import in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,13 +131,7 @@ def test_a_hold_saved_by_another_process_in_the_embedded_mode_waits_and_stops_la
     # given the embedded mode: a worker process purging, in the middle of its storage call
     signals = tmp_path / "signals"
     signals.mkdir()
-    env = {
-        **os.environ,
-        "VAR_DIR": str(tmp_path),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "CELERY_BROKER_URL": "filesystem://",
-        "AWS_STORAGE_BUCKET_NAME": "",
-    }
+    env = embedded_env(tmp_path)
 
     def start(role: str) -> subprocess.Popen[str]:
         return subprocess.Popen(  # noqa: S603 - our own interpreter and script

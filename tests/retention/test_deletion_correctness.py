@@ -22,6 +22,7 @@ from django.utils import timezone
 from retention import claims, objects, policies, purge, reports, services, sweeps
 from retention.models import AuditAction, AuditRecord, LegalHold, RetentionPolicy
 from tasks_app.models import StoredObject, Task, TaskStatus
+from tests.embedded import run_embedded
 from tests.threads import in_thread
 
 
@@ -107,30 +108,7 @@ def test_a_hold_is_saved_within_seconds_while_a_large_chunk_purges(
 def test_legal_holds_are_fenced_in_the_embedded_mode(tmp_path: Any) -> None:
     """On SQLite (make run: web, worker, beat as separate processes) the fence was a no-op: a hold
     saved while a purge deleted did not wait, and the task was tombstoned under it."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    env = {
-        **os.environ,
-        "VAR_DIR": str(tmp_path),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "CELERY_BROKER_URL": "filesystem://",
-        "AWS_STORAGE_BUCKET_NAME": "",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.retention.embedded_fence"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    outcome = run_embedded("tests.retention.embedded_fence", tmp_path, timeout=240)
     assert outcome["hold_waited"], "the hold must wait for the deletion under way"
     assert outcome["first"] == "expired"
     assert outcome["second"] == "succeeded", "a purge after the hold must give its claim back"

@@ -7,10 +7,6 @@ the finished signal. The same cases run on the embedded SQLite mode in a subproc
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +16,7 @@ from django.utils import timezone
 from tasks_app import executor, statements
 from tasks_app.models import Task, TaskResult, TaskStatus
 from tasks_app.services import cancel, submit
+from tests.embedded import run_embedded
 from tests.tasks_app.statement_cases import run_cases
 from tests.threads import in_thread
 
@@ -58,27 +55,11 @@ def test_take_and_finish_handle_edge_values_on_postgresql() -> None:
 
 def test_take_and_finish_handle_edge_values_on_sqlite(tmp_path: Path) -> None:
     # given the embedded mode's database (SQLite, local files, file-system broker)
-    env = {
-        **os.environ,
-        "VAR_DIR": str(tmp_path),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "CELERY_BROKER_URL": "filesystem://",
-        "AWS_STORAGE_BUCKET_NAME": "",
-    }
-
     # when every case runs there
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.tasks_app.statement_cases"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    outcome = run_embedded("tests.tasks_app.statement_cases", tmp_path, timeout=180)
 
     # then each behaves as on PostgreSQL
-    assert result.returncode == 0, result.stderr[-3000:]
-    _check(json.loads(result.stdout.strip().splitlines()[-1]))
+    _check(outcome)
 
 
 @pytest.mark.django_db
