@@ -105,10 +105,10 @@ def drain(
                 if len(items) < wanted:
                     break
         # Batches still purging in this process finish before the run is recorded.
-        _settle(fanout)
+        fanout.settle()
     except Exception as exc:
         with contextlib.suppress(Exception):  # the first failure is the one raised
-            _settle(fanout)
+            fanout.settle()
         logger.exception("sweep failed", extra={"kind": kind, "sweep_run": run_id})
         own.error(f"sweep failed: {exc!r}")
         record(run_id, own, now=now)
@@ -122,10 +122,3 @@ def drain(
     else:
         record(run_id, own, now=now)
     return SweepRun.objects.get(pk=run_id)
-
-
-def _settle(fanout: Fanout) -> None:
-    # A fan-out written before ``settle`` existed hands nothing to the background.
-    settle = getattr(fanout, "settle", None)
-    if settle is not None:
-        settle()

@@ -44,7 +44,8 @@ def of_tasks(rows: QuerySet, ids: Sequence[UUID], field: str = "task") -> QueryS
     (a group has hundreds, and each costs the client time to quote and the server to parse)."""
     if connection.vendor != "postgresql":
         return rows.filter(**{f"{field}__in": list(ids)})
-    column = f'"{rows.model._meta.db_table}"."{rows.model._meta.get_field(field).column}"'
+    quote = connection.ops.quote_name
+    column = f"{quote(rows.model._meta.db_table)}.{quote(rows.model._meta.get_field(field).column)}"
     # A quoted column name of the model; the ids are one parameter.
     among = RawSQL(f"{column} = ANY(%s::uuid[])", (list(ids),), output_field=BooleanField())  # noqa: S611
     return rows.filter(among)
