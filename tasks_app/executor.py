@@ -134,7 +134,7 @@ def execute(task_id: UUID | str, *, worker: str, run_at: datetime | None = None)
     except Exception as exc:
         return _fail(task, ctx, _describe(exc), permanent=False)
     finally:
-        leases.KEEPER.release(task.id)
+        leases.KEEPER.release(task.id, task.attempts)
     return _succeed(task, ctx, result)
 
 

@@ -28,10 +28,15 @@ logger = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """The process's leases (task id → attempt) and the thread renewing them."""
+    """The process's leases (task id and attempt, each) and the thread renewing them.
+
+    Keyed by attempt, not task alone: in a threads or gevent pool one process may run an old
+    attempt that lost its lease beside the new attempt recovery gave the task to; the old one
+    finishing late must release only its own lease, never the new attempt's.
+    """
 
     def __init__(self) -> None:
-        self._held: dict[UUID, int] = {}
+        self._held: set[tuple[UUID, int]] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._next_tick = float("inf")
@@ -46,7 +51,7 @@ class LeaseKeeper:
         tasks ``running`` for as long as the child lives, never recovered. A lock some parent
         thread held at the fork would never be released in the child.
         """
-        self._held = {}
+        self._held = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._next_tick = float("inf")
@@ -62,7 +67,7 @@ class LeaseKeeper:
         lease shortened since the thread went to sleep wakes it early.
         """
         with self._lock:
-            self._held[task_id] = attempt
+            self._held.add((task_id, attempt))
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
                 self._next_tick = float("inf")
@@ -71,10 +76,10 @@ class LeaseKeeper:
             elif time.monotonic() + _interval() < self._next_tick:
                 self._wake.set()
 
-    def release(self, task_id: UUID) -> None:
-        """Stop renewing the lease (the attempt finished, or gave up)."""
+    def release(self, task_id: UUID, attempt: int) -> None:
+        """Stop renewing this attempt's lease (it finished, or gave up)."""
         with self._lock:
-            self._held.pop(task_id, None)
+            self._held.discard((task_id, attempt))
 
     def _run(self) -> None:
         wait = _interval()
@@ -84,16 +89,16 @@ class LeaseKeeper:
             if self._wake.wait(wait):
                 self._wake.clear()
             with self._lock:
-                held = dict(self._held)
+                held = set(self._held)
             if not held:
                 connection.close()  # an idle process holds no connection for renewals
                 wait = _interval()
                 continue
             wait = _interval() if self._renew(held) else min(_interval(), 1.0)
 
-    def _renew(self, held: dict[UUID, int]) -> bool:
+    def _renew(self, held: set[tuple[UUID, int]]) -> bool:
         attempts = Q()
-        for task_id, attempt in held.items():
+        for task_id, attempt in held:
             attempts |= Q(pk=task_id, attempts=attempt)
         try:
             Task.objects.filter(attempts, status=TaskStatus.RUNNING).update(

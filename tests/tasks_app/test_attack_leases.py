@@ -65,7 +65,7 @@ def test_a_held_lease_never_lapses_while_other_attempts_churn_and_the_keeper_los
         while not stop.is_set():
             task_id = uuid.uuid4()
             keeper.hold(task_id, 1)
-            keeper.release(task_id)
+            keeper.release(task_id, 1)
 
     churners = [in_thread(churn) for _ in range(3)]
 
@@ -84,8 +84,8 @@ def test_a_held_lease_never_lapses_while_other_attempts_churn_and_the_keeper_los
     stop.set()
     for thread in churners:
         thread.join(timeout=10)
-    keeper.release(long.pk)
-    keeper.release(earlier)
+    keeper.release(long.pk, long.attempts)
+    keeper.release(earlier, 1)
 
     # then the held lease was ahead of the clock at every look
     assert lapsed == []
@@ -109,7 +109,7 @@ if pid == 0:
     leases.KEEPER.hold(childs, 1)  # the child's own delivery; its keeper thread starts here
     time.sleep(8)
     os._exit(0)
-leases.KEEPER.release(parents)
+leases.KEEPER.release(parents, 1)
 print("released", flush=True)
 os.waitpid(pid, 0)
 """
