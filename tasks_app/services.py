@@ -111,8 +111,10 @@ def submit_many(requests: Iterable[Mapping[str, Any]], *, now: datetime | None =
     if errors:
         raise ValidationError(errors)
     if any(task.idempotency_key is not None for task in tasks):
-        # Rare in bulk: one at a time, so each key is decided by the unique constraint.
-        return [_submit_built(task) for task in tasks]
+        # Rare in bulk: one at a time, so each key is decided by the unique constraint, all in
+        # one transaction (each insert in a savepoint, so a lost key race can be looked up).
+        with transaction.atomic():
+            return [_submit_built(task) for task in tasks]
     with transaction.atomic():
         Task.objects.bulk_create(tasks)
         due = [task for task in tasks if task.status == TaskStatus.QUEUED]

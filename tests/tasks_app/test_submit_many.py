@@ -83,3 +83,41 @@ def test_idempotency_keys_in_a_batch_return_the_existing_tasks(make_user: Any) -
     )
     assert tasks[0].pk == first.pk
     assert Task.objects.filter(owner=owner).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_failure_on_the_second_insert_writes_nothing_even_with_idempotency_keys(
+    monkeypatch: Any,
+) -> None:
+    """SPEC §4: one transaction. With an idempotency key among the specs, each task was inserted in
+    its own transaction: a failure on spec 2 left spec 1 committed and published."""
+    from django.db import DatabaseError
+
+    published: list[Any] = []
+    monkeypatch.setattr(dispatch, "publish_safely", lambda tasks: published.append(list(tasks)) or len(tasks))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            CREATE FUNCTION test_refuse_boom() RETURNS trigger AS $$
+            BEGIN
+                IF NEW.payload ->> 'boom' = 'yes' THEN RAISE EXCEPTION 'disk full'; END IF;
+                RETURN NEW;
+            END; $$ LANGUAGE plpgsql;
+            CREATE TRIGGER test_refuse_boom BEFORE INSERT ON tasks_app_task
+                FOR EACH ROW EXECUTE FUNCTION test_refuse_boom();
+            """
+        )
+    try:
+        with pytest.raises(DatabaseError):
+            submit_many(
+                [
+                    {"task_type": "demo.echo", "payload": {"i": 1}, "idempotency_key": "k-1"},
+                    {"task_type": "demo.echo", "payload": {"boom": "yes"}, "idempotency_key": "k-2"},
+                ]
+            )
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER test_refuse_boom ON tasks_app_task; DROP FUNCTION test_refuse_boom();")
+
+    assert Task.objects.count() == 0
+    assert published == []
