@@ -74,15 +74,33 @@ def evaluate(now: datetime) -> list[Condition]:
 
 
 def check(now: datetime) -> list[Notice]:
-    """Evaluate every condition and tell the admins what changed; return what was sent."""
+    """Evaluate every condition and tell the admins what changed; return what was sent.
+
+    The row is marked first (the conditional UPDATE that lets one process of many send), then
+    the mail goes out with no transaction open; a mail that fails gives the mark back, so the
+    next check (a minute later) tries again instead of staying silent for REPEAT_AFTER.
+    """
     notices = []
     for condition in evaluate(now):
+        announced = AlertState.objects.filter(condition=condition.key).values_list("announced", flat=True).first()
         state = transition(condition, now)
-        if state is not None:
-            notice = Notice(condition.key, state, condition.detail)
-            notify(notice)
+        if state is None:
+            continue
+        notice = Notice(condition.key, state, condition.detail)
+        if notify(notice):
             notices.append(notice)
+        else:
+            _unmark(condition.key, state, now, announced=bool(announced))
     return notices
+
+
+def _unmark(key: str, state: str, now: datetime, *, announced: bool) -> None:
+    """Give back the mark ``transition`` made for a notice that was not sent."""
+    rows = AlertState.objects.filter(condition=key, updated_at=now)
+    if state == FIRING:
+        rows.filter(notified_at=now).update(notified_at=None, announced=announced)
+    else:
+        rows.filter(firing=False).update(firing=True, announced=True)
 
 
 def _row(key: str) -> None:
@@ -119,8 +137,8 @@ def transition(condition: Condition, now: datetime) -> str | None:
     return None
 
 
-def notify(notice: Notice) -> None:
-    """Log the alert and e-mail the admins (a mail failure is logged, never raised)."""
+def notify(notice: Notice) -> bool:
+    """Log the alert and e-mail the admins; False if the mail failed (logged, never raised)."""
     title = notice.condition.replace("_", " ").replace(":", ": ")
     if notice.state == FIRING:
         logger.error("retention alert firing", extra={"condition": notice.condition, "detail": notice.detail})
@@ -131,6 +149,8 @@ def notify(notice: Notice) -> None:
         subject = f"Retention alert cleared: {title}"
         body = f"Cleared: {notice.detail}."
     try:
-        mail_admins(subject, body)
+        mail_admins(subject, body, fail_silently=False)
     except Exception:
-        logger.exception("alert e-mail failed", extra={"condition": notice.condition})
+        logger.exception("alert e-mail failed; the next check tries again", extra={"condition": notice.condition})
+        return False
+    return True

@@ -36,8 +36,8 @@ class DecodedReason:
     action: str
     reason: str
     policy_id: int | None
-    # The policy table's fingerprint when the claim was decided (see ``policy_claim``).
-    policies_version: str | None = None
+    # The policy table's version when the claim was decided (see ``policy_claim``).
+    policies_version: int | None = None
 
 
 def decode_purge_reason(purge_reason: str) -> DecodedReason:
@@ -48,26 +48,20 @@ def decode_purge_reason(purge_reason: str) -> DecodedReason:
     reason, _, version = purge_reason.partition("@")
     if reason.startswith(Reason.POLICY_PREFIX):
         policy_id = _int_or_none(reason.split(":", 1)[1])
-        return DecodedReason(AuditAction.TASK_PURGED, reason, policy_id, version or None)
+        return DecodedReason(AuditAction.TASK_PURGED, reason, policy_id, _int_or_none(version))
     if reason.startswith(f"{Reason.COUNT_CAP}:"):
         policy_id = _int_or_none(reason.split(":", 1)[1])
-        return DecodedReason(AuditAction.TASK_PURGED, Reason.COUNT_CAP, policy_id, version or None)
+        return DecodedReason(AuditAction.TASK_PURGED, Reason.COUNT_CAP, policy_id, _int_or_none(version))
     return DecodedReason(AuditAction.TASK_PURGED, purge_reason or Reason.EXPIRES_AT, None)
 
 
-def policies_version_tag(version: tuple[int, datetime | None]) -> str:
-    """A short text form of ``policies.version()`` (row count and last change, in microseconds)."""
-    count, changed = version
-    return f"{count}.{round(changed.timestamp() * 1_000_000) if changed else 0}"
+def policy_claim(reason: str, version: int) -> str:
+    """A policy claim's ``purge_reason``: the rule's reason and the policy table's version it was decided under.
 
-
-def policy_claim(reason: str, version: tuple[int, datetime | None]) -> str:
-    """A policy claim's ``purge_reason``: the rule's reason and the policy table it was decided under.
-
-    The purge gives the claim back when the table differs by then (any save, enable, disable or
-    delete), by equality rather than by comparing clocks.
+    The purge decides again when the version differs by then (any write to the table bumps it,
+    see policies.version), by equality rather than by comparing clocks.
     """
-    return f"{reason}@{policies_version_tag(version)}"
+    return f"{reason}@{version}"
 
 
 def _int_or_none(text: str) -> int | None:
@@ -138,6 +132,24 @@ def task_record(
     )
 
 
+def partial_record(subject: Subject, purge_reason: str, tally: Any, now: datetime, run_id: int | None) -> AuditRecord:
+    """The (unsaved) record of objects deleted before a hold or a policy change stopped a purge.
+
+    ``purge_reason``: the claim's (a result purge passes ``result_ttl``); ``tally``: objects and bytes.
+    """
+    decoded = decode_purge_reason(purge_reason)
+    return _record(
+        subject,
+        action=AuditAction.PARTIAL_PURGE,
+        reason=decoded.reason,
+        policy_id=decoded.policy_id,
+        objects_deleted=tally.objects,
+        bytes_freed=tally.bytes,
+        occurred_at=now,
+        sweep_run_id=run_id,
+    )
+
+
 def result_record(
     subject: Subject, objects_deleted: int, bytes_freed: int, now: datetime, run_id: int | None
 ) -> AuditRecord:
@@ -163,38 +175,6 @@ def result_records_from(rows: str, now: datetime, run_id: int | None) -> tuple[s
     # A table name and a CTE name of ours; the values are parameters.
     sql = f"INSERT INTO {table} ({columns}) SELECT id, owner_id, task_type, %s, %s, 0, 0, %s, %s FROM {rows}"  # noqa: S608
     return sql, [AuditAction.RESULT_PURGED, Reason.RESULT_TTL, now, run_id]
-
-
-def task_records_from(rows: str, now: datetime, run_id: int | None) -> tuple[str, list[object]]:
-    """SQL inserting one task purge record per row of ``rows`` (id, owner_id, task_type, action, reason,
-    policy_id, objects_deleted, bytes_freed): the set-based twin of ``task_record``.
-
-    The action, reason and policy come from ``decode_purge_reason`` (see ``decoded_reasons``).
-    """
-    table = AuditRecord._meta.db_table
-    columns = (
-        "task_id, owner_id, task_type, action, reason, policy_id, objects_deleted, bytes_freed, occurred_at, "
-        "sweep_run_id"
-    )
-    # A table name and a CTE name of ours; the values are parameters.
-    sql = (
-        f"INSERT INTO {table} ({columns}) "  # noqa: S608
-        "SELECT id, owner_id, task_type, action, reason, policy_id, objects_deleted, bytes_freed, %s, %s "
-        f"FROM {rows}"
-    )
-    return sql, [now, run_id]
-
-
-def decoded_reasons(purge_reasons: Iterable[str]) -> tuple[list[str], list[str], list[str], list[int | None]]:
-    """Columns (purge reason, action, reason, policy id) decoding each distinct claim reason, for SQL to join."""
-    distinct = sorted(set(purge_reasons))
-    decoded = [decode_purge_reason(purge_reason) for purge_reason in distinct]
-    return (
-        distinct,
-        [d.action for d in decoded],
-        [d.reason for d in decoded],
-        [d.policy_id for d in decoded],
-    )
 
 
 def orphan_record(

@@ -25,6 +25,9 @@ class AuditAction(models.TextChoices):
     ORPHAN_DELETED = "orphan_deleted", "orphan deleted"
     USER_ERASURE = "user_erasure", "user erasure"
     SHADOW_WOULD_PURGE = "shadow_would_purge", "shadow: would purge"
+    # Objects whose deletion was decided before a legal hold (or a policy change) stopped the
+    # purge of their task or result: gone, while the task and the rest of its data are kept.
+    PARTIAL_PURGE = "partial_purge", "partially purged (stopped by a hold or a policy change)"
 
 
 class Reason:

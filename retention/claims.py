@@ -4,7 +4,7 @@ A claim marks tasks ``purging`` in a short transaction (``SELECT … FOR UPDATE 
 a lease (``lease_expires_at``) its purger renews before each group it deletes, and
 ``purge_due_at``, when the data became due (retention lag counts from it, whatever happens to
 the claim). A claim whose lease lapsed (its purger died) is taken over by the next tasks sweep;
-one that may no longer proceed (a legal hold, a policy edit) is given back.
+one that may no longer proceed (a legal hold, a policy edit) is given back by the purge (purge.py).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from django.db import transaction
 from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 
-from retention import conf, policies
+from retention import conf
 from retention.choices import Reason
-from retention.holds import only_held
 from tasks_app.models import Task, TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -59,8 +58,7 @@ def claim(
                 purge_reason=Case(When(purge_reason="", then=Value(reason)), default=F("purge_reason")),
                 purge_due_at=Value(now) if due_at is None else due_at,
                 purge_attempts=1,
-                # The wall-clock moment of the claim: a policy edited after it gives the claim back.
-                status_changed_at=max(now, timezone.now()),
+                status_changed_at=now,
                 lease_expires_at=now + conf.claim_timeout(),
             )
     if ids:
@@ -111,27 +109,6 @@ def give_back(task_ids: Iterable[UUID], now: datetime) -> int:
         lease_expires_at=None,
         status_changed_at=now,
     )
-
-
-def withhold(rows: Sequence[tuple[UUID, str, datetime]], now: datetime, *, held: set[UUID] | None = None) -> set[UUID]:
-    """Give back the claims among ``rows`` (id, reason, claimed at) that may no longer proceed.
-
-    A legal hold now covers the task, or the claim was made under a policy that no longer
-    says delete (disabled, shadow, deleted, or any policy edited since the claim). ``held``:
-    the tasks among ``rows`` a hold covers, when the caller read that under the fence already.
-    """
-    ids = [row[0] for row in rows]
-    if held is None:
-        held = set(only_held(Task.objects.filter(pk__in=ids)).values_list("pk", flat=True))
-    outdated = policies.outdated_claims(rows) - held
-    if held:
-        logger.warning("purge withheld: legal hold", extra={"task_ids": sorted(str(i) for i in held)})
-    if outdated:
-        logger.warning("purge withheld: policy changed", extra={"task_ids": sorted(str(i) for i in outdated)})
-    withheld = held | outdated
-    if withheld:
-        give_back(withheld, now)
-    return withheld
 
 
 def heartbeat(task_ids: Iterable[UUID], now: datetime, *, leases_from: datetime | None = None) -> datetime:

@@ -20,7 +20,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from retention import conf, reports
+from retention import conf, metrics
 from retention.choices import AuditAction, SweepKind
 from retention.models import AuditRecord, SweepRun
 from tasks_app.models import GONE_STATUSES, Task
@@ -212,7 +212,7 @@ def context(now: datetime) -> dict[str, Any]:
     upcoming = upcoming_expirations(now)
     purged = purged_per_day(now)
     failures = failures_per_day(now)
-    lag, alert = reports.retention_lag(now), conf.lag_alert()
+    lag, alert = metrics.retention_lag(now), conf.lag_alert()
     day = "%b %d"
     return {
         "now": now,

@@ -9,11 +9,10 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from celery import current_app
-from django.core.files.storage import Storage
 from django.db import transaction
 from django.utils import timezone
 
-from retention import claims, overlap, purge, results
+from retention import purge, results
 from retention.choices import SweepKind
 from retention.runs import PurgeCounts, record
 
@@ -50,32 +49,29 @@ class Fanout(Protocol):
 class InProcess:
     """Purge each batch in this process; the sweep runs to the end (commands, ``purge_now``, tests).
 
-    Task batches are purged by background threads while the sweep claims the next (see
-    overlap.py) where that is possible, else here and now; ``settle`` waits for them.
+    A batch that fails is recorded on the run (``run_tasks_chunk``) and the sweep goes on with the
+    next, as fleet workers would; ``settle`` raises the first failure once the sweep is done.
     """
 
     bounded = False
 
-    def __init__(self, now: datetime, *, progress: Progress | None = None, storage: Storage | None = None) -> None:
+    def __init__(self, now: datetime, *, progress: Progress | None = None) -> None:
         self.now = now
         self.progress = progress
-        self.storage = storage
-        self._purgers: overlap.Purgers | None = None
+        self._failure: Exception | None = None
 
     def purge_tasks(self, task_ids: list[UUID], run_id: int) -> None:
-        if self._purgers is None and overlap.usable():
-            self._purgers = overlap.Purgers(keep_alive=lambda ids: claims.heartbeat(ids, self.now))
-        if self._purgers is not None:
-            ids = list(task_ids)
-            work = lambda: run_tasks_chunk(ids, run_id, now=self.now, storage=self.storage)  # noqa: E731
-            self._purgers.submit(work, len(ids), self.advance, claimed=ids)
-            return
-        run_tasks_chunk(task_ids, run_id, now=self.now, storage=self.storage)
-        self.advance(len(task_ids))
+        self._run(lambda: run_tasks_chunk(task_ids, run_id, now=self.now), len(task_ids))
 
     def purge_results(self, task_ids: list[str], run_id: int) -> None:
-        run_results_chunk(task_ids, run_id, now=self.now, storage=self.storage)
-        self.advance(len(task_ids))
+        self._run(lambda: run_results_chunk(task_ids, run_id, now=self.now), len(task_ids))
+
+    def _run(self, work: Callable[[], PurgeCounts], size: int) -> None:
+        try:
+            work()
+        except Exception as exc:
+            self._failure = self._failure or exc
+        self.advance(size)
 
     def resume(self, kind: str, run_id: int, after: str | None) -> None:
         raise RuntimeError("an in-process sweep is unbounded and never resumes")
@@ -85,10 +81,10 @@ class InProcess:
             self.progress(count)
 
     def settle(self) -> None:
-        """Wait for the batches purging in the background; raise the first failure among them."""
-        purgers, self._purgers = self._purgers, None
-        if purgers is not None:
-            purgers.close(self.advance)
+        """Raise the first failure of a batch, if any (each was recorded on the run when it happened)."""
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
 
 class Fleet:
@@ -130,29 +126,21 @@ class Fleet:
 FLEET = Fleet()
 
 
-def run_tasks_chunk(
-    task_ids: Sequence[UUID | str], run_id: int | None, *, now: datetime, storage: Storage | None = None
-) -> PurgeCounts:
+def run_tasks_chunk(task_ids: Sequence[UUID | str], run_id: int | None, *, now: datetime) -> PurgeCounts:
     """Purge one chunk of claimed tasks and add its counts to the run."""
-    return _run_chunk(purge.purge_claimed, task_ids, run_id, now, storage)
+    return _run_chunk(purge.purge_claimed, task_ids, run_id, now)
 
 
-def run_results_chunk(
-    task_ids: Sequence[UUID | str], run_id: int | None, *, now: datetime, storage: Storage | None = None
-) -> PurgeCounts:
+def run_results_chunk(task_ids: Sequence[UUID | str], run_id: int | None, *, now: datetime) -> PurgeCounts:
     """Purge the results of one chunk of tasks and add its counts to the run."""
-    return _run_chunk(results.purge_results, task_ids, run_id, now, storage)
+    return _run_chunk(results.purge_results, task_ids, run_id, now)
 
 
 def _run_chunk(
-    work: Callable[..., PurgeCounts],
-    task_ids: Sequence[UUID | str],
-    run_id: int | None,
-    now: datetime,
-    storage: Storage | None,
+    work: Callable[..., PurgeCounts], task_ids: Sequence[UUID | str], run_id: int | None, now: datetime
 ) -> PurgeCounts:
     try:
-        counts = work(task_ids, now=now, run_id=run_id, storage=storage)
+        counts = work(task_ids, now=now, run_id=run_id)
     except Exception as exc:
         counts = PurgeCounts(failed=len(task_ids))
         counts.error(f"chunk failed: {exc!r}")

@@ -1,70 +1,44 @@
-"""The fence between deletions and new legal holds: short transactions, no session state.
+"""The fence between deciding deletions and writing legal holds or policies, held by the database.
 
-A purge checks holds, deletes storage objects, then commits its tombstones. A hold saved in
-between would see its data deleted anyway. So each *group* of deletions (the tasks whose
-keys fit one ``DeleteObjects`` call, or one large task) runs inside a fence transaction that
-re-checks holds, deletes, and commits; saving a hold takes the other side of the fence and
-waits for the groups under way, never for a whole chunk:
+Every deletion is decided in a short transaction (``deciding``) that re-checks holds and the
+policy version; no storage call ever runs inside it (see protocol.py). A hold or a policy
+written by any path — ``save()``, ``bulk_create``, ``loaddata``, ``update()``, raw SQL — either
+waits for the decisions under way or is seen by every decision after it commits:
 
-- PostgreSQL: a transaction-scoped advisory lock, shared by deletions and exclusive for a
-  hold save. It is released by COMMIT or ROLLBACK on the same server connection, so it works
-  behind PgBouncer in transaction mode (a session lock would not: its unlock can land on
-  another server connection). Waiters are queued fairly, so purges queued behind a waiting
-  hold save wait only for that save's insert.
-- SQLite (the embedded mode, where web, worker and beat are separate processes): every
-  transaction takes the database's write lock at BEGIN (``transaction_mode=IMMEDIATE`` in
-  settings), and the fence also writes, so a hold save and a deletion group exclude each
-  other the same way.
+- PostgreSQL: a transaction-scoped advisory lock, shared by deciding transactions and taken
+  exclusively by triggers on the hold and policy tables (migration 0011) for every statement
+  that inserts or updates a hold, or changes a policy. Released by COMMIT or ROLLBACK on the
+  same server connection, so it holds behind PgBouncer in transaction mode. The shared lock is
+  taken in its own statement, before the holds are read: a statement's snapshot is taken when
+  it starts, so a check in the same statement could miss a hold committed while it waited.
+- SQLite (the embedded mode: web, worker and beat are separate processes): every write
+  transaction holds the database's one write lock from BEGIN IMMEDIATE, so a hold or policy
+  write and a deciding transaction exclude each other the same way.
 
-A hold therefore waits at most for one group's storage call (with its retries), and every
-group that starts after the hold committed sees it.
+A deciding transaction is short (a few statements over at most one batch), so a hold waits for
+at most that, never for a storage call.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.db import connection, transaction
 
-logger = logging.getLogger(__name__)
-
-LOCK_KEY = 0x5245_544E  # "RETN": one key for the whole installation
-FENCE_MARK = "_retention_fence"
+LOCK_KEY = 0x5245_544E  # "RETN": one key for the whole installation (the triggers name it too)
 
 
 @contextmanager
-def deleting() -> Iterator[None]:
-    """A transaction on the deletions' side of the fence; holds saved meanwhile wait for it.
-
-    Storage objects may be deleted inside it: it writes nothing a rollback could lose, and
-    the rows it removes are removed only at its commit, after the objects are gone.
-    """
-    from retention.objects import refuse_inside_transaction
-
-    # The caller's own transaction must not wrap storage deletes (see objects.py).
-    refuse_inside_transaction()
+def deciding() -> Iterator[None]:
+    """A short transaction on the deciding side of the fence; holds and policy edits written meanwhile wait for it."""
     with transaction.atomic():
-        setattr(connection.atomic_blocks[-1], FENCE_MARK, True)
-        _take_shared()
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [LOCK_KEY])
+            else:
+                # Take the write lock now even where BEGIN did not (a DEFERRED transaction in a
+                # project that did not set IMMEDIATE): a write statement, even one that changes
+                # no row, does.
+                cursor.execute("UPDATE retention_policyversion SET version = version WHERE 1 = 0")
         yield
-
-
-def _take_shared() -> None:
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [LOCK_KEY])
-        else:
-            # Take the write lock now even where BEGIN did not (a DEFERRED transaction):
-            # a write statement, even one that changes no row, does.
-            cursor.execute("UPDATE retention_listingcursor SET name = name WHERE 1 = 0")
-
-
-def wait_for_deletions() -> None:
-    """Inside the caller's transaction: wait for deletion groups under way; later ones see what we commit."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
-        else:
-            cursor.execute("UPDATE retention_listingcursor SET name = name WHERE 1 = 0")

@@ -10,13 +10,16 @@ millions of tasks and audit records (tests/project/test_metrics.py EXPLAINs them
 - totals sum ``SweepRun`` counters per kind (one row per run, not per deletion) plus the audit
   records of deletions made outside sweeps (found by the ``sweep_run`` index, ``IS NULL``).
 
-Not counted as due, nor in the lag: the count cap (``keep_last``), which has no "due since" time
-and is decided per group by the policies sweep.
+The count cap (``keep_last``) counts from when a group's oldest task went over the cap (the
+``keep_last``-th newer task finished): two walks of at most ``keep_last`` index entries per group.
+
+This is the one definition of the lag and the due counts: /metrics, ``retention_status``, the
+admin dashboard and the alerts all read ``snapshot`` or ``retention_lag``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -31,10 +34,13 @@ from retention.models import AuditRecord, SweepKind, SweepRun
 from retention.policies import (
     GONE,
     TERMINAL,
+    count_cap_groups,
+    count_due,
     enabled_policies,
     enforcing_only,
     expiry_due,
     governed,
+    over_cap_since,
     purging,
 )
 from tasks_app.metrics import COUNT_LIMIT, count_upto
@@ -43,7 +49,7 @@ from tasks_app.models import TaskResult
 # Deletions an audit record may stand for outside a sweep (a shadow record deletes nothing).
 DELETIONS = [AuditAction.TASK_PURGED, AuditAction.USER_ERASURE, AuditAction.RESULT_PURGED, AuditAction.ORPHAN_DELETED]
 DIRECT = "direct"  # the "kind" of deletions made outside sweeps (erasures, a purge after a late finish)
-REASONS = ("expires_at", "policy_age", "result_ttl", "purging")
+REASONS = ("expires_at", "policy_age", "count_cap", "result_ttl", "purging")
 
 
 # --- Due and overdue -------------------------------------------------------------------------------
@@ -71,6 +77,17 @@ def _policy_age_parts(now: datetime) -> Iterator[tuple[QuerySet, str, timedelta]
             )
 
 
+def _count_cap_groups() -> Iterator[tuple[QuerySet, Callable[[], datetime | None]]]:
+    """(due rows, since when the oldest went over the cap) per enforcing count cap and group."""
+    policies = enforcing_only(enabled_policies())
+    for policy in policies:
+        for task_type, status in count_cap_groups(policy, policies):
+            yield (
+                count_due(policy, policies, task_type, status),
+                lambda p=policy, t=task_type, s=status: over_cap_since(p, policies, t, s),
+            )
+
+
 def _results_due(now: datetime) -> QuerySet:
     """Results past their TTL on live tasks, not held (walks ``taskresult_expires_idx``)."""
     rows = TaskResult.objects.filter(expires_at__lte=now).exclude(task__status__in=GONE)
@@ -93,6 +110,8 @@ def overdue_since(now: datetime) -> dict[str, datetime]:
     for rows, column, keep_for in _policy_age_parts(now):
         oldest = _oldest(rows, column)
         note("policy_age", oldest + keep_for if oldest is not None else None)
+    for _rows, since in _count_cap_groups():
+        note("count_cap", since())
     note("result_ttl", _oldest(_results_due(now), "expires_at"))
     # A claim counts from when its data was due, however often it was taken over.
     note("purging", _oldest(purging().filter(purge_due_at__isnull=False), "purge_due_at"))
@@ -102,20 +121,28 @@ def overdue_since(now: datetime) -> dict[str, datetime]:
 
 def retention_lag(now: datetime) -> timedelta:
     """Age of the oldest overdue deletion, held tasks excluded; 0 when nothing is overdue."""
-    since = overdue_since(now)
+    return _lag(now, overdue_since(now))
+
+
+def _lag(now: datetime, since: dict[str, datetime]) -> timedelta:
     return max(now - min(since.values()), timedelta(0)) if since else timedelta(0)
 
 
 def due_counts(now: datetime) -> dict[str, int]:
     """Deletions due and not done, per reason, each counted up to COUNT_LIMIT (+1 means "more")."""
-    policy_age = 0
+    policy_age = count_cap = 0
     for rows, _column, _keep_for in _policy_age_parts(now):
         if policy_age > COUNT_LIMIT:
             break
         policy_age += count_upto(rows)
+    for rows, _since in _count_cap_groups():
+        if count_cap > COUNT_LIMIT:
+            break
+        count_cap += count_upto(rows)
     return {
         "expires_at": count_upto(expiry_due(now)),
         "policy_age": min(policy_age, COUNT_LIMIT + 1),
+        "count_cap": min(count_cap, COUNT_LIMIT + 1),
         "result_ttl": count_upto(_results_due(now)),
         "purging": count_upto(purging()),
     }
@@ -211,7 +238,7 @@ class Snapshot:
 def snapshot(now: datetime) -> Snapshot:
     """Read lag, due counts, totals and the last finished sweep of each kind."""
     since = overdue_since(now)
-    lag = max(now - min(since.values()), timedelta(0)) if since else timedelta(0)
+    lag = _lag(now, since)
     finished = {}
     for kind in SweepKind.values:
         run = last_finished(kind)
@@ -232,7 +259,8 @@ class RetentionCollector:
         snap = snapshot(self.now or timezone.now())
         yield GaugeMetricFamily(
             "retention_lag_seconds",
-            "Age of the oldest overdue deletion (own expiry, policy age, result TTL, unfinished claim); held excluded.",
+            "Age of the oldest overdue deletion (own expiry, policy age, count cap, result TTL, unfinished claim); "
+            "held excluded.",
             value=snap.lag.total_seconds(),
         )
         yield GaugeMetricFamily(

@@ -7,11 +7,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from retention import fence
 from retention.choices import (
     TERMINAL_STATUS_CHOICES,
     TERMINAL_STATUS_VALUES,
@@ -22,7 +21,7 @@ from retention.choices import (
 )
 from retention.exceptions import AppendOnlyError
 from retention.querysets import AuditRecordQuerySet, LegalHoldQuerySet, RetentionPolicyQuerySet
-from retention.state import AlertState, ListingCursor, PendingDeletion, SweepRun
+from retention.state import AlertState, ListingCursor, PendingDeletion, PolicyVersion, SweepRun
 from tasks_app import conf as tasks_conf
 from tasks_app.models import Task
 
@@ -35,6 +34,7 @@ __all__ = [
     "ListingCursor",
     "PendingDeletion",
     "PolicyMode",
+    "PolicyVersion",
     "Reason",
     "RetentionPolicy",
     "SweepKind",
@@ -176,7 +176,10 @@ class LegalHold(models.Model):
     """Blocks every deletion of the tasks it matches until released.
 
     A hold matches a task when every field it sets matches: a hold on an owner alone covers
-    all that owner's tasks.
+    all that owner's tasks. However it is written (``save()``, ``bulk_create``, fixtures,
+    ``update()``, SQL), a database trigger puts it on the fence (fence.py): deletions decided
+    after it commits see it; keys already decided for deletion (at most one batch per purger)
+    are still deleted and audited.
     """
 
     task = models.ForeignKey(
@@ -234,15 +237,6 @@ class LegalHold(models.Model):
         ]
         state = "released" if self.released_at else "active"
         return f"hold on {', '.join(p for p in parts if p)} ({state})"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        # A hold placed, re-activated or widened waits for purges already deleting (they
-        # checked holds before it); every purge that starts after it commits sees it. A
-        # release makes a hold narrower, which needs no wait. See retention/fence.py.
-        with transaction.atomic():
-            if self.released_at is None:
-                fence.wait_for_deletions()
-            super().save(*args, **kwargs)
 
     @property
     def is_active(self) -> bool:

@@ -192,11 +192,10 @@ def _delete_with_retries(
 
 
 def refuse_inside_transaction() -> None:
-    """Storage deletes cannot be rolled back: a rollback after them would leave rows pointing at
-    nothing and no audit record. Refuse to run inside a caller's transaction (a test case's own
-    wrapping transaction is not the caller's, nor is the fence's, see fence.py)."""
-    ours = ("_from_testcase", "_retention_fence")
-    if any(not any(getattr(block, mark, False) for mark in ours) for block in connection.atomic_blocks):
+    """Storage deletes cannot be rolled back, and a transaction held open across one holds its locks
+    for as long as the store takes (and may be ended by the server's idle timeout, its work lost).
+    Refuse to run inside any transaction (a test case's own wrapping transaction is not one)."""
+    if any(not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks):
         raise RuntimeError(
             "storage objects must be deleted outside a database transaction; call the purge after commit"
         )

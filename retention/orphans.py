@@ -6,40 +6,40 @@ under no legal hold), older than RETENTION_ORPHAN_GRACE; a manifest row of an ex
 transaction still open is about to give a task (``submit(input_file=…)`` uploads inside the
 caller's transaction, before the task row is visible).
 
-Each listing page goes through three steps, all while holding the listing's lease:
-1. ``candidates``: a read-only pre-selection of the page.
-2. ``record_intents``: in one transaction, decide again and write a ``PendingDeletion`` row per
-   orphan (the intent). On PostgreSQL it first waits for transactions inserting any of the
-   missing task ids (an insert of the same primary key blocks until they end), so an
-   uncommitted ``submit()`` is seen; on SQLite its write lock does the same.
-3. ``finish_pending``: in fenced transactions (see fence.py) of up to 1,000 keys: lock the
-   intents, decide once more, delete the objects, then write one ``orphan_deleted`` audit
-   record per task and remove the intents (and a tombstone's manifest rows) at commit. A crash
-   after the storage call leaves the intents, and the next sweep deletes the (missing) keys
-   again and audits them once.
-The lease (``Listing``) names its holder (a token): a sweep that lost it (it stalled past
-RETENTION_CLAIM_TIMEOUT and another took over) can neither record, finish nor move the cursor.
+Each listing page goes through the deletion protocol's three steps (protocol.py), holding the
+listing's lease:
+1. ``record_intents`` decides, in one short fenced transaction: on PostgreSQL it first waits
+   for transactions inserting any of the missing task ids (an insert of the same primary key
+   blocks until they end), so an uncommitted ``submit()`` is seen (on SQLite the write lock
+   does the same); then it decides again and writes the orphans' keys into the ledger.
+2. ``finish_pending`` deletes decided keys with no transaction open, then records them gone
+   (and a tombstone's manifest rows with them) in a short transaction.
+3. ``settle`` writes one ``orphan_deleted`` record per task once the listing has passed the
+   task's ``tasks/<id>/`` prefix, so a task's orphans over several pages are audited once.
+A crash leaves decided keys in the ledger; the next sweep deletes them (missing keys count as
+deleted) and audits them once. The lease (``Listing``) names its holder (a token): a sweep that
+lost it (it stalled past RETENTION_CLAIM_TIMEOUT and another took over) neither decides nor
+moves the cursor; deleting keys already decided stays safe for anyone.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from django.core.files.storage import Storage
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Collate
 from django.utils import timezone
 
-from retention import audit, conf, fence, objects
+from retention import audit, conf, fence, ledger, objects
+from retention.choices import SweepKind
 from retention.holds import only_held
 from retention.models import AuditRecord, ListingCursor, PendingDeletion
-from retention.purge import manifest_keys
 from retention.runs import PurgeCounts
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import PREFIX, task_id_from_key
@@ -70,13 +70,12 @@ class Listing:
     stalled past RETENTION_CLAIM_TIMEOUT and another took over) stops at its next step.
     """
 
-    def __init__(self, token: str, position: str, storage: Storage | None) -> None:
+    def __init__(self, token: str, position: str) -> None:
         self.token = token
         self.position: str | None = position
-        self.storage = storage
 
     @classmethod
-    def lease(cls, storage: Storage | None = None) -> Listing | None:
+    def lease(cls) -> Listing | None:
         """Take the listing (None if another sweep holds it)."""
         token = uuid.uuid4().hex
         moment = timezone.now()
@@ -88,7 +87,7 @@ class Listing:
         )
         if not taken:
             return None
-        return cls(token, ListingCursor.objects.get(name=ORPHAN_CURSOR).position, storage)
+        return cls(token, ListingCursor.objects.get(name=ORPHAN_CURSOR).position)
 
     def renew(self, position: str) -> bool:
         """Save the cursor and renew the lease; False (and stop) if another sweep took the listing over."""
@@ -115,7 +114,7 @@ class Listing:
         if self.position is None:
             return [], PurgeCounts()
         start = self.position
-        listed = objects.list_objects(PREFIX, start_after=start, limit=limit, storage=self.storage)
+        listed = objects.list_objects(PREFIX, start_after=start, limit=limit)
         end = len(listed) < limit
         upto = None if end else listed[-1].key
         counts = PurgeCounts()
@@ -123,7 +122,8 @@ class Listing:
         if record_intents(found, token=self.token, run_id=run_id) is None:
             return self._lost(run_id), counts
         if found:
-            counts = self.finish_pending(now=now, run_id=run_id, keys=[c.key for c in found])
+            counts = finish_pending(now=now, run_id=run_id, keys=[c.key for c in found])
+        settle(now=now, run_id=run_id, upto=upto)
         missing, sample = missing_objects(listed, start_after=start, upto=upto, now=now)
         if missing:
             counts.missing_objects += missing
@@ -135,9 +135,11 @@ class Listing:
             return self._lost(run_id), counts
         return listed, counts
 
-    def finish_pending(self, *, now: datetime, run_id: int | None, keys: Sequence[str] | None = None) -> PurgeCounts:
-        """Delete and audit pending orphan deletions while holding the listing (see ``finish_pending``)."""
-        return finish_pending(token=self.token, now=now, run_id=run_id, storage=self.storage, keys=keys)
+    def finish_pending(self, *, now: datetime, run_id: int | None) -> PurgeCounts:
+        """Delete the keys a crashed run decided, and audit the tasks the listing has passed."""
+        counts = finish_pending(now=now, run_id=run_id)
+        settle(now=now, run_id=run_id, upto=self.position or None)
+        return counts
 
     def _lost(self, run_id: int) -> list[objects.ListedObject]:
         logger.warning("orphan sweep stopped: another run took the listing over", extra={"sweep_run": run_id})
@@ -224,10 +226,10 @@ def _wait_for_inserts(task_ids: Iterable[UUID]) -> None:
 
 
 def record_intents(found: Sequence[Candidate], *, token: str | None, run_id: int | None) -> int | None:
-    """Decide again and record the orphans among ``found`` as pending deletions; None if the lease is lost."""
+    """Decide again and record the orphans among ``found`` in the ledger; None if the lease is lost."""
     if not found:
         return 0
-    with transaction.atomic():
+    with fence.deciding():
         if token is not None and not _holds_listing(token):
             return None
         ids = {c.task_id for c in found if c.task_id is not None}
@@ -235,7 +237,10 @@ def record_intents(found: Sequence[Candidate], *, token: str | None, run_id: int
         _wait_for_inserts(ids - known)
         orphans = decide(found)
         PendingDeletion.objects.bulk_create(
-            [PendingDeletion(key=c.key, task_id=c.task_id, size=c.size, sweep_run_id=run_id) for c in orphans],
+            [
+                PendingDeletion(key=c.key, task_id=c.task_id, size=c.size, kind=SweepKind.ORPHANS, sweep_run_id=run_id)
+                for c in orphans
+            ],
             ignore_conflicts=True,
         )
     return len(orphans)
@@ -244,82 +249,96 @@ def record_intents(found: Sequence[Candidate], *, token: str | None, run_id: int
 # --- Deleting ----------------------------------------------------------------------------------------
 
 
-def _audit(deleted: Sequence[PendingDeletion], now: datetime, run_id: int | None) -> None:
-    by_task: dict[UUID | None, list[PendingDeletion]] = {}
-    for row in deleted:
-        by_task.setdefault(row.task_id, []).append(row)
-    owners = dict(
-        (pk, (owner_id, task_type))
-        for pk, owner_id, task_type in Task.objects.filter(pk__in=[i for i in by_task if i]).values_list(
-            "pk", "owner_id", "task_type"
-        )
-    )
-    AuditRecord.objects.bulk_create(
-        audit.orphan_record(
-            audit.Subject(task_id, *owners.get(task_id, (None, ""))),
-            len(rows),
-            sum(row.size for row in rows),
-            now,
-            run_id,
-        )
-        for task_id, rows in sorted(by_task.items(), key=lambda item: str(item[0]))
-    )
+def finish_pending(*, now: datetime, run_id: int | None, keys: Sequence[str] | None = None) -> PurgeCounts:
+    """Delete the decided orphan keys (only ``keys`` if given), 1,000 a call, and record them gone.
 
-
-def _finish_batch(
-    pending: QuerySet, *, token: str | None, now: datetime, run_id: int | None, storage: Storage | None, after: str
-) -> tuple[PurgeCounts, str | None]:
-    """One fenced transaction over up to 1,000 intents after ``after``; returns counts and the last key."""
+    Keys that fail stay decided for the next sweep. The counts are the objects deleted; their
+    audit records come from ``settle``, once per task.
+    """
     counts = PurgeCounts()
-    with fence.deleting():
-        if token is not None and not _holds_listing(token):
-            return counts, None
-        rows = list(
-            pending.filter(key__gt=after).select_for_update(skip_locked=True).order_by("key")[: objects.DELETE_BATCH]
-        )
-        if not rows:
-            return counts, None
-        orphans = {c.key for c in decide([Candidate(r.key, r.task_id, r.size) for r in rows])}
-        dropped = [row.pk for row in rows if row.key not in orphans]
-        chosen = [row for row in rows if row.key in orphans]
-        outcome = objects.delete_keys([row.key for row in chosen], storage=storage)
-        deleted = [row for row in chosen if row.key not in outcome.failed]
+    pending = PendingDeletion.objects.filter(kind=SweepKind.ORPHANS, deleted_at__isnull=True)
+    if keys is not None:
+        pending = pending.filter(key__in=list(keys))
+    after = ""
+    while True:
+        batch = dict(pending.filter(key__gt=after).order_by("key").values_list("key", "size")[: objects.DELETE_BATCH])
+        if not batch:
+            break
+        # No transaction is open here: a slow store holds no lock.
+        outcome = objects.delete_keys(list(batch))
+        gone = [key for key in batch if key not in outcome.failed]
+        with transaction.atomic():
+            PendingDeletion.objects.filter(key__in=gone, deleted_at__isnull=True).update(deleted_at=now)
+            # A tombstone's manifest rows (a late writer's residue) go with their objects.
+            StoredObject.objects.filter(key__in=gone, task__status=TaskStatus.EXPIRED).delete()
         for key, error in sorted(outcome.failed.items())[:5]:
             counts.error(f"{key}: {error}")
-        _audit(deleted, now, run_id)
-        keys = [row.key for row in deleted]
-        # A tombstone's manifest rows (a late writer's residue) go with their objects.
-        StoredObject.objects.filter(key__in=keys, task__status=TaskStatus.EXPIRED).delete()
-        PendingDeletion.objects.filter(pk__in=dropped + [row.pk for row in deleted]).delete()
-        counts.claimed += len(chosen)
+        counts.claimed += len(batch)
         counts.failed += len(outcome.failed)
-        counts.purged += len(deleted)
-        counts.objects_deleted += len(deleted)
-        counts.bytes_freed += sum(row.size for row in deleted)
-    return counts, rows[-1].key if len(rows) == objects.DELETE_BATCH else None
-
-
-def finish_pending(
-    *,
-    token: str | None,
-    now: datetime,
-    run_id: int | None,
-    storage: Storage | None = None,
-    keys: Sequence[str] | None = None,
-) -> PurgeCounts:
-    """Delete and audit the pending orphan deletions (only ``keys`` if given); keys that fail stay pending."""
-    counts = PurgeCounts()
-    pending = PendingDeletion.objects.all() if keys is None else PendingDeletion.objects.filter(key__in=list(keys))
-    after: str | None = ""
-    while after is not None:
-        batch, after = _finish_batch(pending, token=token, now=now, run_id=run_id, storage=storage, after=after)
-        counts.add(batch)
+        counts.purged += len(gone)
+        counts.objects_deleted += len(gone)
+        counts.bytes_freed += sum(batch[key] for key in gone)
+        after = max(batch)
+        if len(batch) < objects.DELETE_BATCH:
+            break
     if counts.purged:
         logger.info("orphaned objects deleted", extra={"count": counts.purged, "bytes": counts.bytes_freed})
     return counts
 
 
+def _passed(task_id: UUID | None, upto: str | None) -> bool:
+    """Whether the listing has passed every key of the task (``upto``: the last key listed; None = the end)."""
+    if task_id is None or upto is None:
+        return True
+    prefix = f"{PREFIX}{task_id}/"
+    return prefix < upto and not upto.startswith(prefix)
+
+
+def settle(*, now: datetime, run_id: int | None, upto: str | None) -> int:
+    """One ``orphan_deleted`` record per task whose orphans are all deleted and whose prefix the listing
+    passed (``upto``: the last key listed; None once the listing reached its end); returns the records."""
+    with transaction.atomic():
+        deleted = PendingDeletion.objects.filter(kind=SweepKind.ORPHANS, deleted_at__isnull=False)
+        passed = {task_id for task_id in deleted.values_list("task_id", flat=True).distinct() if _passed(task_id, upto)}
+        undeleted = set(
+            PendingDeletion.objects.filter(kind=SweepKind.ORPHANS, deleted_at__isnull=True)
+            .filter(task_id__in=[task_id for task_id in passed if task_id is not None])
+            .values_list("task_id", flat=True)
+        )
+        tallies = ledger.settle(passed - undeleted, kind=SweepKind.ORPHANS)
+        if not tallies:
+            return 0
+        owners = {
+            pk: (owner_id, task_type)
+            for pk, owner_id, task_type in Task.objects.filter(pk__in=[i for i in tallies if i]).values_list(
+                "pk", "owner_id", "task_type"
+            )
+        }
+        AuditRecord.objects.bulk_create(
+            audit.orphan_record(
+                audit.Subject(task_id, *owners.get(task_id, (None, ""))), tally.objects, tally.bytes, now, run_id
+            )
+            for task_id, tally in sorted(tallies.items(), key=lambda item: str(item[0]))
+        )
+    return len(tallies)
+
+
 # --- Reports ----------------------------------------------------------------------------------------
+
+
+def _keys_in_order(manifest: QuerySet, page: int) -> Iterator[str]:
+    """Keys of ``manifest`` in key order, one query per page (no server-side cursor, so no
+    session state: safe behind PgBouncer and with DISABLE_SERVER_SIDE_CURSORS)."""
+    after: str | None = None
+    while True:
+        rows = manifest.order_by("key")
+        if after is not None:
+            rows = rows.filter(key__gt=after)
+        keys = list(rows.values_list("key", flat=True)[:page])
+        yield from keys
+        if len(keys) < page:
+            return
+        after = keys[-1]
 
 
 def missing_objects(
@@ -336,7 +355,7 @@ def missing_objects(
     # Counted while paging through the rows; only a sample is kept (an empty listing would
     # otherwise make every manifest row past the cursor "missing" at once).
     count, sample = 0, []
-    for key in manifest_keys(rows, page=2000):
+    for key in _keys_in_order(rows, page=2000):
         if key not in present:
             count += 1
             if len(sample) < MISSING_SAMPLE:

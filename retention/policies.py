@@ -11,17 +11,15 @@ Every function returns a queryset (never a list of ids), so sweeps take bounded 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import (
-    Count,
     DateTimeField,
     Exists,
     ExpressionWrapper,
     F,
-    Max,
     OuterRef,
     Q,
     QuerySet,
@@ -29,10 +27,10 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 
-from retention.audit import decode_purge_reason, policies_version_tag
-from retention.choices import Reason
-from retention.holds import exclude_held
-from retention.models import RetentionPolicy
+from retention.audit import age_reason, count_cap_reason, decode_purge_reason, policy_claim
+from retention.choices import SweepKind
+from retention.holds import active_hold_exists, exclude_held
+from retention.models import PendingDeletion, PolicyVersion, RetentionPolicy
 from tasks_app import conf as tasks_conf
 from tasks_app.models import PENDING_STATUSES, TERMINAL_STATUSES, StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.querysets import TaskQuerySet
@@ -75,28 +73,38 @@ def _results_due_rows(rows: QuerySet, now: datetime) -> QuerySet:
     return exclude_held(rows, task_path="task__")
 
 
+def _decided_results() -> QuerySet:
+    """Ledger rows of result purges under way or cut short (a crash, a hold): their tasks need a step."""
+    return PendingDeletion.objects.filter(kind=SweepKind.RESULTS)
+
+
 def results_due_ids(now: datetime, *, after: str | None, limit: int, with_files: bool = False) -> list[str]:
     """Ids (ascending, after ``after``) of live tasks past ``result_expires_at`` with a result left.
 
-    Driven from the result and manifest tables, which shrink as results are purged, rather
-    than from tasks, whose past ``result_expires_at`` stays for the API to answer 410.
+    Driven from the result, manifest and ledger tables, which shrink as results are purged,
+    rather than from tasks, whose past ``result_expires_at`` stays for the API to answer 410.
     ``with_files`` walks only tasks owning result files (the rest go set-based, results.py).
     """
     results = _results_due_rows(TaskResult.objects.all(), now)
     files = _results_due_rows(StoredObject.objects.exclude(kind=StoredObject.INPUT_KIND), now)
+    decided = _decided_results().filter(task_id__in=Task.objects.filter(result_expires_at__lte=now).values("pk"))
     if after:
         results, files = results.filter(task_id__gt=after), files.filter(task_id__gt=after)
+        decided = decided.filter(task_id__gt=after)
     first = [] if with_files else list(results.order_by("task_id").values_list("task_id", flat=True)[:limit])
     second = list(files.order_by("task_id").values_list("task_id", flat=True).distinct()[:limit])
-    return [str(task_id) for task_id in sorted(set(first) | set(second))[:limit]]
+    third = list(decided.order_by("task_id").values_list("task_id", flat=True).distinct()[:limit])
+    return [str(task_id) for task_id in sorted(set(first) | set(second) | set(third))[:limit]]
 
 
 def results_due(now: datetime) -> TaskQuerySet:
-    """Live tasks past ``result_expires_at`` that still have a result or result files (for counts)."""
+    """Live tasks past ``result_expires_at`` with a result or result files left and no hold, or with
+    result files decided for deletion and not yet audited (a purge under way or cut short)."""
     has_result = Exists(TaskResult.objects.filter(task=OuterRef("pk")))
     has_files = Exists(StoredObject.objects.filter(task=OuterRef("pk")).exclude(kind=StoredObject.INPUT_KIND))
-    tasks = Task.objects.filter(result_expires_at__lte=now).exclude(status__in=GONE).filter(has_result | has_files)
-    return exclude_held(tasks)
+    decided = Exists(_decided_results().filter(task_id=OuterRef("pk")))
+    tasks = Task.objects.filter(result_expires_at__lte=now).exclude(status__in=GONE)
+    return tasks.filter(((has_result | has_files) & ~active_hold_exists()) | decided)
 
 
 # --- Policies ----------------------------------------------------------------------------------
@@ -189,28 +197,64 @@ def count_cap_groups(policy: RetentionPolicy, policies: Sequence[RetentionPolicy
     return sorted(groups)
 
 
+def _older(finished_at: datetime | None, pk: Any) -> Q:
+    """Tasks older than (finished_at, pk) in the count cap's order; no finished_at counts as newest."""
+    if finished_at is None:
+        return Q(finished_at__isnull=True, pk__lt=pk) | Q(finished_at__isnull=False)
+    return Q(finished_at__lt=finished_at) | Q(finished_at=finished_at, pk__lt=pk)
+
+
+def _newer(finished_at: datetime | None, pk: Any) -> Q:
+    """Tasks newer than (finished_at, pk) in the count cap's order."""
+    if finished_at is None:
+        return Q(finished_at__isnull=True, pk__gt=pk)
+    return Q(finished_at__gt=finished_at) | Q(finished_at=finished_at, pk__gt=pk) | Q(finished_at__isnull=True)
+
+
+# Newest first, as the count cap reads a group. NULLS FIRST is PostgreSQL's default for DESC, so
+# this matches task_type_status_newest_idx; oldest first walks the same index backwards.
+NEWEST_FIRST = (F("finished_at").desc(nulls_first=True), F("pk").desc())
+OLDEST_FIRST = (F("finished_at").asc(nulls_last=True), F("pk").asc())
+
+
+def _cap_boundary(group: QuerySet, keep_last: int) -> tuple[datetime | None, Any] | None:
+    """The group's ``keep_last``-th newest (finished_at, pk): one index walk of N rows, not a scan."""
+    found = list(group.order_by(*NEWEST_FIRST).values_list("finished_at", "pk")[keep_last - 1 : keep_last])
+    return found[0] if found else None
+
+
 def count_due(
     policy: RetentionPolicy, policies: Sequence[RetentionPolicy], task_type: str, status: str
 ) -> TaskQuerySet:
-    """Tasks of one group beyond the newest ``keep_last`` (newest by ``finished_at``), not held."""
+    """Tasks of one group beyond the newest ``keep_last`` (newest by ``finished_at``), not held.
+
+    A row without finished_at counts as newest (kept): never delete on a missing timestamp.
+    """
     if policy.keep_last is None:
         return Task.objects.none()
     group = governed(policy, policies).filter(task_type=task_type, status=status)
-    # The N-th newest row is the boundary: one index walk of N rows, not a paginated scan.
-    # A row without finished_at counts as newest (kept): never delete on a missing timestamp.
-    # NULLS FIRST is PostgreSQL's default for DESC, so this matches task_type_status_newest_idx.
-    newest_first = (F("finished_at").desc(nulls_first=True), F("pk").desc())
-    boundary = list(
-        group.order_by(*newest_first).values_list("finished_at", "pk")[policy.keep_last - 1 : policy.keep_last]
-    )
-    if not boundary:
+    boundary = _cap_boundary(group, policy.keep_last)
+    if boundary is None:
         return Task.objects.none()
-    finished_at, pk = boundary[0]
-    if finished_at is None:
-        older = Q(finished_at__isnull=True, pk__lt=pk) | Q(finished_at__isnull=False)
-    else:
-        older = Q(finished_at__lt=finished_at) | Q(finished_at=finished_at, pk__lt=pk)
-    return exclude_held(group.filter(older))
+    return exclude_held(group.filter(_older(*boundary)))
+
+
+def over_cap_since(
+    policy: RetentionPolicy, policies: Sequence[RetentionPolicy], task_type: str, status: str
+) -> datetime | None:
+    """Since when the oldest task over the group's count cap has been over it; None if none is.
+
+    A task goes over the cap when the ``keep_last``-th task newer than it finishes (its creation,
+    for a task without a finish time): the retention lag counts from then.
+    """
+    oldest = count_due(policy, policies, task_type, status).order_by(*OLDEST_FIRST)
+    first = oldest.values_list("finished_at", "pk").first()
+    if first is None or policy.keep_last is None:
+        return None
+    group = governed(policy, policies).filter(task_type=task_type, status=status)
+    newer = group.filter(_newer(*first)).order_by(*OLDEST_FIRST).annotate(at=Coalesce("finished_at", "created_at"))
+    found = list(newer.values_list("at", flat=True)[policy.keep_last - 1 : policy.keep_last])
+    return found[0] if found else None
 
 
 def age_due_at(policy: RetentionPolicy) -> Any:
@@ -218,42 +262,68 @@ def age_due_at(policy: RetentionPolicy) -> Any:
     return ExpressionWrapper(Coalesce("finished_at", "created_at") + Value(policy.keep_for), DateTimeField())
 
 
-def version() -> tuple[int, datetime | None]:
-    """A fingerprint of the policy table: changes with every save, enable, disable or delete."""
-    row = RetentionPolicy.objects.aggregate(n=Count("pk"), changed=Max("updated_at"))
-    return row["n"], row["changed"]
+def version() -> int:
+    """The policy table's version: a database trigger bumps it at every write to the table (migration 0011)."""
+    return PolicyVersion.objects.values_list("version", flat=True).filter(pk=1).first() or 0
 
 
-def outdated_claims(claims: Iterable[tuple[Any, str, datetime]]) -> set[Any]:
-    """Claims (id, purge reason, claimed at) made under a policy that no longer says delete.
+def redecide(claims: Sequence[Mapping[str, Any]], now: datetime) -> set[Any]:
+    """The policy claims among ``claims`` that their policies, as they are now, no longer delete.
 
-    The policy was deleted, disabled or switched to shadow, or the policy table changed since
-    the claim was decided (the hierarchy it was weighed in may differ). The next policies sweep
-    decides again under the rules as they are now.
+    ``claims``: locked ``purging`` rows (pk, purge_reason, task_type, final_status, finished_at,
+    created_at). A claim decided under the current policy version stands. Otherwise it is decided
+    again: a claim still due under the most specific enforcing policy for its task (by its age
+    limit, then its count cap) goes on, its reason updated to the rule deciding now; any other is
+    returned, to be given back. An edit of an unrelated policy gives nothing back.
     """
-    by_claim = {}
-    for pk, purge_reason, claimed_at in claims:
-        decoded = decode_purge_reason(purge_reason)
-        if decoded.policy_id is not None:
-            by_claim[pk] = (decoded, claimed_at)
-    if not by_claim:
+    current = version()
+    stale = [
+        claim
+        for claim in claims
+        if (decoded := decode_purge_reason(claim["purge_reason"])).policy_id is not None
+        and decoded.policies_version != current
+    ]
+    if not stale:
         return set()
-    current = {policy.pk: policy for policy in RetentionPolicy.objects.all()}
-    last_change = max((policy.updated_at for policy in current.values()), default=None)
-    tag = policies_version_tag((len(current), last_change))
-    outdated = set()
-    for pk, (decoded, claimed_at) in by_claim.items():
-        policy = current.get(decoded.policy_id)
-        rule_gone = policy is None or (
-            policy.keep_last is None if decoded.reason == Reason.COUNT_CAP else policy.keep_for is None
-        )
-        if decoded.policies_version is not None:
-            changed = decoded.policies_version != tag
-        else:  # a claim made before claims carried the version
-            changed = last_change is not None and last_change > claimed_at
-        if rule_gone or not policy.enabled or policy.is_shadow or changed:
-            outdated.add(pk)
+    enforcing = enforcing_only(enabled_policies())
+    outdated: set[Any] = set()
+    reasons: dict[str, list[Any]] = {}
+    for claim in stale:
+        reason = _due_reason(claim, enforcing, now)
+        if reason is None:
+            outdated.add(claim["pk"])
+        else:
+            reasons.setdefault(policy_claim(reason, current), []).append(claim["pk"])
+    for reason, ids in reasons.items():
+        Task.objects.filter(pk__in=ids).update(purge_reason=reason)
+        for claim in stale:
+            if claim["pk"] in ids:
+                claim["purge_reason"] = reason
     return outdated
+
+
+def _due_reason(claim: Mapping[str, Any], enforcing: Sequence[RetentionPolicy], now: datetime) -> str | None:
+    """The claim reason under which a claimed task is due now (age limit first), or None."""
+    policy = most_specific(enforcing, claim["task_type"], claim["final_status"])
+    if policy is None:
+        return None
+    if policy.keep_for is not None and shifted(claim["finished_at"] or claim["created_at"], policy.keep_for) <= now:
+        return age_reason(policy.pk)
+    if policy.keep_last is not None and _over_cap(policy, enforcing, claim):
+        return count_cap_reason(policy.pk)
+    return None
+
+
+def _over_cap(policy: RetentionPolicy, enforcing: Sequence[RetentionPolicy], claim: Mapping[str, Any]) -> bool:
+    """Whether a claimed task is older than the newest ``keep_last`` of its group (those not claimed).
+
+    Conservative: tasks claimed alongside it no longer count among the group, so after a cap
+    was raised a claim may be given back that the next sweep claims again; never the reverse.
+    """
+    assert policy.keep_last is not None
+    group = governed(policy, enforcing).filter(task_type=claim["task_type"], status=claim["final_status"])
+    boundary = _cap_boundary(group, policy.keep_last)
+    return boundary is not None and Task.objects.filter(pk=claim["pk"]).filter(_older(*boundary)).exists()
 
 
 # --- Result TTL --------------------------------------------------------------------------------

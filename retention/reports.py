@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.core.files.storage import Storage
-from django.db.models import Count, Min, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Count, Q, QuerySet, Sum
 
 from retention import audit, objects, orphans
 from retention.choices import PolicyMode, Reason, SweepKind
@@ -32,7 +31,6 @@ from retention.policies import (
     governed,
     hierarchy_for,
     most_specific,
-    purging,
     results_due,
     shifted,
     stale_claims,
@@ -223,33 +221,6 @@ def _held_back(policy: RetentionPolicy, weighed: Sequence[RetentionPolicy], now:
         held_aged = only_held(group.filter(_aged(cutoff))).count() if cutoff is not None else 0
         held += max(held_beyond - held_aged, 0)
     return held
-
-
-def retention_lag(now: datetime) -> timedelta:
-    """Age of the oldest overdue deletion (own expiry, result TTL, policy age, unfinished claim); 0 if none."""
-    overdue_since: list[datetime] = []
-    oldest = expiry_due(now).aggregate(at=Min("expires_at"))["at"]
-    if oldest is not None:
-        overdue_since.append(oldest)
-    oldest = results_due(now).aggregate(at=Min("result_expires_at"))["at"]
-    if oldest is not None:
-        overdue_since.append(oldest)
-    # A claim counts from when its data was due, however often it was taken over: a purge
-    # stuck for a week shows a week of lag, not the age of its latest attempt.
-    oldest = purging().aggregate(at=Min(Coalesce("purge_due_at", "status_changed_at")))["at"]
-    if oldest is not None:
-        overdue_since.append(oldest)
-    policies = enforcing_only(enabled_policies())
-    for policy in policies:
-        if policy.keep_for is None:
-            continue
-        due = age_due(policy, policies, now).aggregate(fin=Min("finished_at"), created=Min("created_at"))
-        started = due["fin"] or due["created"]
-        if started is not None:
-            overdue_since.append(shifted(started, policy.keep_for))
-    if not overdue_since:
-        return timedelta(0)
-    return max(now - min(overdue_since), timedelta(0))
 
 
 def status_counts() -> dict[str, int]:

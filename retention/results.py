@@ -1,13 +1,16 @@
 """The result purge (result TTL): ``TaskResult`` and result files go, the task row stays.
 
-Runs on the task purge's skeleton (purge.py): groups of tasks whose result keys fit one delete
-call, each in one fenced transaction that re-checks the task is still due under its row lock,
-so a duplicate run audits nothing twice and a held task keeps its result.
+Runs the deletion protocol (protocol.py) like the task purge: each short fenced step locks the
+tasks, re-checks each is still due and under no hold, records the keys confirmed gone, and
+decides the next result files (moving their manifest rows into the ledger); once a task has no
+result file left, it deletes its ``TaskResult`` and writes its one ``result_purged`` record. A
+task a hold covers meanwhile keeps its result; what was already decided is deleted and audited
+as ``partial_purge``.
 
 Most results have no files: on PostgreSQL those go in one statement per batch
 (``purge_result_rows``), which walks the result table by its expiry index, re-checks each task,
 deletes the results and writes their audit records together — no per-row Python, no
-transaction longer than one batch.
+transaction longer than one batch, no storage call.
 """
 
 from __future__ import annotations
@@ -15,89 +18,107 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from django.core.files.storage import Storage
 from django.db import connection
 from django.db.models import BooleanField, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
-from retention import audit, fence, objects, policies
-from retention.holds import active_hold_exists, exclude_held
+from retention import audit, fence, ledger, objects, policies, protocol
+from retention.choices import Reason, SweepKind
+from retention.holds import active_hold_exists
 from retention.models import AuditRecord
-from retention.purge import delete_manifest, in_groups, manifest_stats
+from retention.purge import of_tasks
 from retention.runs import PurgeCounts
 from tasks_app.models import GONE_STATUSES, StoredObject, Task, TaskResult
 
 logger = logging.getLogger(__name__)
 
 
-def _result_manifest(task_ids: Iterable[UUID | str] | None = None) -> QuerySet:
+def _result_files(task_ids: Iterable[UUID] | None = None) -> QuerySet:
     rows = StoredObject.objects.exclude(kind=StoredObject.INPUT_KIND)
-    return rows if task_ids is None else rows.filter(task_id__in=list(task_ids))
+    return rows if task_ids is None else of_tasks(rows, task_ids)
 
 
-def purge_results(
-    task_ids: Iterable[UUID | str], *, now: datetime, run_id: int | None = None, storage: Storage | None = None
-) -> PurgeCounts:
+def purge_results(task_ids: Iterable[UUID | str], *, now: datetime, run_id: int | None = None) -> PurgeCounts:
     """Delete the results of tasks past ``result_expires_at``: TaskResult and non-input objects.
 
-    The task row stays as it is. Re-checked under the row lock in each fenced group, so a
-    duplicate run audits nothing twice; a task with nothing left to delete is not audited.
+    The task row stays as it is. Re-checked under the row lock in each step, so a duplicate run
+    audits nothing twice; a task with nothing left to delete is not audited.
     """
     objects.refuse_inside_transaction()
-    ids = list(policies.results_due(now).filter(pk__in=list(task_ids)).order_by("pk").values_list("pk", flat=True))
-    counts = in_groups(
+    wanted = [UUID(str(task_id)) for task_id in task_ids]
+    ids = list(policies.results_due(now).filter(pk__in=wanted).order_by("pk").values_list("pk", flat=True))
+    counts = protocol.run(
         ids,
-        _result_manifest(),
-        lambda group: _purge_results_group(group, now, run_id, storage),
-        now=now,
+        ledger.sizes(ids, _result_files()),
+        lambda window, confirmed: _step(window, confirmed, now, run_id),
         what="result purge",
-        renew=False,
+        now=now,
     )
     if counts.purged:
         logger.info("results purged", extra={"count": counts.purged, "objects": counts.objects_deleted})
     return counts
 
 
-def _purge_results_group(group: list[UUID], now: datetime, run_id: int | None, storage: Storage | None) -> PurgeCounts:
-    counts = PurgeCounts()
-    with fence.deleting():
-        due = (
-            Task.objects.filter(pk__in=group, result_expires_at__lte=now)
+def _step(window: list[UUID], confirmed: list[str], now: datetime, run_id: int | None) -> protocol.Decided:
+    decided = protocol.Decided()
+    with fence.deciding():
+        rows = list(
+            of_tasks(Task.objects.select_for_update(skip_locked=True, no_key=True), window, "id")
+            .filter(result_expires_at__lte=now)
             .exclude(status__in=GONE_STATUSES)
-            .select_for_update(skip_locked=True, no_key=True)
+            .annotate(held=active_hold_exists())
+            .order_by("pk")
+            .values("pk", "owner_id", "task_type", "held")
         )
-        rows = list(exclude_held(due).order_by("pk").values_list("pk", "owner_id", "task_type"))
         if not rows:
-            return counts
-        ids = [row[0] for row in rows]
-        failed = delete_manifest(_result_manifest(ids), counts, storage)
-        counts.failed += len(failed)
-        counts.add(_finish_results([row for row in rows if row[0] not in failed], now, run_id))
-    return counts
+            return decided
+        locked = [row["pk"] for row in rows]
+        ledger.confirm(confirmed, locked, now)
+        held = {row["pk"] for row in rows if row["held"]}
+        undeleted = ledger.undeleted(locked)
+        left = set(_result_files(locked).values_list("task_id", flat=True).distinct())
+        done = [row for row in rows if row["pk"] not in undeleted and (row["pk"] in held or row["pk"] not in left)]
+        if done:
+            decided.counts.add(_close(done, held, now, run_id))
+        closed = {row["pk"] for row in done}
+        working = [pk for pk in locked if pk not in closed]
+        keys = ledger.decided_keys(working, objects.DELETE_BATCH)
+        going = [pk for pk in working if pk not in held]
+        if len(keys) < objects.DELETE_BATCH and going:
+            files = _result_files(going)
+            keys.update(ledger.decide(files, objects.DELETE_BATCH - len(keys), kind=SweepKind.RESULTS, run_id=run_id))
+        decided.keys, decided.working = keys, working
+    return decided
 
 
-def _finish_results(rows: list[tuple[UUID, int | None, str]], now: datetime, run_id: int | None) -> PurgeCounts:
-    """Audit and delete the results of the locked ``rows`` (id, owner, type); returns what it did."""
-    done = PurgeCounts()
-    locked = [row[0] for row in rows]
-    manifest = _result_manifest(locked)
-    stats = manifest_stats(manifest)
-    with_result = set(TaskResult.objects.filter(task_id__in=locked).values_list("task_id", flat=True))
+def _close(rows: list[dict[str, Any]], held: set[UUID], now: datetime, run_id: int | None) -> PurgeCounts:
+    """Delete the results of the finished tasks among ``rows`` and audit them; audit what held ones lost."""
+    counts = PurgeCounts()
+    if not rows:
+        return counts
+    tallies = ledger.settle(row["pk"] for row in rows)
+    finished = [row["pk"] for row in rows if row["pk"] not in held]
+    with_result = set(of_tasks(TaskResult.objects.all(), finished).values_list("task_id", flat=True))
     records = []
-    for task_id, owner_id, task_type in rows:
-        n, size = stats.get(task_id, (0, 0))
-        if not n and task_id not in with_result:
+    for row in rows:
+        tally = tallies.get(row["pk"], ledger.Tally())
+        subject = audit.Subject(row["pk"], row["owner_id"], row["task_type"])
+        if row["pk"] in held:
+            if tally.objects:
+                records.append(audit.partial_record(subject, Reason.RESULT_TTL, tally, now, run_id))
+            continue
+        if not tally.objects and row["pk"] not in with_result:
             continue  # a concurrent purge got here first
-        records.append(audit.result_record(audit.Subject(task_id, owner_id, task_type), n, size, now, run_id))
-        done.objects_deleted += n
-        done.bytes_freed += size
+        records.append(audit.result_record(subject, tally.objects, tally.bytes, now, run_id))
+        counts.objects_deleted += tally.objects
+        counts.bytes_freed += tally.bytes
+        counts.purged += 1
     AuditRecord.objects.bulk_create(records)
-    manifest.delete()
-    TaskResult.objects.filter(task_id__in=locked).delete()
-    done.purged = len(records)
-    return done
+    of_tasks(TaskResult.objects.all(), finished).delete()
+    return counts
 
 
 ResultKey = tuple[datetime, str]
@@ -148,7 +169,7 @@ def purge_result_rows(
         .select_for_update(skip_locked=True, of=("self",))
         .values("row", "task_id", "expires_at", "owner_id", "task_type", "due")[:limit]
     )
-    with fence.deleting():
+    with fence.deciding():
         scan_sql, scan_params = _compiled(scan)
         insert_sql, insert_params = audit.result_records_from("gone", now, run_id)
         with connection.cursor() as cursor:

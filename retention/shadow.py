@@ -6,15 +6,20 @@ import logging
 from datetime import datetime
 from uuid import UUID
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
 
 from retention import audit
 from retention.choices import AuditAction
 from retention.models import AuditRecord, RetentionPolicy
-from retention.purge import manifest_stats
 from tasks_app.models import StoredObject
 
 logger = logging.getLogger(__name__)
+
+
+def _manifest_stats(manifest: QuerySet) -> dict[UUID, tuple[int, int]]:
+    """Objects and bytes per task of some manifest rows."""
+    rows = manifest.order_by().values("task_id").annotate(n=Count("pk"), size=Sum("size"))
+    return {row["task_id"]: (row["n"], row["size"] or 0) for row in rows}
 
 
 def record_shadow(
@@ -27,7 +32,7 @@ def record_shadow(
     rows = list(tasks.filter(~Exists(already)).order_by("pk").values_list("pk", "owner_id", "task_type")[:limit])
     if not rows:
         return []
-    stats = manifest_stats(StoredObject.objects.filter(task_id__in=[row[0] for row in rows]))
+    stats = _manifest_stats(StoredObject.objects.filter(task_id__in=[row[0] for row in rows]))
     records = [
         audit.shadow_record(
             audit.Subject(task_id, owner_id, task_type),

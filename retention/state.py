@@ -1,4 +1,4 @@
-"""Machine-written state of retention: sweep runs, the orphan listing's cursor and intents, alert states.
+"""Machine-written state of retention: sweep runs, the listing cursor, the deletion ledger, the policy version, alerts.
 
 Re-exported by ``retention.models``, where Django and other apps find them.
 """
@@ -64,24 +64,47 @@ class ListingCursor(models.Model):
 
 
 class PendingDeletion(models.Model):
-    """An object the orphan sweep decided to delete, recorded before it is deleted (the intent).
+    """A storage key decided for deletion: the ledger between deciding and auditing (protocol.py).
 
-    The deletion, its audit record and the removal of this row happen in one fenced
-    transaction; a crash after the storage call leaves the row, and the next orphan sweep
-    deletes the (already missing) key again and audits it once.
+    Written by the short transaction that decides (a task purge, a result purge, an orphan
+    sweep), before the storage call; ``deleted_at`` is set once the store confirmed the key gone;
+    the row is removed by the transaction that audits it. A crash leaves rows behind, and the next
+    run deletes their (maybe already missing) keys again and audits them once. A decided key is
+    always deleted: a legal hold placed afterwards keeps everything not yet decided.
     """
 
     key = models.CharField(max_length=1024, unique=True, help_text="Storage key under tasks/<id>/.")
-    task_id = models.UUIDField(null=True, blank=True, help_text="The id in the key's tasks/<id>/ prefix.")
+    task_id = models.UUIDField(null=True, blank=True, help_text="The task (for an orphan, the id in its key).")
+    kind = models.CharField(
+        max_length=16, choices=SweepKind.choices, default=SweepKind.ORPHANS, help_text="Which deletion decided it."
+    )
     size = models.BigIntegerField(default=0, help_text="Bytes, as listed (or as in the manifest).")
     created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True, help_text="When the store confirmed it gone.")
     sweep_run = models.ForeignKey(SweepRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
-        verbose_name = "pending orphan deletion"
+        verbose_name = "decided storage deletion"
+        indexes = [models.Index(fields=["task_id"], name="pendingdeletion_task_idx")]
 
     def __str__(self) -> str:
         return self.key
+
+
+class PolicyVersion(models.Model):
+    """One row whose ``version`` a database trigger bumps at every write to the policy table.
+
+    A policy claim carries the version it was decided under; the purge compares for equality,
+    so an edit by ``update()``, SQL, or a host whose clock is behind is never missed.
+    """
+
+    version = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "policy table version"
+
+    def __str__(self) -> str:
+        return f"policies v{self.version}"
 
 
 class AlertState(models.Model):

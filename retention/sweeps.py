@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -123,69 +124,75 @@ def _result_key(position: str) -> results.ResultKey | None:
     return (datetime.fromisoformat(at), task_id) if task_id else None
 
 
-def _policy_steps(
-    policy: RetentionPolicy,
-    every: list[RetentionPolicy],
-    now: datetime,
-    fanout: Fanout,
-    run_id: int,
-    version: tuple[int, datetime | None],
-) -> list[Step]:
-    steps: list[Step] = []
-    targets: list[tuple[Callable[[], Any], str, str, Any]] = []
+@dataclass(frozen=True)
+class _Rule:
+    """One rule of a policy, as the sweep applies it: what is due, and how a claim records it."""
+
+    due: Callable[[], Any]  # the due tasks (a queryset)
+    claim_reason: str  # the claim's purge_reason (with the policy version)
+    audit_reason: str  # the reason a shadow record gives
+    due_at: Callable[[], Any]  # when the data became due (a value or an expression per row)
+
+
+def _rules(policy: RetentionPolicy, every: list[RetentionPolicy], now: datetime, version: int) -> list[_Rule]:
+    rules = []
     if policy.keep_for is not None:
-        targets.append(
-            (
-                lambda: policies.age_due(policy, every, now),
-                audit.policy_claim(audit.age_reason(policy.pk), version),
-                audit.age_reason(policy.pk),
-                policies.age_due_at(policy),
+        reason = audit.age_reason(policy.pk)
+        rules.append(
+            _Rule(
+                due=lambda: policies.age_due(policy, every, now),
+                claim_reason=audit.policy_claim(reason, version),
+                audit_reason=reason,
+                due_at=lambda: policies.age_due_at(policy),
             )
         )
     for task_type, status in policies.count_cap_groups(policy, every):
-        targets.append(
-            (
-                lambda t=task_type, s=status: policies.count_due(policy, every, t, s),
-                audit.policy_claim(audit.count_cap_reason(policy.pk), version),
-                Reason.COUNT_CAP,
-                None,
+        rules.append(
+            _Rule(
+                due=lambda t=task_type, s=status: policies.count_due(policy, every, t, s),
+                claim_reason=audit.policy_claim(audit.count_cap_reason(policy.pk), version),
+                audit_reason=Reason.COUNT_CAP,
+                # The lag of a claimed batch counts from when its oldest task went over the cap.
+                due_at=lambda t=task_type, s=status: policies.over_cap_since(policy, every, t, s) or now,
             )
         )
-    for due, claim_reason, audit_reason, due_at in targets:
+    return rules
+
+
+def _policy_steps(
+    policy: RetentionPolicy, every: list[RetentionPolicy], now: datetime, fanout: Fanout, run_id: int, version: int
+) -> list[Step]:
+    steps: list[Step] = []
+    for rule in _rules(policy, every, now, version):
         if policy.is_shadow:
-            steps.append(
-                Step(
-                    _unless_changed(
-                        version,
-                        lambda n, due=due, reason=audit_reason: shadow.record_shadow(
-                            due(), policy=policy, reason=reason, now=now, run_id=run_id, limit=n
-                        ),
-                    ),
-                    shadow=True,
+
+            def record(n: int, rule: _Rule = rule) -> list[Any]:
+                return shadow.record_shadow(
+                    rule.due(), policy=policy, reason=rule.audit_reason, now=now, run_id=run_id, limit=n
                 )
-            )
+
+            steps.append(Step(_unless_changed(version, record), shadow=True))
         else:
-            steps.append(
-                Step(
-                    _unless_changed(
-                        version,
-                        lambda n, due=due, reason=claim_reason, due_at=due_at: claims.claim(
-                            due(), reason=reason, now=now, limit=n, order_by=("finished_at", "pk"), due_at=due_at
-                        ),
-                    ),
-                    fanout.purge_tasks,
+
+            def take(n: int, rule: _Rule = rule) -> list[Any]:
+                return claims.claim(
+                    rule.due(),
+                    reason=rule.claim_reason,
+                    now=now,
+                    limit=n,
+                    order_by=("finished_at", "pk"),
+                    due_at=rule.due_at(),
                 )
-            )
+
+            steps.append(Step(_unless_changed(version, take), fanout.purge_tasks))
     return steps
 
 
-def _unless_changed(
-    version: tuple[int, datetime | None], take: Callable[[int], list[Any]]
-) -> Callable[[int], list[Any]]:
-    """``take``, or nothing once any policy changed since the sweep read them.
+def _unless_changed(version: int, take: Callable[[int], list[Any]]) -> Callable[[int], list[Any]]:
+    """``take``, or nothing once the policy table changed since the sweep read it.
 
-    Each batch looks again (one small query), so a sweep never claims under rules an
-    operator already changed; claims made before the change are given back by the purge.
+    Each batch looks again (one small query), so a sweep never claims under rules an operator
+    already changed; claims made before the change are decided again by the purge (purge.py).
     """
 
     def guarded(n: int) -> list[Any]:
@@ -236,8 +243,8 @@ def sweep_orphans(
     is missing are counted and logged. Returns None if another run holds the listing.
     """
     fanout = fanout or InProcess(now)
-    storage, progress = getattr(fanout, "storage", None), getattr(fanout, "progress", None)
-    listing = orphans.Listing.lease(storage)
+    progress = getattr(fanout, "progress", None)
+    listing = orphans.Listing.lease()
     if listing is None:
         logger.info("orphan sweep skipped: another run holds the listing")
         if run_id is not None:

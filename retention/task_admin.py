@@ -21,13 +21,14 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from retention import reports, services
+from retention import objects, reports, services
 from retention.admin_filters import DueByPolicyFilter, ExpiringFilter, OwnerFilter, TaskTypeFilter
 from retention.exceptions import TaskOnLegalHold
 from retention.models import LegalHold
 from tasks_app.admin import TaskAdmin
-from tasks_app.models import GONE_STATUSES, Task
+from tasks_app.models import GONE_STATUSES, Task, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +61,34 @@ def purge_tasks(task_ids: Iterable[Any], *, now: datetime) -> PurgeOutcome:
 
 
 def hold_tasks(tasks: Iterable[Task], *, reason: str, created_by: Any) -> list[LegalHold]:
-    """Place one legal hold per live task, with who and why; tasks already gone are skipped."""
+    """Place one legal hold per task not yet deleted, with who and why; tombstones are skipped.
+
+    A task being purged is held too: the hold stops its purge at the next step, and keeps
+    everything not already handed to storage (see ``hold_message``).
+    """
     return [
         services.hold(task=task, reason=reason, created_by=created_by)
         for task in tasks
-        if task.status not in GONE_STATUSES
+        if task.status != TaskStatus.EXPIRED
     ]
+
+
+def hold_message(tasks: list[Task], holds: list[LegalHold]) -> tuple[str, int]:
+    """The message (and its level) telling the operator what ``hold_tasks`` did, mid-deletion tasks named."""
+    tombstones = sum(1 for task in tasks if task.status == TaskStatus.EXPIRED)
+    purging = [task for task in tasks if task.status == TaskStatus.PURGING]
+    if not holds:
+        return "No hold placed: the selected tasks' data is already deleted.", messages.ERROR
+    parts = [f"Placed {len(holds)} legal hold(s)."]
+    if purging:
+        parts.append(
+            f"{len(purging)} of these tasks were being deleted: the hold stops their purge and keeps everything "
+            f"not yet deleted; objects already handed to storage (at most {objects.DELETE_BATCH} per task) are "
+            "deleted and audited as partial purge."
+        )
+    if tombstones:
+        parts.append(f"{tombstones} skipped: their data is already deleted.")
+    return " ".join(parts), messages.WARNING if purging or tombstones else messages.SUCCESS
 
 
 # --- Display -----------------------------------------------------------------------------------------
@@ -95,7 +118,7 @@ def holds_html(task: Task) -> str:
 def deletes_at_html(task: Task, deadline: reports.Deadline) -> str:
     """The "deletes at" cell: when, or why never."""
     if task.status in GONE_STATUSES:
-        return format_html("deleted {}", _when(deadline.at)) if deadline.at else format_html("<em>purging</em>")
+        return format_html("deleted {}", _when(deadline.at)) if deadline.at else mark_safe("<em>purging</em>")
     if deadline.held:
         return format_html('<span class="retention-held">held</span>')
     if deadline.at is None:
@@ -177,7 +200,7 @@ def place_legal_hold_action(modeladmin: Any, request: HttpRequest, queryset: Que
     if request.POST.get("confirm") != "yes" or not reason:
         return modeladmin.confirm_page(request, "hold", tasks, missing_reason="confirm" in request.POST)
     holds = hold_tasks(tasks, reason=reason, created_by=request.user)
-    modeladmin.message_user(request, f"Placed {len(holds)} legal hold(s).", messages.SUCCESS)
+    modeladmin.message_user(request, *hold_message(tasks, holds))
     return None
 
 
@@ -274,7 +297,8 @@ class RetentionTaskAdmin(TaskAdmin):
     ) -> Any:
         live = obj is not None and obj.status not in GONE_STATUSES
         context["can_purge"] = live and self.has_purge_permission(request)
-        context["can_hold"] = live and self.has_hold_permission(request)
+        # A task being purged can still be held: the hold keeps what is not yet deleted.
+        context["can_hold"] = obj is not None and obj.status != TaskStatus.EXPIRED and self.has_hold_permission(request)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def purge_view(self, request: HttpRequest, object_id: str) -> Any:
@@ -291,7 +315,7 @@ class RetentionTaskAdmin(TaskAdmin):
         if not allowed(request):
             raise PermissionDenied
         change_url = reverse("admin:tasks_app_task_change", args=[task.pk])
-        if task.status in GONE_STATUSES:
+        if task.status == TaskStatus.EXPIRED or (kind == "purge" and task.status in GONE_STATUSES):
             self.message_user(request, "This task's data is deleted: it is read-only.", messages.ERROR)
             return HttpResponseRedirect(change_url)
         if request.method != "POST":
@@ -300,7 +324,7 @@ class RetentionTaskAdmin(TaskAdmin):
 
     def confirm_page(self, request: HttpRequest, kind: str, tasks: list[Task], **extra: Any) -> TemplateResponse:
         """The intermediate page of both actions: the tasks, and for a hold the reason."""
-        gone = [t for t in tasks if t.status in GONE_STATUSES]
+        gone = [t for t in tasks if t.status in (GONE_STATUSES if kind == "purge" else [TaskStatus.EXPIRED])]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,

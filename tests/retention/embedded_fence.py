@@ -1,4 +1,4 @@
-"""Run in a subprocess on SQLite (the embedded mode): a hold saved while a purge deletes.
+"""Run in a subprocess on SQLite (the embedded mode): a hold and a submission while a purge deletes.
 
 Threads have their own SQLite connections, so they exclude each other exactly as web,
 worker and beat processes do. Prints one JSON line with what happened.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from datetime import timedelta
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -22,8 +23,9 @@ from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from retention import claims, objects, purge  # noqa: E402
-from retention.models import LegalHold  # noqa: E402
+from retention.models import AuditRecord, LegalHold  # noqa: E402
 from tasks_app.models import StoredObject, Task, TaskStatus  # noqa: E402
+from tasks_app.services import submit  # noqa: E402
 from tasks_app.storage import save_object  # noqa: E402
 
 
@@ -38,6 +40,20 @@ def _task(now: object) -> Task:
     )
     save_object(task, "a.txt", b"a", kind="out", folder="out")
     return task
+
+
+def _timed(target: object, took: list[float]) -> threading.Thread:
+    def body() -> None:
+        started = time.monotonic()
+        try:
+            target()  # type: ignore[operator]
+        finally:
+            took.append(time.monotonic() - started)
+            connection.close()
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    return thread
 
 
 def main() -> None:
@@ -55,34 +71,26 @@ def main() -> None:
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
     objects.delete_keys = slow  # type: ignore[assignment]
-
-    def run(target: object) -> threading.Thread:
-        def body() -> None:
-            try:
-                target()  # type: ignore[operator]
-            finally:
-                connection.close()
-
-        thread = threading.Thread(target=body)
-        thread.start()
-        return thread
-
-    purger = run(lambda: purge.purge_claimed([first.pk], now=now))
+    purger = _timed(lambda: purge.purge_claimed([first.pk], now=now), [])
     deleting.wait(timeout=30)
-    holder = run(lambda: LegalHold.objects.create(task_type="t.case", reason="litigation"))
-    holder.join(timeout=1.5)
-    hold_waited = holder.is_alive()
+    # While the purge's storage call runs: another process submits a task, an operator places a hold.
+    submit_took: list[float] = []
+    _timed(lambda: submit("demo.echo", {}), submit_took).join(timeout=30)
+    hold_took: list[float] = []
+    _timed(lambda: LegalHold.objects.create(task_type="t.case", reason="litigation"), hold_took).join(timeout=30)
     resume.set()
     purger.join(timeout=60)
-    holder.join(timeout=60)
     purge.purge_claimed([second.pk], now=now)
     print(
         json.dumps(
             {
-                "hold_waited": hold_waited,
+                "submit_took": submit_took[0] if submit_took else None,
+                "hold_took": hold_took[0] if hold_took else None,
                 "first": Task.objects.get(pk=first.pk).status,
+                "first_payload": Task.objects.get(pk=first.pk).payload,
                 "second": Task.objects.get(pk=second.pk).status,
                 "second_objects": StoredObject.objects.filter(task_id=second.pk).count(),
+                "records": sorted(AuditRecord.objects.values_list("action", "objects_deleted")),
             }
         )
     )

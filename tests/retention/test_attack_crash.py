@@ -26,8 +26,8 @@ from tasks_app.storage import task_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The purger: claims nothing itself, purges the claimed task and stops dead inside the fenced
-# transaction right after the storage call (the audit and the tombstone not yet committed).
+# The purger: claims nothing itself, purges the claimed task and stops dead inside the transaction
+# that records the storage call's outcome (the audit and the tombstone written, not committed).
 _PURGER = """
 import os, sys, time, uuid
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -36,11 +36,14 @@ django.setup()
 from django.utils import timezone
 from retention import purge
 
+real_close = purge._close
+
 def stop_here(*args, **kwargs):
+    real_close(*args, **kwargs)
     print("objects deleted", flush=True)
     time.sleep(600)
 
-purge._finish = stop_here
+purge._close = stop_here
 purge.purge_claimed([uuid.UUID(sys.argv[1])], now=timezone.now())
 """
 
@@ -118,16 +121,16 @@ def test_a_result_purge_failing_after_its_storage_call_is_audited_once_by_the_ne
         input_file=b"input",
         result={"ok": 1},
     )
-    real_finish = results._finish_results
+    real_close = results._close
     failures = iter([RuntimeError("connection lost before commit")])
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
         error = next(failures, None)
         if error is not None:
             raise error
-        return real_finish(*args, **kwargs)
+        return real_close(*args, **kwargs)
 
-    monkeypatch.setattr(results, "_finish_results", flaky)
+    monkeypatch.setattr(results, "_close", flaky)
 
     # when the first result sweep deletes the files and then fails
     first = sweeps.sweep_results(now)

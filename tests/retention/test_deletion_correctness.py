@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from typing import Any
@@ -19,7 +20,7 @@ from django.core.management.base import CommandError
 from django.db import IntegrityError, connection
 from django.utils import timezone
 
-from retention import claims, objects, policies, purge, reports, services, sweeps
+from retention import claims, fence, metrics, objects, policies, purge, services, sweeps
 from retention.models import AuditAction, AuditRecord, LegalHold, RetentionPolicy
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.embedded import run_embedded
@@ -34,30 +35,45 @@ def _status(task: Task) -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_fence_holds_no_lock_outside_a_transaction(make_task: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fence_is_transaction_scoped_and_never_held_across_a_storage_call(
+    make_task: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A session advisory lock does not survive PgBouncer in transaction mode (its unlock can run
-    on another server connection): whenever a purge holds the fence, it is inside a transaction."""
+    on another server connection): the fence is only ever held inside a transaction. And a storage
+    call never runs inside one: a hold would wait for the store, and a server's idle timeout could
+    end the transaction after the objects are gone."""
     now = timezone.now()
     task = make_task(expires_at=now, files={"out/a.txt": b"a"})
     claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
-    seen: list[tuple[int, bool]] = []
-    original = objects.delete_keys
+    seen: list[tuple[str, int, bool]] = []
 
-    def watching(*args: Any, **kwargs: Any) -> Any:
+    def locks() -> int:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted"
             )
-            seen.append((cursor.fetchone()[0], connection.in_atomic_block))
-        return original(*args, **kwargs)
+            return cursor.fetchone()[0]
+
+    original_delete, original_deciding = objects.delete_keys, fence.deciding
+
+    def watching(*args: Any, **kwargs: Any) -> Any:
+        seen.append(("storage", locks(), connection.in_atomic_block))
+        return original_delete(*args, **kwargs)
+
+    @contextmanager
+    def watched_deciding() -> Iterator[None]:
+        with original_deciding():
+            seen.append(("deciding", locks(), connection.in_atomic_block))
+            yield
 
     monkeypatch.setattr(objects, "delete_keys", watching)
+    monkeypatch.setattr(fence, "deciding", watched_deciding)
 
     assert purge.purge_claimed([task.pk], now=now).purged == 1
 
-    assert seen
-    assert all(locks == 1 for locks, _ in seen)
-    assert all(in_transaction for _, in_transaction in seen), "the fence must be transaction-scoped"
+    assert [what for what, _, _ in seen] == ["deciding", "storage", "deciding"]
+    assert all(held == 1 and in_transaction for what, held, in_transaction in seen if what == "deciding"), seen
+    assert all(held == 0 and not in_transaction for what, held, in_transaction in seen if what == "storage"), seen
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
         assert cursor.fetchone()[0] == 0
@@ -68,7 +84,7 @@ def test_a_hold_is_saved_within_seconds_while_a_large_chunk_purges(
     make_task: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fence spanned a whole chunk (every DeleteObjects call and back-off): a hold waited for all
-    of it. Now it waits for one group, and the rest of the chunk sees it."""
+    of it. Now it waits for no storage call at all, and the rest of the chunk sees it."""
     # given a chunk of three tasks whose keys need three delete calls, each call slow
     monkeypatch.setattr(objects, "DELETE_BATCH", 2)
     now = timezone.now()
@@ -89,28 +105,41 @@ def test_a_hold_is_saved_within_seconds_while_a_large_chunk_purges(
     purger = in_thread(lambda: purge.purge_claimed(ids, now=now))
     assert first_call.wait(timeout=30)
 
-    # when a hold on the task type is saved while the first group deletes
+    # when a hold on the task type is saved while the first call deletes
     saved_at: list[float] = []
+    started = time.monotonic()
     holder = in_thread(lambda: saved_at.append(LegalHold.objects.create(task_type="t.case", reason="x").pk))
-    time.sleep(0.5)
-    release.set()
     holder.join(timeout=10)
+    took = time.monotonic() - started
+    release.set()
     purger.join(timeout=30)
 
-    # then the hold was saved right after the group under way, and the later groups kept their data
+    # then the hold was saved at once, the first task kept its row (its two objects, already handed
+    # to storage, are audited as a partial purge), and the later tasks kept their data
     assert saved_at, "the hold must be saved within seconds"
+    assert took < 1.0, f"the hold waited {took:.1f} s"
     statuses = [Task.objects.get(pk=i).status for i in ids]
-    assert statuses[0] == TaskStatus.EXPIRED
-    assert statuses[1:] == [TaskStatus.SUCCEEDED, TaskStatus.SUCCEEDED]
+    assert statuses == [TaskStatus.SUCCEEDED] * 3
     assert StoredObject.objects.filter(task_id__in=ids[1:]).count() == 4
+    assert list(AuditRecord.objects.values_list("task_id", "action", "objects_deleted")) == [
+        (ids[0], "partial_purge", 2)
+    ]
 
 
-def test_legal_holds_are_fenced_in_the_embedded_mode(tmp_path: Any) -> None:
+def test_legal_holds_are_fenced_in_the_embedded_mode_and_nobody_waits_for_a_storage_call(tmp_path: Any) -> None:
     """On SQLite (make run: web, worker, beat as separate processes) the fence was a no-op: a hold
-    saved while a purge deleted did not wait, and the task was tombstoned under it."""
+    saved while a purge deleted did not wait, and the task was tombstoned under it. Then the fence
+    held SQLite's one write lock through the storage call, stalling every writer of every process."""
     outcome = run_embedded("tests.retention.embedded_fence", tmp_path, timeout=240)
-    assert outcome["hold_waited"], "the hold must wait for the deletion under way"
-    assert outcome["first"] == "expired"
+    assert outcome["hold_took"] is not None, outcome
+    assert outcome["hold_took"] < 1.0, outcome
+    assert outcome["submit_took"] is not None, outcome
+    assert outcome["submit_took"] < 1.0, outcome
+    # the hold came after the first task's object was handed to storage: that object is gone and
+    # audited, the task's row and payload are kept
+    assert outcome["first"] == "succeeded"
+    assert outcome["first_payload"] == {"secret": 1}
+    assert outcome["records"] == [["partial_purge", 1]]
     assert outcome["second"] == "succeeded", "a purge after the hold must give its claim back"
     assert outcome["second_objects"] == 1
 
@@ -223,7 +252,7 @@ def test_a_stuck_purge_shows_its_full_lag_and_its_attempts(
     row = Task.objects.get(pk=task.pk)
     assert row.status == TaskStatus.PURGING
     assert row.purge_attempts == 2
-    assert reports.retention_lag(later) >= timedelta(days=7)
+    assert metrics.retention_lag(later) >= timedelta(days=7)
     out = StringIO()
     call_command("retention_status", stdout=out)
     assert "purging: 1 tasks" in out.getvalue()

@@ -9,7 +9,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from retention import claims, purge, runs, services, sweeps
+from retention import claims, objects, purge, runs, services, sweeps
 from retention.models import AuditAction, AuditRecord, LegalHold, SweepKind, SweepRun
 from retention.purge import PurgeCounts
 from tasks_app.executor import execute
@@ -98,17 +98,17 @@ def test_failure_after_objects_are_deleted_leaves_the_task_purging_until_a_later
     # (the audit, row deletes and tombstone written, not committed)
     now = timezone.now()
     task = make_task(expires_at=now - timedelta(seconds=1), files={"out/a.txt": b"aaa", "out/b.txt": b"bb"}, result=1)
-    real_finish = purge._finish
+    real_close = purge._close
     failures = iter([RuntimeError("database went away mid-transaction")])
 
-    def flaky_finish(*args: Any, **kwargs: Any) -> PurgeCounts:
-        done = real_finish(*args, **kwargs)
+    def flaky_close(*args: Any, **kwargs: Any) -> PurgeCounts:
+        done = real_close(*args, **kwargs)
         error = next(failures, None)
         if error is not None:
             raise error
         return done
 
-    monkeypatch.setattr(purge, "_finish", flaky_finish)
+    monkeypatch.setattr(purge, "_close", flaky_close)
 
     # when the first sweep deletes the objects and then fails before committing
     first = sweeps.sweep_tasks(now)
@@ -148,16 +148,17 @@ def test_the_same_purge_twice_and_interleaved_audits_once(make_task: Any, monkey
     assert claimed == [task.pk]
 
     # when a second purger finishes the same task between this one's object deletion and its transaction
-    real_finish = purge._finish
+    real_delete = objects.delete_keys
     raced: list[PurgeCounts] = []
 
-    def finish_after_a_rival(*args: Any, **kwargs: Any) -> PurgeCounts:
+    def delete_then_a_rival(*args: Any, **kwargs: Any) -> Any:
+        outcome = real_delete(*args, **kwargs)
         if not raced:
             raced.append(PurgeCounts())
             raced[0] = purge.purge_claimed(claimed, now=now)
-        return real_finish(*args, **kwargs)
+        return outcome
 
-    monkeypatch.setattr(purge, "_finish", finish_after_a_rival)
+    monkeypatch.setattr(objects, "delete_keys", delete_then_a_rival)
     mine = purge.purge_claimed(claimed, now=now)
     # and the purge is run once more afterwards
     again = purge.purge_claimed(claimed, now=now)

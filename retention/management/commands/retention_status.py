@@ -38,7 +38,7 @@ class Command(BaseCommand):
         due = snap.due
         self.stdout.write(
             f"due now: {_count(due['expires_at'])} past expires_at, {_count(due['policy_age'])} past a policy's "
-            f"age limit, {_count(due['result_ttl'])} results past TTL"
+            f"age limit, {_count(due['count_cap'])} over a count cap, {_count(due['result_ttl'])} results past TTL"
         )
         stuck = policies.purging().aggregate(n=Count("pk"), attempts=Max("purge_attempts"))
         self.stdout.write(

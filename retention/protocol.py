@@ -1,0 +1,124 @@
+"""The deletion protocol every purge runs: decide in a short transaction, delete with none open, record.
+
+A purge of some tasks (or of their results) is a loop of steps. Each step is one short
+transaction on the deciding side of the fence (fence.py) that, for a window of tasks whose
+rows it locks (SKIP LOCKED: a rival purger finishes what it holds):
+
+1. records what the store confirmed gone in the previous storage call (ledger.py);
+2. decides again: a task a legal hold now covers, or whose rule no longer says delete, gets no
+   new keys and is not finished; a task with nothing left to delete is finished (audited, its
+   rows deleted or tombstoned) or, if stopped, given back with what was already deleted audited;
+3. decides the next keys, at most one ``DeleteObjects`` call of them: keys already decided and
+   not yet confirmed (a crashed or stopped purge's) first, then manifest rows it moves into the
+   ledger.
+
+Then, with no transaction open, the storage call. A crash anywhere leaves the tasks claimed with
+their decided keys in the ledger; the next attempt deletes those keys again (a missing key
+counts as deleted) and audits each task once, because only a transaction holding its row lock
+finishes it. A hold never waits for a storage call: it waits for at most one step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from retention import claims, objects
+from retention.runs import PurgeCounts
+
+logger = logging.getLogger(__name__)
+
+MAX_WINDOW = 1000  # tasks one step locks at most
+
+
+@dataclass
+class Decided:
+    """What one step did and decided: keys to delete now, and the tasks still under way."""
+
+    keys: dict[str, UUID | None] = field(default_factory=dict)  # key → its task
+    working: list[UUID] = field(default_factory=list)
+    counts: PurgeCounts = field(default_factory=PurgeCounts)
+
+
+Step = Callable[[list[UUID], list[str]], Decided]
+
+
+def run(
+    task_ids: Sequence[UUID],
+    sizes: dict[UUID, int],
+    step: Step,
+    *,
+    what: str,
+    now: datetime,
+    renew: bool = False,
+    leases_from: datetime | None = None,
+) -> PurgeCounts:
+    """Run ``step(window, confirmed keys)`` until every task is finished, given back or failed.
+
+    ``sizes``: keys per task still to delete (an estimate: a step never takes more than one
+    delete call's worth). ``renew``: keep the claims' leases alive (``leases_from``, the
+    earliest, if known). A failed step or storage call leaves its tasks for a later run and is
+    counted; the others go on.
+    """
+    counts = PurgeCounts()
+    queue = deque(task_ids)
+    left = dict(sizes)
+    working: list[UUID] = []
+    confirmed: list[str] = []
+    while queue or working:
+        window = _window(working, queue, left)
+        if renew:
+            leases_from = claims.heartbeat([*window, *queue], now, leases_from=leases_from)
+        try:
+            decided = step(window, confirmed)
+        except Exception as exc:
+            # The step's transaction rolled back: its tasks stay as they were for a later run.
+            logger.exception(f"{what} failed", extra={"task_ids": [str(i) for i in window]})
+            counts.failed += len(window)
+            counts.error(f"{what} of {len(window)} tasks failed: {exc!r}")
+            working, confirmed = [], []
+            continue
+        counts.add(decided.counts)
+        working, confirmed = decided.working, []
+        if working and not decided.keys:
+            # A task under way always has keys to delete (or is closed): none means a row no
+            # step can take. Leave the tasks for a later run instead of looping on them.
+            counts.failed += len(working)
+            counts.error(f"{what}: {len(working)} tasks had nothing to delete but could not be closed")
+            logger.error(f"{what} made no progress", extra={"task_ids": [str(i) for i in working]})
+            working = []
+        for task_id in decided.keys.values():
+            if task_id is not None and task_id in left:
+                left[task_id] = max(left[task_id] - 1, 0)
+        if decided.keys:
+            # No transaction is open here (the step committed): a slow store holds no lock.
+            outcome = objects.delete_keys(list(decided.keys))
+            failed = {decided.keys[key] for key in outcome.failed}
+            for key, error in sorted(outcome.failed.items())[:5]:
+                counts.error(f"{key}: {error}")
+            if failed:
+                counts.failed += len(failed)
+                working = [task_id for task_id in working if task_id not in failed]
+            confirmed = [key for key in decided.keys if key not in outcome.failed]
+    return counts
+
+
+def _window(working: list[UUID], queue: deque[UUID], left: dict[UUID, int]) -> list[UUID]:
+    """The tasks of the next step: those under way, then queued ones while their keys fit one delete call."""
+    window = list(working)
+    budget = objects.DELETE_BATCH - sum(left.get(task_id, 0) for task_id in window)
+    while queue and len(window) < MAX_WINDOW and (not window or left.get(queue[0], 0) <= budget):
+        task_id = queue.popleft()
+        window.append(task_id)
+        budget -= left.get(task_id, 0)
+    return window
+
+
+def keys_of(task_ids: Iterable[UUID], decided: dict[str, UUID | None]) -> set[str]:
+    """The keys of ``decided`` that belong to ``task_ids``."""
+    wanted = set(task_ids)
+    return {key for key, task_id in decided.items() if task_id in wanted}
