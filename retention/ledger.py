@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from retention.models import PendingDeletion
 from tasks_app.models import StoredObject
@@ -99,7 +99,7 @@ def settle(task_ids: Iterable[UUID | None], *, kind: str | None = None) -> dict[
     tallies: dict[UUID | None, Tally] = {}
     for _, task_id, size in rows:
         tally = tallies.get(task_id, Tally())
-        tallies[task_id] = Tally(tally.objects + 1, tally.bytes + size)
+        tallies[task_id] = Tally(tally.objects + 1, tally.bytes + max(size, 0))  # a negative size is no bytes
     if rows:
         PendingDeletion.objects.filter(pk__in=[pk for pk, _, _ in rows]).delete()
     return tallies
@@ -108,9 +108,3 @@ def settle(task_ids: Iterable[UUID | None], *, kind: str | None = None) -> dict[
 def sizes(task_ids: Collection[UUID], manifest: QuerySet[StoredObject]) -> dict[UUID, int]:
     """Keys per task still to delete: its manifest rows (a decided key keeps its row until confirmed gone)."""
     return dict(manifest.filter(task_id__in=list(task_ids)).order_by().values_list("task_id").annotate(n=Count("pk")))
-
-
-def totals(rows: QuerySet[PendingDeletion]) -> Tally:
-    """Keys and bytes of some ledger rows (for counts shown to operators)."""
-    found = rows.aggregate(n=Count("pk"), size=Sum("size"))
-    return Tally(found["n"] or 0, found["size"] or 0)

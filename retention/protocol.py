@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
@@ -116,9 +116,3 @@ def _window(working: list[UUID], queue: deque[UUID], left: dict[UUID, int]) -> l
         window.append(task_id)
         budget -= left.get(task_id, 0)
     return window
-
-
-def keys_of(task_ids: Iterable[UUID], decided: dict[str, UUID | None]) -> set[str]:
-    """The keys of ``decided`` that belong to ``task_ids``."""
-    wanted = set(task_ids)
-    return {key for key, task_id in decided.items() if task_id in wanted}

@@ -223,12 +223,6 @@ def _held_back(policy: RetentionPolicy, weighed: Sequence[RetentionPolicy], now:
     return held
 
 
-def status_counts() -> dict[str, int]:
-    """Tasks per status."""
-    rows = Task.objects.order_by().values_list("status").annotate(n=Count("pk"))
-    return {status: n for status, n in rows}
-
-
 # --- Dry run ---------------------------------------------------------------------------------------
 
 
