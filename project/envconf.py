@@ -79,6 +79,9 @@ def read_rate(name: str, default: str) -> str | None:
     return value
 
 
+MAX_SECONDS = 100 * 365 * 86400  # the longest duration a setting may give, in seconds
+
+
 def read_seconds(
     name: str,
     default: timedelta | None,
@@ -106,6 +109,9 @@ def read_seconds(
     if seconds < 0 or (seconds == 0 and not allow_zero):
         expected = "a non-negative number of seconds" if allow_zero else "a positive number of seconds"
         raise _fail(name, value, expected)
+    if seconds > MAX_SECONDS:
+        # Every duration is added to the current time somewhere; beyond this it no longer fits a date.
+        raise _fail(name, value, f"at most {MAX_SECONDS:.0f} seconds (100 years)")
     try:
         return timedelta(seconds=seconds)
     except OverflowError:

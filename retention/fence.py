@@ -32,10 +32,15 @@ LOCK_KEY = 0x5245_544E  # "RETN": one key for the whole installation (the trigge
 @contextmanager
 def deciding() -> Iterator[None]:
     """A short transaction on the deciding side of the fence; holds and policy edits written meanwhile wait for it."""
+    outermost = not connection.in_atomic_block
     with transaction.atomic():
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
-                cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [LOCK_KEY])
+                # READ COMMITTED, whatever the server's default: each statement after the lock must
+                # see what was committed while it waited (REPEATABLE READ would keep the snapshot
+                # taken before). One round trip: both statements in one call, no parameters.
+                lock = f"SELECT pg_advisory_xact_lock_shared({LOCK_KEY})"
+                cursor.execute(f"SET TRANSACTION ISOLATION LEVEL READ COMMITTED; {lock}" if outermost else lock)
             else:
                 # Take the write lock now even where BEGIN did not (a DEFERRED transaction in a
                 # project that did not set IMMEDIATE): a write statement, even one that changes

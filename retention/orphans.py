@@ -8,10 +8,12 @@ caller's transaction, before the task row is visible).
 
 Each listing page goes through the deletion protocol's three steps (protocol.py), holding the
 listing's lease:
-1. ``record_intents`` decides, in one short fenced transaction: on PostgreSQL it first waits
-   for transactions inserting any of the missing task ids (an insert of the same primary key
-   blocks until they end), so an uncommitted ``submit()`` is seen (on SQLite the write lock
-   does the same); then it decides again and writes the orphans' keys into the ledger.
+1. ``record_intents`` decides: on PostgreSQL it first waits, in a transaction of its own and
+   for at most ten seconds, for transactions inserting any of the missing task ids (an insert of
+   the same primary key blocks until they end), so an uncommitted ``submit()`` is seen (on
+   SQLite the write lock does the same); then, in one short fenced transaction, it decides
+   again and writes the orphans' keys into the ledger. Nothing inside the fence waits for
+   anyone else's transaction.
 2. ``finish_pending`` deletes decided keys with no transaction open, then records them gone
    (and a tombstone's manifest rows with them) in a short transaction.
 3. ``settle`` writes one ``orphan_deleted`` record per task once the listing has passed the
@@ -31,9 +33,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Q, QuerySet
-from django.db.models.functions import Collate
+from django.db.models.functions import Collate, Now
 from django.utils import timezone
 
 from retention import audit, conf, fence, ledger, objects
@@ -48,15 +50,41 @@ logger = logging.getLogger(__name__)
 
 ORPHAN_CURSOR = "orphans"
 MISSING_SAMPLE = 10
+# A submission uploads its input just before it inserts the task: an object whose task does not
+# exist (yet) is left alone this long, whatever RETENTION_ORPHAN_GRACE says.
+MISSING_TASK_GRACE = timedelta(minutes=5)
+# How long the sweep waits for a transaction inserting one of a page's task ids before it leaves
+# that page's objects of missing tasks for the next pass (never inside the fence: nobody waits
+# for the sweep meanwhile).
+INSERT_WAIT = "10s"
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """An object that may be an orphan: its key, the task id in its prefix, its size."""
+    """An object that may be an orphan: its key, the task id in its prefix, its size, when it was written.
+
+    ``modified`` is None for a tombstone's manifest row that is not in the listing.
+    """
 
     key: str
     task_id: UUID | None
     size: int
+    modified: datetime | None = None
+
+
+def storable(key: str) -> bool:
+    """Whether the database's text columns can hold the key (a store may accept a NUL; PostgreSQL cannot)."""
+    return "\x00" not in key
+
+
+def position_after(key: str) -> str:
+    """A storable cursor at or after ``key`` and before every storable key after it.
+
+    NUL sorts before every other character, so cutting an unstorable key at its first NUL and
+    appending the next character passes over only keys the database could not hold anyway.
+    """
+    cut = key.find("\x00")
+    return key if cut < 0 else key[:cut] + "\x01"
 
 
 # --- The listing lease -----------------------------------------------------------------------------
@@ -114,15 +142,21 @@ class Listing:
         if self.position is None:
             return [], PurgeCounts()
         start = self.position
+        # The database's clock before the listing: a task tombstoned after it may have had its
+        # objects listed and deleted by its purge since; they are not this page's orphans.
+        listed_after = _database_now()
         listed = objects.list_objects(PREFIX, start_after=start, limit=limit)
         end = len(listed) < limit
-        upto = None if end else listed[-1].key
+        upto = None if end else position_after(listed[-1].key)
         counts = PurgeCounts()
-        found = candidates(listed, start_after=start, upto=upto, now=now)
-        if record_intents(found, token=self.token, run_id=run_id) is None:
+        for obj in listed:
+            if not storable(obj.key):
+                counts.error(f"key the database cannot store, left in place: {obj.key!r}"[:500])
+        found = candidates(listed, start_after=start, upto=upto, now=now, listed_after=listed_after)
+        if record_intents(found, token=self.token, run_id=run_id, now=now, listed_after=listed_after) is None:
             return self._lost(run_id), counts
         if found:
-            counts = finish_pending(now=now, run_id=run_id, keys=[c.key for c in found])
+            counts.add(finish_pending(now=now, run_id=run_id, keys=[c.key for c in found]))
         settle(now=now, run_id=run_id, upto=upto)
         missing, sample = missing_objects(listed, start_after=start, upto=upto, now=now)
         if missing:
@@ -131,14 +165,15 @@ class Listing:
                 counts.error(f"manifest object missing from storage: {key}")
             logger.warning("manifest objects missing from storage", extra={"count": missing, "keys": sample})
         # The listing restarts from the beginning once it reached the end.
-        if not self.renew("" if end else listed[-1].key):
+        if not self.renew(upto or ""):
             return self._lost(run_id), counts
         return listed, counts
 
     def finish_pending(self, *, now: datetime, run_id: int | None) -> PurgeCounts:
         """Delete the keys a crashed run decided, and audit the tasks the listing has passed."""
         counts = finish_pending(now=now, run_id=run_id)
-        settle(now=now, run_id=run_id, upto=self.position or None)
+        # At the start of a pass (cursor "") no task is passed yet; the end of a pass settles all.
+        settle(now=now, run_id=run_id, upto=self.position or "")
         return counts
 
     def _lost(self, run_id: int) -> list[objects.ListedObject]:
@@ -170,72 +205,114 @@ def _manifest_in_range(start_after: str, upto: str | None) -> QuerySet:
     return rows
 
 
-def decide(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """The candidates that are orphans now: no task or an expired one, not held, in no live task's manifest."""
+def decide(candidates: Sequence[Candidate], *, now: datetime, listed_after: datetime | None = None) -> list[Candidate]:
+    """The candidates that are orphans now: no task or an expired one, not held, in no live task's manifest.
+
+    An object of a task that does not exist is one only once older than MISSING_TASK_GRACE (a
+    submission uploads its input just before it inserts its task). With ``listed_after`` (the
+    database's clock before the page was listed), a task tombstoned since is left for the next
+    pass: its purge may have deleted and audited the very objects the page listed.
+    """
     if not candidates:
         return []
     ids = {c.task_id for c in candidates if c.task_id is not None}
-    statuses = dict(Task.objects.filter(pk__in=ids).values_list("pk", "status"))
-    expired = [task_id for task_id, status in statuses.items() if status == TaskStatus.EXPIRED]
+    rows = {
+        pk: (status, changed)
+        for pk, status, changed in Task.objects.filter(pk__in=ids).values_list("pk", "status", "status_changed_at")
+    }
+    expired = [pk for pk, (status, _) in rows.items() if status == TaskStatus.EXPIRED]
     held = set(only_held(Task.objects.filter(pk__in=expired)).values_list("pk", flat=True)) if expired else set()
+    just_tombstoned = (
+        {pk for pk in expired if rows[pk][1] is not None and rows[pk][1] >= listed_after} if listed_after else set()
+    )
     # Belt and braces: an object in a live task's manifest is never an orphan.
     live_keys = set(
         StoredObject.objects.filter(key__in=[c.key for c in candidates])
         .exclude(task__status=TaskStatus.EXPIRED)
         .values_list("key", flat=True)
     )
-    return [
-        c
-        for c in candidates
-        if c.key not in live_keys and c.task_id not in held and statuses.get(c.task_id) in (None, TaskStatus.EXPIRED)  # type: ignore[arg-type]
-    ]
+    missing_cutoff = now - max(conf.orphan_grace(), MISSING_TASK_GRACE)
+
+    def orphan(c: Candidate) -> bool:
+        if c.key in live_keys or c.task_id in held or c.task_id in just_tombstoned:
+            return False
+        if c.task_id is not None and c.task_id in rows:
+            return rows[c.task_id][0] == TaskStatus.EXPIRED
+        return c.task_id is None or (c.modified is not None and c.modified <= missing_cutoff)
+
+    return [c for c in candidates if orphan(c)]
 
 
 def candidates(
-    listed: Sequence[objects.ListedObject], *, start_after: str, upto: str | None, now: datetime
+    listed: Sequence[objects.ListedObject],
+    *,
+    start_after: str,
+    upto: str | None,
+    now: datetime,
+    listed_after: datetime | None = None,
 ) -> list[Candidate]:
     """The page's possible orphans: listed objects past the grace, and a tombstone's manifest rows in range."""
     cutoff = now - conf.orphan_grace()
     found = {
-        obj.key: Candidate(obj.key, task_id_from_key(obj.key), obj.size) for obj in listed if obj.modified <= cutoff
+        obj.key: Candidate(obj.key, task_id_from_key(obj.key), obj.size, obj.modified)
+        for obj in listed
+        if obj.modified <= cutoff and storable(obj.key)
     }
     residue = _manifest_in_range(start_after, upto).filter(task__status=TaskStatus.EXPIRED)
     for key, task_id, size in residue.values_list("key", "task_id", "size"):
         found.setdefault(key, Candidate(key, task_id, size))
-    return decide(sorted(found.values(), key=lambda c: c.key))
+    return decide(sorted(found.values(), key=lambda c: c.key), now=now, listed_after=listed_after)
 
 
-def _wait_for_inserts(task_ids: Iterable[UUID]) -> None:
-    """Inside a transaction: wait until no open transaction is inserting any of these task ids.
+def _database_now() -> datetime:
+    """The database's clock (the one tombstones are stamped with, see purge.tombstone_values)."""
+    return ListingCursor.objects.annotate(at=Now()).values_list("at", flat=True).first() or timezone.now()
 
-    An INSERT of a primary key another open transaction inserted waits for that transaction
-    to end; ours is rolled back at once. PostgreSQL only: on SQLite a writer holds the
-    database's write lock for its whole transaction, so ours already waited at BEGIN.
+
+def _inserting(task_ids: set[UUID]) -> set[UUID]:
+    """The ids among these (of no committed task) that an open transaction may be inserting.
+
+    An INSERT of a primary key another open transaction inserted waits for it to end, so the probe
+    waits (in its own short transaction, never inside the fence) up to INSERT_WAIT; if it had to
+    give up, every id is treated as being inserted and its objects wait for the next pass.
+    PostgreSQL only: on SQLite a writer holds the database's write lock for its whole transaction,
+    so the deciding transaction already waited for it.
     """
-    ids = list(task_ids)
-    if connection.vendor != "postgresql" or not ids:
-        return
-    savepoint = transaction.savepoint()
+    missing = task_ids - set(Task.objects.filter(pk__in=task_ids).values_list("pk", flat=True))
+    if connection.vendor != "postgresql" or not missing:
+        return set()
     try:
-        Task.objects.bulk_create(
-            [Task(id=task_id, task_type="", status=TaskStatus.EXPIRED, timeout=timedelta(0)) for task_id in ids],
-            ignore_conflicts=True,
-        )
-    finally:
-        transaction.savepoint_rollback(savepoint)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{INSERT_WAIT}'")
+            probe = [
+                Task(id=task_id, task_type="", status=TaskStatus.EXPIRED, timeout=timedelta(0)) for task_id in missing
+            ]
+            Task.objects.bulk_create(probe, ignore_conflicts=True)
+            # Never keep the probe rows: roll the probe back.
+            raise _ProbeDone
+    except _ProbeDone:
+        return set()
+    except OperationalError:
+        logger.info("orphan sweep: task ids being inserted, left for the next pass", extra={"count": len(missing)})
+        return missing
 
 
-def record_intents(found: Sequence[Candidate], *, token: str | None, run_id: int | None) -> int | None:
+class _ProbeDone(Exception):
+    """Rolls the insert probe back once it went through."""
+
+
+def record_intents(
+    found: Sequence[Candidate], *, token: str | None, run_id: int | None, now: datetime, listed_after: datetime | None
+) -> int | None:
     """Decide again and record the orphans among ``found`` in the ledger; None if the lease is lost."""
     if not found:
         return 0
+    inserting = _inserting({c.task_id for c in found if c.task_id is not None})
     with fence.deciding():
         if token is not None and not _holds_listing(token):
             return None
-        ids = {c.task_id for c in found if c.task_id is not None}
-        known = set(Task.objects.filter(pk__in=ids).values_list("pk", flat=True))
-        _wait_for_inserts(ids - known)
-        orphans = decide(found)
+        orphans = decide([c for c in found if c.task_id not in inserting], now=now, listed_after=listed_after)
         PendingDeletion.objects.bulk_create(
             [
                 PendingDeletion(key=c.key, task_id=c.task_id, size=c.size, kind=SweepKind.ORPHANS, sweep_run_id=run_id)

@@ -11,7 +11,7 @@ Every function returns a queryset (never a list of ids), so sweeps take bounded 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -267,7 +267,7 @@ def version() -> int:
     return PolicyVersion.objects.values_list("version", flat=True).filter(pk=1).first() or 0
 
 
-def redecide(claims: Sequence[Mapping[str, Any]], now: datetime) -> set[Any]:
+def redecide(claims: Sequence[MutableMapping[str, Any]], now: datetime) -> set[Any]:
     """The policy claims among ``claims`` that their policies, as they are now, no longer delete.
 
     ``claims``: locked ``purging`` rows (pk, purge_reason, task_type, final_status, finished_at,
@@ -288,42 +288,51 @@ def redecide(claims: Sequence[Mapping[str, Any]], now: datetime) -> set[Any]:
     enforcing = enforcing_only(enabled_policies())
     outdated: set[Any] = set()
     reasons: dict[str, list[Any]] = {}
+    capped: dict[tuple[int, str, str], list[MutableMapping[str, Any]]] = {}
+    by_pk = {policy.pk: policy for policy in enforcing}
     for claim in stale:
-        reason = _due_reason(claim, enforcing, now)
-        if reason is None:
+        policy = most_specific(enforcing, claim["task_type"], claim["final_status"])
+        if policy is None:
             outdated.add(claim["pk"])
+        elif (
+            policy.keep_for is not None and shifted(claim["finished_at"] or claim["created_at"], policy.keep_for) <= now
+        ):
+            reasons.setdefault(policy_claim(age_reason(policy.pk), current), []).append(claim["pk"])
+        elif policy.keep_last is not None:
+            capped.setdefault((policy.pk, claim["task_type"], claim["final_status"]), []).append(claim)
         else:
-            reasons.setdefault(policy_claim(reason, current), []).append(claim["pk"])
+            outdated.add(claim["pk"])
+    # One boundary and one query per count-cap group, however many claims it has.
+    for (policy_pk, task_type, status), members in capped.items():
+        over = _over_cap(by_pk[policy_pk], enforcing, task_type, status, [claim["pk"] for claim in members])
+        for claim in members:
+            if claim["pk"] in over:
+                reasons.setdefault(policy_claim(count_cap_reason(policy_pk), current), []).append(claim["pk"])
+            else:
+                outdated.add(claim["pk"])
+    new_reason = {pk: reason for reason, ids in reasons.items() for pk in ids}
     for reason, ids in reasons.items():
         Task.objects.filter(pk__in=ids).update(purge_reason=reason)
-        for claim in stale:
-            if claim["pk"] in ids:
-                claim["purge_reason"] = reason
+    for claim in stale:
+        if claim["pk"] in new_reason:
+            claim["purge_reason"] = new_reason[claim["pk"]]
     return outdated
 
 
-def _due_reason(claim: Mapping[str, Any], enforcing: Sequence[RetentionPolicy], now: datetime) -> str | None:
-    """The claim reason under which a claimed task is due now (age limit first), or None."""
-    policy = most_specific(enforcing, claim["task_type"], claim["final_status"])
-    if policy is None:
-        return None
-    if policy.keep_for is not None and shifted(claim["finished_at"] or claim["created_at"], policy.keep_for) <= now:
-        return age_reason(policy.pk)
-    if policy.keep_last is not None and _over_cap(policy, enforcing, claim):
-        return count_cap_reason(policy.pk)
-    return None
+def _over_cap(
+    policy: RetentionPolicy, enforcing: Sequence[RetentionPolicy], task_type: str, status: str, claimed: list[Any]
+) -> set[Any]:
+    """The claimed tasks older than the newest ``keep_last`` of their group (those not claimed).
 
-
-def _over_cap(policy: RetentionPolicy, enforcing: Sequence[RetentionPolicy], claim: Mapping[str, Any]) -> bool:
-    """Whether a claimed task is older than the newest ``keep_last`` of its group (those not claimed).
-
-    Conservative: tasks claimed alongside it no longer count among the group, so after a cap
+    Conservative: tasks claimed alongside them no longer count among the group, so after a cap
     was raised a claim may be given back that the next sweep claims again; never the reverse.
     """
     assert policy.keep_last is not None
-    group = governed(policy, enforcing).filter(task_type=claim["task_type"], status=claim["final_status"])
+    group = governed(policy, enforcing).filter(task_type=task_type, status=status)
     boundary = _cap_boundary(group, policy.keep_last)
-    return boundary is not None and Task.objects.filter(pk=claim["pk"]).filter(_older(*boundary)).exists()
+    if boundary is None:
+        return set()
+    return set(Task.objects.filter(pk__in=claimed).filter(_older(*boundary)).values_list("pk", flat=True))
 
 
 # --- Result TTL --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from uuid import UUID
 from django.db import connection
 from django.db.models import BooleanField, Case, DateTimeField, F, QuerySet, Value, When
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Now
 
 from retention import audit, claims, fence, ledger, objects, policies, protocol
 from retention.choices import SweepKind
@@ -62,7 +63,9 @@ def tombstone_values(now: datetime) -> dict[str, Any]:
         ),
         "status": TaskStatus.EXPIRED,
         "expired_at": now,
-        "status_changed_at": now,
+        # The database's clock, not ``now``: the orphan sweep compares it with its own reading of
+        # that clock to leave alone objects a purge deleted after they were listed.
+        "status_changed_at": Now(),
         "payload": None,
         "error": "",
         "result_expires_at": None,

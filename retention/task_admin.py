@@ -26,7 +26,7 @@ from django.utils.safestring import mark_safe
 from retention import objects, reports, services
 from retention.admin_filters import DueByPolicyFilter, ExpiringFilter, OwnerFilter, TaskTypeFilter
 from retention.exceptions import TaskOnLegalHold
-from retention.models import LegalHold
+from retention.models import LegalHold, PendingDeletion
 from tasks_app.admin import TaskAdmin
 from tasks_app.models import GONE_STATUSES, Task, TaskStatus
 
@@ -74,21 +74,32 @@ def hold_tasks(tasks: Iterable[Task], *, reason: str, created_by: Any) -> list[L
 
 
 def hold_message(tasks: list[Task], holds: list[LegalHold]) -> tuple[str, int]:
-    """The message (and its level) telling the operator what ``hold_tasks`` did, mid-deletion tasks named."""
-    tombstones = sum(1 for task in tasks if task.status == TaskStatus.EXPIRED)
-    purging = [task for task in tasks if task.status == TaskStatus.PURGING]
+    """The message (and its level) telling the operator what ``hold_tasks`` did.
+
+    Read after the holds committed, when the fence has settled each task's fate: a task being
+    deleted (claimed, or with keys decided for deletion) keeps everything not yet handed to
+    storage; one whose purge finished while the hold waited for it is gone.
+    """
+    ids = [task.pk for task in tasks]
+    statuses = dict(Task.objects.filter(pk__in=ids).values_list("pk", "status"))
+    skipped = sum(1 for task in tasks if task.status == TaskStatus.EXPIRED)
+    held_ids = {legal_hold.task_id for legal_hold in holds}
+    finished = sum(1 for pk in held_ids if statuses.get(pk) == TaskStatus.EXPIRED)
+    decided = set(PendingDeletion.objects.filter(task_id__in=list(held_ids)).values_list("task_id", flat=True))
+    deleting = sum(1 for pk in held_ids if statuses.get(pk) == TaskStatus.PURGING or pk in decided)
     if not holds:
         return "No hold placed: the selected tasks' data is already deleted.", messages.ERROR
     parts = [f"Placed {len(holds)} legal hold(s)."]
-    if purging:
+    if deleting:
         parts.append(
-            f"{len(purging)} of these tasks were being deleted: the hold stops their purge and keeps everything "
-            f"not yet deleted; objects already handed to storage (at most {objects.DELETE_BATCH} per task) are "
-            "deleted and audited as partial purge."
+            f"{deleting} of these tasks were being deleted: everything not yet deleted is kept; objects already "
+            f"handed to storage (at most {objects.DELETE_BATCH} per task) are deleted and audited as partial purge."
         )
-    if tombstones:
-        parts.append(f"{tombstones} skipped: their data is already deleted.")
-    return " ".join(parts), messages.WARNING if purging or tombstones else messages.SUCCESS
+    if finished:
+        parts.append(f"{finished} had been deleted before the hold took effect: only their billing record is left.")
+    if skipped:
+        parts.append(f"{skipped} skipped: their data is already deleted.")
+    return " ".join(parts), messages.WARNING if deleting or finished or skipped else messages.SUCCESS
 
 
 # --- Display -----------------------------------------------------------------------------------------
@@ -120,7 +131,7 @@ def deletes_at_html(task: Task, deadline: reports.Deadline) -> str:
     if task.status in GONE_STATUSES:
         return format_html("deleted {}", _when(deadline.at)) if deadline.at else mark_safe("<em>purging</em>")
     if deadline.held:
-        return format_html('<span class="retention-held">held</span>')
+        return mark_safe('<span class="retention-held">held</span>')
     if deadline.at is None:
         return format_html("<em>never</em>")
     return format_html(

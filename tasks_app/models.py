@@ -182,14 +182,20 @@ class StoredObject(models.Model):
 
     INPUT_KIND = "input"
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="stored_objects")
+    # Indexed by the two composite indexes below, which both start with the task.
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="stored_objects", db_index=False)
     kind = models.CharField(max_length=64)
     key = models.CharField(max_length=1024, unique=True, help_text="Storage key under tasks/<id>/.")
     size = models.BigIntegerField(help_text="Bytes.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        indexes = [models.Index(fields=["task", "kind"], name="storedobject_task_kind_idx")]
+        indexes = [
+            models.Index(fields=["task", "kind"], name="storedobject_task_kind_idx"),
+            # A purge takes a task's files a thousand at a time in key order: an index walk from
+            # where it stopped, not a sort of every file left, however many files the task has.
+            models.Index(fields=["task", "key"], name="storedobject_task_key_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.key

@@ -8,14 +8,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.files.base import File
+from django.core.files.base import ContentFile, File
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tasks_app import conf, dispatch, registry
 from tasks_app.exceptions import ResultGone
 from tasks_app.models import GONE_STATUSES, PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
-from tasks_app.storage import save_object
+from tasks_app.storage import object_key, upload
 from tasks_app.validation import IDEMPOTENCY_KEY_MAX, validate
 
 logger = logging.getLogger(__name__)
@@ -51,15 +51,20 @@ def submit(
         if existing is not None:
             return existing
     task = _new_task(spec, clean_payload, owner, run_at, delay, expires_in, result_ttl, idempotency_key, now)
+    # The input is uploaded before any row is written, with no transaction of ours open: a slow
+    # upload holds no lock. Until the task commits, the object belongs to no task; the orphan sweep
+    # leaves such objects alone for a while (orphans.MISSING_TASK_GRACE) and waits for open
+    # transactions inserting their task. If the insert fails, the object is an orphan it deletes.
+    manifest_row = _upload_input(task, input_file) if input_file is not None else None
     try:
-        if idempotency_key is None and input_file is None:
+        if idempotency_key is None and manifest_row is None:
             task.save(force_insert=True)  # one statement: atomic on its own
         else:
             # A savepoint, so a lost idempotency race leaves the caller's transaction usable.
             with transaction.atomic():
                 task.save(force_insert=True)
-                if input_file is not None:
-                    _store_input(task, input_file)
+                if manifest_row is not None:
+                    manifest_row.save(force_insert=True)
     except IntegrityError:
         if idempotency_key is not None:
             existing = _find_idempotent(owner, idempotency_key)
@@ -179,11 +184,15 @@ def _find_idempotent(owner: Any, key: str) -> Task | None:
     return Task.objects.for_owner(owner).filter(idempotency_key=key).first()
 
 
-def _store_input(task: Task, input_file: File | bytes) -> StoredObject:
+def _upload_input(task: Task, input_file: File | bytes) -> StoredObject:
+    """Upload the submitted input under the (not yet saved) task's prefix; return its unsaved manifest row."""
     name = getattr(input_file, "name", None) or "input"
     if not isinstance(input_file, File | bytes):
         input_file = File(input_file, name=name)
-    return save_object(task, name, input_file, kind=StoredObject.INPUT_KIND, folder="input")
+    content = ContentFile(input_file) if isinstance(input_file, bytes) else input_file
+    key = object_key(task.id, "input", name)
+    upload(key, content)
+    return StoredObject(task=task, kind=StoredObject.INPUT_KIND, key=key, size=content.size, created_at=timezone.now())
 
 
 def _schedule_period(name: str) -> timedelta | None:

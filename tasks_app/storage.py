@@ -1,6 +1,8 @@
 """Where a task's files live: keys under ``tasks/<task_id>/`` in the default storage.
 
 Only tasks_app writes objects (``ctx.save_file``, ``input_file``); only retention deletes them.
+No upload runs inside a transaction of ours: a handler's file is recorded first, then uploaded;
+a submission's input is uploaded first, then recorded with its task (services.submit).
 """
 
 from __future__ import annotations
@@ -77,6 +79,22 @@ def _hold_attempt(task_id: uuid.UUID, attempt: int) -> None:
             raise LeaseLost(f"task {task_id} attempt {attempt} no longer holds its lease")
 
 
+def _as_file(content: File | bytes | str) -> File:
+    if isinstance(content, str):
+        content = content.encode()
+    if isinstance(content, bytes):
+        content = ContentFile(content)
+    return content
+
+
+def upload(key: str, content: File, *, storage: Storage | None = None) -> None:
+    """Write one object at exactly ``key`` (overwriting); never called inside a transaction of ours."""
+    storage = storage or default_storage
+    saved_key = storage.save(key, content)
+    if saved_key != key:
+        raise RuntimeError(f"storage renamed {key!r} to {saved_key!r}; it must overwrite in place")
+
+
 def save_object(
     task: Task,
     name: str,
@@ -87,19 +105,18 @@ def save_object(
     storage: Storage | None = None,
     attempt: int | None = None,
 ) -> StoredObject:
-    """Upload one file of the task and record it in the manifest, in one transaction.
+    """Record one file of the task in its manifest, then upload it with no transaction open.
 
-    With ``attempt`` (a handler's ``ctx.save_file``) the write happens only while that attempt
-    still runs the task, under a share lock on its row. The manifest row becomes visible with
-    the upload done; a failed upload rolls it back. A crash after the upload and before the
-    commit leaves an object without a row under the task's prefix: once the task expires the
-    orphan sweep deletes it.
+    With ``attempt`` (a handler's ``ctx.save_file``) the row is written only while that attempt
+    still runs the task, checked under a share lock on its row in the same short transaction.
+    The row comes first, so the manifest lists every object the task may have and its purge
+    deletes them all; an upload that fails leaves a row whose object is missing (a purge counts it
+    as deleted, the orphan sweep reports it). A slow upload holds no lock and no transaction: a
+    legal hold or a purge never waits for it, and no idle-transaction timeout ends it. An upload
+    that lands after the task was purged (its attempt lost the task meanwhile) is an orphan,
+    which the orphan sweep deletes and audits.
     """
-    storage = storage or default_storage
-    if isinstance(content, str):
-        content = content.encode()
-    if isinstance(content, bytes):
-        content = ContentFile(content)
+    content = _as_file(content)
     key = object_key(task.id, folder, name)
     with transaction.atomic():
         if attempt is not None:
@@ -108,7 +125,5 @@ def save_object(
         record, _ = StoredObject.objects.update_or_create(
             key=key, defaults={"task": task, "kind": kind, "size": content.size, "created_at": timezone.now()}
         )
-        saved_key = storage.save(key, content)
-        if saved_key != key:
-            raise RuntimeError(f"storage renamed {key!r} to {saved_key!r}; it must overwrite in place")
+    upload(key, content, storage=storage)
     return record

@@ -41,6 +41,11 @@ $$ LANGUAGE plpgsql;
 CREATE TRIGGER retention_policy_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON retention_retentionpolicy
     FOR EACH STATEMENT EXECUTE FUNCTION retention_policy_changed();
+
+-- Also in sessions with session_replication_role = replica (a logical-replication subscriber, a
+-- restore script): an ordinary trigger does not fire there.
+ALTER TABLE retention_legalhold ENABLE ALWAYS TRIGGER retention_hold_fence;
+ALTER TABLE retention_retentionpolicy ENABLE ALWAYS TRIGGER retention_policy_changed;
 """
 
 POSTGRES_DROP = """

@@ -111,6 +111,8 @@ def test_report_output_that_cannot_be_written_is_refused_and_creates_nothing(
         ("TASK_EXPIRES_IN", "-5"),
         ("TASK_EXPIRES_IN", "1e400"),
         ("RESULT_TTL", "inf"),
+        ("RETENTION_CLAIM_TIMEOUT", "1e12"),
+        ("RETENTION_ORPHAN_GRACE", "1e12"),
         ("API_THROTTLE_USER", "fast"),
         ("API_THROTTLE_ANON", "10/fortnight"),
         ("AWS_S3_ADDRESSING_STYLE", "sideways"),

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from retention import objects, sweeps
 from retention.models import AuditAction, AuditRecord, LegalHold
+from retention.orphans import MISSING_TASK_GRACE
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.services import submit
 from tasks_app.storage import task_id_from_key, task_prefix
@@ -39,8 +40,9 @@ def _orphan_records(task_id: Any = None) -> list[AuditRecord]:
 def test_an_input_uploaded_in_an_open_transaction_is_never_taken_for_an_orphan(
     outcome: str, settings: Any, bucket_keys: Any
 ) -> None:
-    """submit(input_file=…) uploads inside the caller's transaction, before the task row is visible:
-    with no grace, an orphan sweep then deleted the input of a task about to be committed."""
+    """submit(input_file=…) uploads before inserting its task, here inside the caller's transaction,
+    so before the task row is visible: with no grace, an orphan sweep then deleted the input of a
+    task about to be committed."""
     # given a caller that submitted a task with an input file and has not committed yet
     settings.RETENTION_ORPHAN_GRACE = timedelta(0)
     submitted, decide = threading.Event(), threading.Event()
@@ -64,7 +66,8 @@ def test_an_input_uploaded_in_an_open_transaction_is_never_taken_for_an_orphan(
 
     # when an orphan sweep runs meanwhile (it waits for the caller) and the caller then ends
     swept: list[Any] = []
-    sweeper = in_thread(lambda: swept.append(sweeps.sweep_orphans(timezone.now() + timedelta(seconds=1))))
+    later = timezone.now() + MISSING_TASK_GRACE + timedelta(seconds=1)  # past the wait for tasks not (yet) there
+    sweeper = in_thread(lambda: swept.append(sweeps.sweep_orphans(later)))
     time.sleep(1.0)
     decide.set()
     submitter.join(timeout=30)

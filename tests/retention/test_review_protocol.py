@@ -469,17 +469,19 @@ def test_a_hold_written_from_a_replica_role_session_waits_for_the_decision_under
 
 @pytest.mark.django_db(transaction=True)
 def test_a_key_the_database_cannot_store_does_not_stop_the_orphan_sweep_forever(
-    settings: Any, s3_client: Any, empty_bucket: None, bucket_keys: Any
+    settings: Any, s3_client: Any, empty_bucket: None, bucket_keys: Any, make_task: Any
 ) -> None:
     from django.core.files.storage import default_storage
 
     # given, under tasks/, an object whose key holds a NUL byte (S3 accepts it; PostgreSQL text
     # cannot hold it; written by any other tool with access to the bucket), and after it in
-    # listing order an ordinary orphan: an object of a task that never existed
+    # listing order an ordinary orphan: a late object of a tombstone (an object of a task that does
+    # not exist at all waits orphans.MISSING_TASK_GRACE, whatever the grace setting)
     settings.RETENTION_ORPHAN_GRACE = timedelta(0)
     bucket = default_storage.bucket_name
     s3_client.put_object(Bucket=bucket, Key="tasks/0-odd\x00name", Body=b"x")
-    orphan = "tasks/00000000-0000-4000-8000-000000000000/out/a.txt"
+    tombstone = make_task(status=TaskStatus.EXPIRED, final_status=TaskStatus.SUCCEEDED)
+    orphan = f"tasks/{tombstone.pk}/out/a.txt"
     s3_client.put_object(Bucket=bucket, Key=orphan, Body=b"x")
 
     # when the orphan sweep runs (twice, as beat would)

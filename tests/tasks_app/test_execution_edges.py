@@ -138,9 +138,14 @@ def test_a_handler_cannot_write_the_input(kind: str, task_types: Any) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_recovery_cannot_take_a_task_while_its_attempt_is_writing_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_uploading_when_recovery_takes_its_task_is_in_the_manifest_before_and_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A late writer checked its lease, then wrote: recovery (and a purge after it) could take the
-    task in between and the file landed on a tombstone. The write now holds the row."""
+    task in between and the file landed on a tombstone with no manifest row. The upload holds no
+    lock and no transaction (a hold or a purge never waits for it), so recovery may take the task
+    meanwhile; the file's manifest row is committed before the upload, so whatever happens to the
+    task next, its purge deletes the file (and one that lands after a tombstone is an orphan)."""
     # given a running attempt whose lease lapsed while it uploads a file
     task = submit("demo.echo", {})
     running = take(task.pk, worker="w", now=timezone.now())
@@ -155,18 +160,21 @@ def test_recovery_cannot_take_a_task_while_its_attempt_is_writing_a_file(monkeyp
         return real_save(name, content, **kwargs)
 
     monkeypatch.setattr(default_storage, "save", slow_save)
+    monkeypatch.setattr(recovery, "publish_safely", lambda deliveries: len(deliveries))
     ctx = TaskContext(running)
     writer = in_thread(lambda: ctx.save_file("late.txt", b"late", kind="out"))
     assert uploading.wait(timeout=30)
 
     # when recovery runs during the upload
+    in_manifest_during_upload = StoredObject.objects.filter(task=task, kind="out").count()
     recovered = recovery.recover_stuck(timezone.now())
 
-    # then it passes the task by; the file and its manifest row land together
+    # then it did not wait for the upload, and the file was in the manifest before and after it
     finish.set()
     writer.join(timeout=30)
-    assert recovered.expired_leases == 0
-    assert Task.objects.get(pk=task.pk).status == TaskStatus.RUNNING
+    assert recovered.expired_leases == 1
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.QUEUED
+    assert in_manifest_during_upload == 1
     assert StoredObject.objects.filter(task=task, kind="out").count() == 1
 
 
