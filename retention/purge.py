@@ -18,31 +18,18 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import connection
-from django.db.models import BooleanField, Case, DateTimeField, F, QuerySet, Value, When
-from django.db.models.expressions import RawSQL
+from django.db.models import Case, DateTimeField, F, Value, When
 from django.db.models.functions import Now
 
 from retention import audit, claims, fence, ledger, objects, policies, protocol
 from retention.choices import SweepKind
 from retention.holds import active_hold_exists
+from retention.ledger import among
 from retention.models import AuditRecord
 from retention.runs import PurgeCounts
 from tasks_app.models import PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
 
 logger = logging.getLogger(__name__)
-
-
-def of_tasks(rows: QuerySet, ids: Iterable[UUID], field: str = "task") -> QuerySet:
-    """``rows`` whose ``field`` is one of ``ids``: on PostgreSQL one array parameter, not one per id
-    (a window has hundreds, and each costs the client time to quote and the server to parse)."""
-    if connection.vendor != "postgresql":
-        return rows.filter(**{f"{field}__in": list(ids)})
-    quote = connection.ops.quote_name
-    column = f"{quote(rows.model._meta.db_table)}.{quote(rows.model._meta.get_field(field).column)}"
-    # A quoted column name of the model; the ids are one parameter.
-    among = RawSQL(f"{column} = ANY(%s::uuid[])", (list(ids),), output_field=BooleanField())  # noqa: S611
-    return rows.filter(among)
 
 
 def tombstone_values(now: datetime) -> dict[str, Any]:
@@ -81,7 +68,7 @@ def _step(window: list[UUID], confirmed: list[str], now: datetime, run_id: int |
         # SKIP LOCKED: a rival purger (a takeover, a duplicate message) is working on those.
         # The holds are read here, after the fence was taken: a hold written since waits for us.
         rows = list(
-            of_tasks(Task.objects.select_for_update(skip_locked=True, no_key=True), window, "id")
+            among(Task.objects.select_for_update(skip_locked=True, no_key=True), "id", window)
             .filter(status=TaskStatus.PURGING)
             .annotate(held=active_hold_exists())
             .order_by("pk")
@@ -93,17 +80,17 @@ def _step(window: list[UUID], confirmed: list[str], now: datetime, run_id: int |
         ledger.confirm(confirmed, locked, now)
         stopped = _stopped(rows, now)
         undeleted = ledger.undeleted(locked)
-        left = set(of_tasks(StoredObject.objects.all(), locked).values_list("task_id", flat=True).distinct())
+        left = ledger.has_manifest(locked, StoredObject.objects.all())
         by_id = {row["pk"]: row for row in rows}
-        done = [pk for pk in locked if pk not in undeleted and (pk in stopped or pk not in left)]
+        done = {pk for pk in locked if pk not in undeleted and (pk in stopped or pk not in left)}
         if done:
-            decided.counts.add(_close([by_id[pk] for pk in done], stopped, now, run_id))
+            decided.counts.add(_close([by_id[pk] for pk in locked if pk in done], stopped, now, run_id))
         # Keys already decided go first, held task or not: the decision was made before the hold.
         working = [pk for pk in locked if pk not in done]
         keys = ledger.decided_keys(working, objects.DELETE_BATCH)
         going = [pk for pk in working if pk not in stopped]
         if len(keys) < objects.DELETE_BATCH and going:
-            manifest = of_tasks(StoredObject.objects.all(), going)
+            manifest = among(StoredObject.objects.all(), "task", going)
             keys.update(ledger.decide(manifest, objects.DELETE_BATCH - len(keys), kind=SweepKind.TASKS, run_id=run_id))
         decided.keys, decided.working = keys, working
     return decided
@@ -147,8 +134,8 @@ def _close(rows: list[dict[str, Any]], stopped: set[UUID], now: datetime, run_id
             counts.bytes_freed += tally.bytes
     AuditRecord.objects.bulk_create(records)
     if finished:
-        of_tasks(TaskResult.objects.all(), finished).delete()
-        of_tasks(Task.objects.all(), finished, "id").update(**tombstone_values(now))
+        among(TaskResult.objects.all(), "task", finished).delete()
+        among(Task.objects.all(), "id", finished).update(**tombstone_values(now))
     if given_back:
         claims.give_back(given_back, now)
     counts.purged = len(finished)
@@ -163,7 +150,7 @@ def purge_claimed(task_ids: Iterable[UUID | str], *, now: datetime, run_id: int 
     """
     objects.refuse_inside_transaction()
     rows = list(
-        of_tasks(Task.objects.filter(status=TaskStatus.PURGING), [UUID(str(i)) for i in task_ids], "id")
+        among(Task.objects.filter(status=TaskStatus.PURGING), "id", [UUID(str(i)) for i in task_ids])
         .order_by("pk")
         .values_list("pk", "lease_expires_at")
     )

@@ -28,8 +28,8 @@ from django.db.models.expressions import RawSQL
 from retention import audit, fence, ledger, objects, policies, protocol
 from retention.choices import Reason, SweepKind
 from retention.holds import active_hold_exists
+from retention.ledger import among
 from retention.models import AuditRecord
-from retention.purge import of_tasks
 from retention.runs import PurgeCounts
 from tasks_app.models import GONE_STATUSES, StoredObject, Task, TaskResult
 
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 def _result_files(task_ids: Iterable[UUID] | None = None) -> QuerySet:
     rows = StoredObject.objects.exclude(kind=StoredObject.INPUT_KIND)
-    return rows if task_ids is None else of_tasks(rows, task_ids)
+    return rows if task_ids is None else among(rows, "task", task_ids)
 
 
 def purge_results(task_ids: Iterable[UUID | str], *, now: datetime, run_id: int | None = None) -> PurgeCounts:
@@ -66,7 +66,7 @@ def _step(window: list[UUID], confirmed: list[str], now: datetime, run_id: int |
     decided = protocol.Decided()
     with fence.deciding():
         rows = list(
-            of_tasks(Task.objects.select_for_update(skip_locked=True, no_key=True), window, "id")
+            among(Task.objects.select_for_update(skip_locked=True, no_key=True), "id", window)
             .filter(result_expires_at__lte=now)
             .exclude(status__in=GONE_STATUSES)
             .annotate(held=active_hold_exists())
@@ -79,7 +79,7 @@ def _step(window: list[UUID], confirmed: list[str], now: datetime, run_id: int |
         ledger.confirm(confirmed, locked, now)
         held = {row["pk"] for row in rows if row["held"]}
         undeleted = ledger.undeleted(locked)
-        left = set(_result_files(locked).values_list("task_id", flat=True).distinct())
+        left = ledger.has_manifest(locked, _result_files())
         done = [row for row in rows if row["pk"] not in undeleted and (row["pk"] in held or row["pk"] not in left)]
         if done:
             decided.counts.add(_close(done, held, now, run_id))
@@ -101,7 +101,7 @@ def _close(rows: list[dict[str, Any]], held: set[UUID], now: datetime, run_id: i
         return counts
     tallies = ledger.settle(row["pk"] for row in rows)
     finished = [row["pk"] for row in rows if row["pk"] not in held]
-    with_result = set(of_tasks(TaskResult.objects.all(), finished).values_list("task_id", flat=True))
+    with_result = set(among(TaskResult.objects.all(), "task", finished).values_list("task_id", flat=True))
     records = []
     for row in rows:
         tally = tallies.get(row["pk"], ledger.Tally())
@@ -117,7 +117,7 @@ def _close(rows: list[dict[str, Any]], held: set[UUID], now: datetime, run_id: i
         counts.bytes_freed += tally.bytes
         counts.purged += 1
     AuditRecord.objects.bulk_create(records)
-    of_tasks(TaskResult.objects.all(), finished).delete()
+    among(TaskResult.objects.all(), "task", finished).delete()
     return counts
 
 
