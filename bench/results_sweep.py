@@ -26,7 +26,7 @@ def run_ours(n: int) -> tuple[float, float]:
     """(seconds, longest transaction in seconds) of the results sweep over ``n`` expired results."""
     from django.utils import timezone
 
-    from retention import sweeps
+    from retention.sweeping import sweeps
     from tasks_app.models import TaskResult
 
     seed.reset()

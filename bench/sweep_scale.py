@@ -30,7 +30,7 @@ def idle_ms(m: int) -> tuple[float, float]:
     from django.db import connection, transaction
     from django.utils import timezone
 
-    from retention import sweeps
+    from retention.sweeping import sweeps
 
     seed.reset()
     seed.insert_tasks(m, IDLE, expires_at="now() + interval '30 days' + i * interval '1 second'")

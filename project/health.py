@@ -25,7 +25,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from retention.metrics import RetentionCollector
+from retention.monitoring.metrics import RetentionCollector
 from tasks_app.metrics import TasksCollector
 from tasks_app.storage import PREFIX
 

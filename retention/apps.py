@@ -15,8 +15,9 @@ class RetentionConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_delete, post_save
 
-        from retention import policies, receivers
+        from retention import receivers
         from retention.models import RetentionPolicy
+        from retention.rules import policies
         from tasks_app import hooks
         from tasks_app.signals import task_finished
 

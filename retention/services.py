@@ -10,11 +10,13 @@ from uuid import UUID
 from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 
-from retention import claims, objects, policies, purge
 from retention.choices import Reason
+from retention.deletion import claims, purge
 from retention.exceptions import TaskOnLegalHold
-from retention.holds import exclude_held
 from retention.models import LegalHold
+from retention.rules import policies
+from retention.rules.holds import exclude_held
+from retention.storage import objects
 from tasks_app.models import Task, TaskStatus
 
 logger = logging.getLogger(__name__)

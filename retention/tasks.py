@@ -7,8 +7,10 @@ from typing import Any
 from celery import shared_task
 from django.utils import timezone
 
-from retention import alerts, fanout, services, sweeps
+from retention import services
 from retention.models import SweepKind
+from retention.monitoring import alerts
+from retention.sweeping import fanout, sweeps
 
 
 def _summary(run: Any) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def submit(
     task = _new_task(spec, clean_payload, owner, run_at, delay, expires_in, result_ttl, idempotency_key, now)
     # The input is uploaded before any row is written, with no transaction of ours open: a slow
     # upload holds no lock. Until the task commits, the object belongs to no task; the orphan sweep
-    # leaves such objects alone for a while (orphans.MISSING_TASK_GRACE) and waits for open
+    # leaves such objects alone for a while (retention.orphans.decide.MISSING_TASK_GRACE) and waits for open
     # transactions inserting their task. If the insert fails, the object is an orphan it deletes.
     manifest_row = _upload_input(task, input_file) if input_file is not None else None
     try:

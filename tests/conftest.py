@@ -69,7 +69,7 @@ def task_types() -> Iterator[Callable[..., Any]]:
 @pytest.fixture(autouse=True)
 def fresh_policy_cache() -> Iterator[None]:
     """Rolled-back policies send no signal: start and end every test with no cached policy."""
-    from retention import policies
+    from retention.rules import policies
 
     policies.forget_policies()
     yield

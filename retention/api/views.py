@@ -19,8 +19,8 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from retention import audit
 from retention.api.serializers import AuditQuerySerializer
+from retention.audit import export
 
 # Before the first record anything could have: the default of ``since``.
 BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
@@ -52,7 +52,7 @@ class CSVRenderer(BaseRenderer):
         items = data.items() if isinstance(data, Mapping) else [("detail", data)]
         for field, messages in items:
             for message in messages if isinstance(messages, list) else [messages]:
-                writer.writerow([field, audit.neutralise(str(message))])
+                writer.writerow([field, export.neutralise(str(message))])
         return out.getvalue().encode()
 
 
@@ -88,7 +88,7 @@ class AuditExportView(APIView):
         ],
         responses={
             (200, "text/csv"): OpenApiResponse(
-                OpenApiTypes.STR, description="Columns: " + ",".join(audit.CSV_COLUMNS) + " (occurred_at in UTC)."
+                OpenApiTypes.STR, description="Columns: " + ",".join(export.CSV_COLUMNS) + " (occurred_at in UTC)."
             ),
             (400, "application/json"): OpenApiResponse(
                 inline_serializer(
@@ -120,7 +120,7 @@ class AuditExportView(APIView):
         query.is_valid(raise_exception=True)
         since = query.validated_data.get("since", BEGINNING)
         until = query.validated_data.get("until") or timezone.now()
-        response = StreamingHttpResponse(audit.export(since, until), content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(export.export(since, until), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="audit-{_stamp(since)}-{_stamp(until)}.csv"'
         response["Cache-Control"] = "no-store"
         return response

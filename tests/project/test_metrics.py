@@ -20,8 +20,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from retention import metrics as retention_metrics
 from retention.models import AuditRecord, SweepRun
+from retention.monitoring import metrics as retention_metrics
 from tasks_app import metrics as task_metrics
 from tasks_app.models import MetricTotal, Task, TaskStatus
 

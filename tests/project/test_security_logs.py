@@ -23,8 +23,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from project.logging import KeyValueFormatter
-from retention import sweeps
 from retention.services import purge_now
+from retention.sweeping import sweeps
 from tasks_app.models import Task, TaskStatus
 from tasks_app.tasks import run_task
 

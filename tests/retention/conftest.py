@@ -29,7 +29,7 @@ def celery_in_process() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def no_backoff_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record the retry backoff of storage deletes instead of sleeping."""
-    from retention import objects
+    from retention.storage import objects
 
     slept: list[float] = []
     monkeypatch.setattr(objects, "sleep", slept.append)

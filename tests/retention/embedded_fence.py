@@ -22,8 +22,9 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from retention import claims, objects, purge  # noqa: E402
+from retention.deletion import claims, purge  # noqa: E402
 from retention.models import AuditRecord, LegalHold  # noqa: E402
+from retention.storage import objects  # noqa: E402
 from tasks_app.models import StoredObject, Task, TaskStatus  # noqa: E402
 from tasks_app.services import submit  # noqa: E402
 from tasks_app.storage import save_object  # noqa: E402

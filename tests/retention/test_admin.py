@@ -15,9 +15,11 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from retention import dashboard, reports, sweeps
+from retention.admin import dashboard
+from retention.admin.task import hold_tasks, purge_tasks
 from retention.models import AuditAction, AuditRecord, LegalHold, RetentionPolicy, SweepRun
-from retention.task_admin import hold_tasks, purge_tasks
+from retention.monitoring import reports
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_default_policy")]

@@ -11,8 +11,8 @@ from django.core import mail
 from django.db import connection
 from django.utils import timezone
 
-from retention import alerts
 from retention.models import AlertState, SweepRun
+from retention.monitoring import alerts
 
 
 @pytest.fixture(autouse=True)

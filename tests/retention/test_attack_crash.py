@@ -19,8 +19,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from retention import claims, results, sweeps
+from retention.deletion import claims, results
 from retention.models import AuditAction, AuditRecord
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.storage import task_prefix
 
@@ -34,7 +35,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 import django
 django.setup()
 from django.utils import timezone
-from retention import purge
+from retention.deletion import purge
 
 real_close = purge._close
 

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from retention import objects, results
+from retention.deletion import results
 from retention.models import AuditRecord, LegalHold
+from retention.storage import objects
 from tasks_app.models import StoredObject, TaskResult
 from tests.embedded import embedded_env
 from tests.threads import in_thread
@@ -80,7 +81,8 @@ import django
 django.setup()
 from django.core.management import call_command
 from django.utils import timezone
-from retention import claims, objects, purge
+from retention.deletion import claims, purge
+from retention.storage import objects
 from retention.models import AuditRecord, LegalHold
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import save_object

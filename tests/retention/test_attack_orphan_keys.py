@@ -17,9 +17,9 @@ import pytest
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from retention import sweeps
 from retention.models import AuditAction, AuditRecord
-from retention.orphans import MISSING_TASK_GRACE
+from retention.orphans.decide import MISSING_TASK_GRACE
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject
 
 pytestmark = pytest.mark.usefixtures("empty_bucket")

@@ -14,8 +14,9 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
 
-from retention import claims, sweeps
+from retention.deletion import claims
 from retention.models import AuditAction, AuditRecord, RetentionPolicy
+from retention.sweeping import sweeps
 from tasks_app.models import Task, TaskStatus
 
 pytestmark = pytest.mark.usefixtures("no_default_policy")
@@ -98,7 +99,10 @@ def test_a_policy_that_keeps_for_a_million_days_does_not_stop_the_other_policies
 @pytest.mark.django_db
 def test_a_purging_tasks_deadline_names_its_rule_without_the_claims_version(make_task: Any) -> None:
     # given a task claimed by a policy (its purge_reason carries the policy table's version)
-    from retention import audit, claims, policies, reports
+    from retention.audit import records as audit
+    from retention.deletion import claims
+    from retention.monitoring import reports
+    from retention.rules import policies
 
     task = make_task(status=TaskStatus.SUCCEEDED)
     reason = audit.policy_claim(audit.age_reason(7), policies.version())

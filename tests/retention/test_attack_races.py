@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from retention import objects, services, sweeps
+from retention import services
 from retention.models import AuditRecord
+from retention.storage import objects
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import task_prefix
 from tests.threads import in_thread

@@ -15,7 +15,7 @@ from django.core.cache import cache
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from retention import audit
+from retention.audit import export
 from retention.models import AuditAction, AuditRecord
 
 pytestmark = pytest.mark.django_db
@@ -83,7 +83,7 @@ def test_an_auditor_downloads_the_window_as_a_csv_stream(client_as: Any, records
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert "attachment" in response["Content-Disposition"]
     header, *rows = _rows(response)
-    assert header == audit.CSV_COLUMNS
+    assert header == export.CSV_COLUMNS
     assert rows == [
         [
             str(records[1].task_id),

@@ -20,8 +20,13 @@ from django.core.management.base import CommandError
 from django.db import IntegrityError, connection
 from django.utils import timezone
 
-from retention import claims, fence, metrics, objects, policies, purge, services, sweeps
+from retention import services
+from retention.deletion import claims, fence, purge
 from retention.models import AuditAction, AuditRecord, LegalHold, RetentionPolicy
+from retention.monitoring import metrics
+from retention.rules import policies
+from retention.storage import objects
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.embedded import run_embedded
 from tests.threads import in_thread

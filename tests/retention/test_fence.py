@@ -10,8 +10,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from retention import claims, fence, objects, purge
+from retention.deletion import claims, fence, purge
 from retention.models import AuditRecord, LegalHold
+from retention.storage import objects
 from tasks_app.models import Task, TaskStatus
 from tests.threads import in_thread
 

@@ -22,8 +22,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from retention import claims, fanout, objects, purge, sweeps
+from retention.deletion import claims, purge
 from retention.models import AuditRecord, LegalHold, RetentionPolicy, SweepRun
+from retention.storage import objects
+from retention.sweeping import fanout, sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.threads import in_thread
 
@@ -348,7 +350,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 import django
 django.setup()
 from django.utils import timezone
-from retention import purge, sweeps
+from retention.deletion import purge
+from retention.sweeping import sweeps
 
 real_close = purge._close
 

@@ -12,8 +12,9 @@ import pytest
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from retention import objects, sweeps
 from retention.models import AuditRecord
+from retention.storage import objects
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import task_prefix
 
@@ -166,7 +167,7 @@ def test_local_storage_purge_deletes_files_and_empty_folders_and_tolerates_missi
 def test_storage_deletes_refuse_to_run_inside_a_transaction() -> None:
     from django.db import transaction
 
-    from retention import objects
+    from retention.storage import objects
 
     # a rollback could not bring the objects back
     with pytest.raises(RuntimeError, match="outside a database transaction"), transaction.atomic():

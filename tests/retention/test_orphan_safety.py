@@ -14,9 +14,10 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from retention import objects, sweeps
 from retention.models import AuditAction, AuditRecord, LegalHold
-from retention.orphans import MISSING_TASK_GRACE
+from retention.orphans.decide import MISSING_TASK_GRACE
+from retention.storage import objects
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.services import submit
 from tasks_app.storage import task_id_from_key, task_prefix

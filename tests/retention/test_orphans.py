@@ -12,8 +12,9 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from retention import objects, sweeps
 from retention.models import AuditAction, AuditRecord, ListingCursor, SweepKind
+from retention.storage import objects
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, TaskStatus
 from tasks_app.storage import task_prefix
 

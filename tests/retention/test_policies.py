@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from retention import reports, services, sweeps
+from retention import services
 from retention.models import AuditAction, AuditRecord, LegalHold, PolicyMode, RetentionPolicy
+from retention.monitoring import reports
+from retention.sweeping import sweeps
 from tasks_app.executor import execute
 from tasks_app.models import Task, TaskStatus
 from tasks_app.services import submit

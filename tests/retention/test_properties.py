@@ -16,8 +16,9 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retention import audit, policies
+from retention.audit import export
 from retention.models import AuditRecord, RetentionPolicy
+from retention.rules import policies
 from tasks_app.models import Task, TaskStatus
 
 EXAMPLES = settings(
@@ -151,9 +152,9 @@ def test_no_csv_cell_starts_a_formula(
         task_id=uuid.uuid4(), owner_id=owner_id, task_type=task_type, action=action, reason=reason,
         objects_deleted=numbers[0], bytes_freed=numbers[1], occurred_at=occurred_at,
     )  # fmt: skip
-    text = "".join(audit.csv_lines([record]))
+    text = "".join(export.csv_lines([record]))
     header, row = list(csv.reader(io.StringIO(text, newline="")))
-    assert header == audit.CSV_COLUMNS
+    assert header == export.CSV_COLUMNS
     # no cell, as a spreadsheet reads it back, starts with a character that makes it a formula
     assert not [cell for cell in row if cell.startswith(FORMULA_STARTS)]
     # and the text is kept: a neutralised cell is the original behind one quote

@@ -22,8 +22,11 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from retention import claims, objects, purge, services, sweeps
+from retention import services
+from retention.deletion import claims, purge
 from retention.models import AuditRecord, LegalHold, RetentionPolicy
+from retention.storage import objects
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tests.threads import in_thread
 
@@ -250,7 +253,7 @@ def test_an_edit_of_an_unrelated_policy_does_not_give_claims_back(
 
 @pytest.mark.django_db
 def test_the_policy_version_changes_with_every_kind_of_write() -> None:
-    from retention import policies
+    from retention.rules import policies
 
     seen = [policies.version()]
     policy = RetentionPolicy.objects.create(task_type="t.v", keep_for=timedelta(days=1))
@@ -437,7 +440,8 @@ def test_count_capped_tasks_count_toward_the_lag_from_when_they_went_over_the_ca
 ) -> None:
     from io import StringIO
 
-    from retention import alerts, dashboard, metrics
+    from retention.admin import dashboard
+    from retention.monitoring import alerts, metrics
 
     # given a policy keeping the newest two t.cap tasks, and four finished 4, 3, 2 and 1 hours ago:
     # the oldest went over the cap when the third finished, two hours ago
@@ -476,7 +480,7 @@ def test_an_alert_whose_email_failed_is_sent_at_the_next_check(
 ) -> None:
     from smtplib import SMTPException
 
-    from retention import alerts
+    from retention.monitoring import alerts
 
     settings.RETENTION_LAG_ALERT = timedelta(minutes=1)
     settings.ADMINS = [("Ops", "ops@example.com")]

@@ -9,9 +9,12 @@ import pytest
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from retention import claims, objects, purge, runs, services, sweeps
+from retention import services
+from retention.deletion import claims, purge
+from retention.deletion.purge import PurgeCounts
 from retention.models import AuditAction, AuditRecord, LegalHold, SweepKind, SweepRun
-from retention.purge import PurgeCounts
+from retention.storage import objects
+from retention.sweeping import runs, sweeps
 from tasks_app.executor import execute
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.services import submit
@@ -370,8 +373,8 @@ def test_old_sweep_runs_that_did_nothing_are_pruned_and_the_others_kept(make_tas
 @pytest.mark.django_db
 def test_erasure_racing_a_worker_is_deferred_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     # given a queued task that a worker takes between purge_now's read and its claim
-    from retention import claims as purge_module
     from retention import services as retention_services
+    from retention.deletion import claims as purge_module
     from tasks_app.executor import take
 
     task = submit("demo.echo", {"secret": 1})

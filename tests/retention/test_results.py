@@ -9,8 +9,9 @@ import pytest
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from retention import results, sweeps
+from retention.deletion import results
 from retention.models import AuditAction, AuditRecord
+from retention.sweeping import sweeps
 from tasks_app.executor import execute
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.services import submit

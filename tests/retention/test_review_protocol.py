@@ -20,8 +20,11 @@ from django.core.files.base import ContentFile
 from django.db import connection, transaction
 from django.utils import timezone
 
-from retention import claims, objects, purge, services, sweeps
+from retention import services
+from retention.deletion import claims, purge
 from retention.models import AuditRecord, LegalHold
+from retention.storage import objects
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.threads import in_thread
 
@@ -233,8 +236,9 @@ def test_a_hold_placed_with_the_submission_in_one_transaction_does_not_deadlock_
 def test_a_policy_edit_does_not_make_the_next_purge_step_hold_the_fence_for_seconds(
     no_default_policy: None, make_task: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from retention import audit, policies
+    from retention.audit import records as audit
     from retention.models import RetentionPolicy
+    from retention.rules import policies
 
     # given a count cap keeping the newest 5,000 dead t.cap tasks (the shipped default policy keeps
     # 10,000), 6,000 of them, and the 1,000 oldest claimed by that cap (one purge window)
@@ -292,7 +296,7 @@ def test_a_crash_in_the_first_orphan_page_still_audits_each_tasks_orphans_once(
 ) -> None:
     from django.core.files.storage import default_storage
 
-    from retention import orphans
+    from retention.orphans import listing as orphans
 
     # given a purged task with five late objects under its prefix, listed three per page
     settings.RETENTION_ORPHAN_GRACE = timedelta(0)
@@ -352,7 +356,7 @@ def test_the_admin_hold_on_a_task_whose_result_files_are_being_deleted_says_some
 ) -> None:
     from django.urls import reverse
 
-    from retention import results
+    from retention.deletion import results
 
     # given a task whose result TTL passed, with two result files, and a result purge in the middle
     # of its storage call (the keys are decided; the call cannot be taken back)
@@ -401,8 +405,9 @@ def test_the_admin_hold_on_a_task_whose_result_files_are_being_deleted_says_some
 def test_a_policy_disabled_from_a_replica_role_session_still_stops_claims_under_it(
     make_task: Any, no_default_policy: None
 ) -> None:
-    from retention import audit, policies
+    from retention.audit import records as audit
     from retention.models import RetentionPolicy
+    from retention.rules import policies
 
     # given a task claimed under a one-day policy, with its file
     now = timezone.now()
@@ -552,7 +557,7 @@ def test_the_admin_hold_that_waited_for_a_finishing_purge_does_not_report_the_da
 def test_an_orphan_sweep_racing_a_purge_does_not_audit_the_purged_objects_again(
     make_task: Any, monkeypatch: pytest.MonkeyPatch, settings: Any, empty_bucket: None
 ) -> None:
-    from retention import orphans
+    from retention.orphans import listing as orphans
 
     # given a task claimed for purging with two files (with the default grace of an hour, any
     # expired task's files are old enough to be orphan candidates; here the grace is 0)

@@ -20,8 +20,9 @@ from botocore.exceptions import ClientError
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from retention import bucket, objects, sweeps
 from retention.models import AuditRecord
+from retention.storage import bucket, objects
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import task_prefix
 from tests.s3_proxy import S3Proxy

@@ -18,8 +18,8 @@ from rest_framework.test import APIClient
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 
 from retention import services as retention_services
-from retention import sweeps
 from retention.models import AuditAction, AuditRecord
+from retention.sweeping import sweeps
 from tasks_app.executor import execute
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.services import submit

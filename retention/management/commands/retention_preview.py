@@ -7,7 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from retention import policies, reports
+from retention.monitoring import reports
+from retention.rules import policies
 
 
 class Command(BaseCommand):

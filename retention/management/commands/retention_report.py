@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from retention import audit
+from retention.audit import export
 
 
 def parse_moment(value: str, option: str, *, end_of_day: bool) -> datetime:
@@ -48,7 +48,7 @@ class Command(BaseCommand):
         until = parse_moment(options["until"], "--until", end_of_day=True)
         if since >= until:
             raise CommandError(f"--since {options['since']!r} must be before --until {options['until']!r}.")
-        lines = audit.export(since, until)
+        lines = export.export(since, until)
         if options["output"]:
             path = Path(options["output"])
             if not path.parent.is_dir():

@@ -11,8 +11,10 @@ from django.core.management.base import BaseCommand
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from retention import conf, metrics, policies
+from retention import conf
 from retention.models import AlertState, LegalHold, SweepKind, SweepRun
+from retention.monitoring import metrics
+from retention.rules import policies
 from tasks_app import metrics as task_metrics
 
 

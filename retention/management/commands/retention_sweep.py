@@ -8,9 +8,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from retention import reports, sweeps
 from retention.management.progress import progress_bar
 from retention.models import SweepKind, SweepRun
+from retention.monitoring import reports
+from retention.sweeping import sweeps
 
 
 def positive_int(value: str) -> int:

@@ -29,9 +29,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from retention import conf
 from retention.choices import AuditAction
-from retention.holds import exclude_held
 from retention.models import AuditRecord, SweepKind, SweepRun
-from retention.policies import (
+from retention.rules.holds import exclude_held
+from retention.rules.policies import (
     GONE,
     TERMINAL,
     count_cap_groups,

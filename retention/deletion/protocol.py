@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from retention import claims, objects
-from retention.runs import PurgeCounts
+from retention.deletion import claims
+from retention.storage import objects
+from retention.sweeping.runs import PurgeCounts
 
 logger = logging.getLogger(__name__)
 

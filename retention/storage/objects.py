@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.core.files.storage import Storage, default_storage
 from django.db import connection
 
-from retention import bucket
+from retention.storage import bucket
 
 logger = logging.getLogger(__name__)
 

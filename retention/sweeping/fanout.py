@@ -12,9 +12,9 @@ from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
-from retention import purge, results
 from retention.choices import SweepKind
-from retention.runs import PurgeCounts, record
+from retention.deletion import purge, results
+from retention.sweeping.runs import PurgeCounts, record
 
 logger = logging.getLogger(__name__)
 

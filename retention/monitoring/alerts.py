@@ -20,8 +20,9 @@ from django.core.mail import mail_admins
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
-from retention import conf, metrics
+from retention import conf
 from retention.models import AlertState, SweepKind
+from retention.monitoring import metrics
 
 logger = logging.getLogger(__name__)
 

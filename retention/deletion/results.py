@@ -25,12 +25,15 @@ from django.db import connection
 from django.db.models import BooleanField, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
-from retention import audit, fence, ledger, objects, policies, protocol
+from retention.audit import records as audit
 from retention.choices import Reason, SweepKind
-from retention.holds import active_hold_exists
-from retention.ledger import among
+from retention.deletion import fence, ledger, protocol
+from retention.deletion.ledger import among
 from retention.models import AuditRecord
-from retention.runs import PurgeCounts
+from retention.rules import policies
+from retention.rules.holds import active_hold_exists
+from retention.storage import objects
+from retention.sweeping.runs import PurgeCounts
 from tasks_app.models import GONE_STATUSES, StoredObject, Task, TaskResult
 
 logger = logging.getLogger(__name__)

@@ -14,11 +14,12 @@ from datetime import datetime
 from django.core.files.storage import Storage
 from django.db.models import Count, Q, QuerySet, Sum
 
-from retention import audit, objects, orphans
+from retention.audit import records as audit
 from retention.choices import PolicyMode, Reason, SweepKind
-from retention.holds import only_held
 from retention.models import RetentionPolicy
-from retention.policies import (
+from retention.orphans import report as orphans
+from retention.rules.holds import only_held
+from retention.rules.policies import (
     GONE,
     TERMINAL,
     age_cutoff,
@@ -35,6 +36,7 @@ from retention.policies import (
     shifted,
     stale_claims,
 )
+from retention.storage import objects
 from tasks_app.models import StoredObject, Task
 from tasks_app.storage import PREFIX
 

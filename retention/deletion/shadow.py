@@ -8,7 +8,7 @@ from uuid import UUID
 
 from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
 
-from retention import audit
+from retention.audit import records as audit
 from retention.choices import AuditAction
 from retention.models import AuditRecord, RetentionPolicy
 from tasks_app.models import StoredObject

@@ -23,10 +23,12 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from retention import objects, reports, services
-from retention.admin_filters import DueByPolicyFilter, ExpiringFilter, OwnerFilter, TaskTypeFilter
+from retention import services
+from retention.admin.filters import DueByPolicyFilter, ExpiringFilter, OwnerFilter, TaskTypeFilter
 from retention.exceptions import TaskOnLegalHold
 from retention.models import LegalHold, PendingDeletion
+from retention.monitoring import reports
+from retention.storage import objects
 from tasks_app.admin import TaskAdmin
 from tasks_app.models import GONE_STATUSES, Task, TaskStatus
 

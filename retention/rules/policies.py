@@ -27,10 +27,10 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 
-from retention.audit import age_reason, count_cap_reason, decode_purge_reason, policy_claim
+from retention.audit.records import age_reason, count_cap_reason, decode_purge_reason, policy_claim
 from retention.choices import SweepKind
-from retention.holds import active_hold_exists, exclude_held
 from retention.models import PendingDeletion, PolicyVersion, RetentionPolicy
+from retention.rules.holds import active_hold_exists, exclude_held
 from tasks_app import conf as tasks_conf
 from tasks_app.models import PENDING_STATUSES, TERMINAL_STATUSES, StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.querysets import TaskQuerySet

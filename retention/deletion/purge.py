@@ -21,12 +21,15 @@ from uuid import UUID
 from django.db.models import Case, DateTimeField, F, Value, When
 from django.db.models.functions import Now
 
-from retention import audit, claims, fence, ledger, objects, policies, protocol
+from retention.audit import records as audit
 from retention.choices import SweepKind
-from retention.holds import active_hold_exists
-from retention.ledger import among
+from retention.deletion import claims, fence, ledger, protocol
+from retention.deletion.ledger import among
 from retention.models import AuditRecord
-from retention.runs import PurgeCounts
+from retention.rules import policies
+from retention.rules.holds import active_hold_exists
+from retention.storage import objects
+from retention.sweeping.runs import PurgeCounts
 from tasks_app.models import PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
 
 logger = logging.getLogger(__name__)

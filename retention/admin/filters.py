@@ -11,9 +11,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from retention import reports
 from retention.models import RetentionPolicy
-from retention.policies import enabled_policies
+from retention.monitoring import reports
+from retention.rules.policies import enabled_policies
 from tasks_app import registry
 
 

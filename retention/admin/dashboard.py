@@ -20,9 +20,10 @@ from django.template.defaultfilters import filesizeformat
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from retention import conf, metrics
+from retention import conf
 from retention.choices import AuditAction, SweepKind
 from retention.models import AuditRecord, SweepRun
+from retention.monitoring import metrics
 from tasks_app.models import GONE_STATUSES, Task
 
 HOURS_AHEAD = 48

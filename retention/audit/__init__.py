@@ -1,0 +1,1 @@
+"""The audit trail: building records, and the CSV export."""

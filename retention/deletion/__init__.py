@@ -1,0 +1,1 @@
+"""The deletion protocol: the fence, the ledger, claims, and the task, result and shadow purges."""

@@ -1,0 +1,1 @@
+"""What retention tells operators: metrics, alerts, reports."""

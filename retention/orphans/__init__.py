@@ -1,0 +1,1 @@
+"""Orphaned storage objects: the listing, deciding, deleting and reporting them."""

@@ -1,0 +1,1 @@
+"""What is due for deletion and why, and what a legal hold covers."""

@@ -1,0 +1,1 @@
+"""Storage objects: batched, idempotent deletion and listing; S3 specifics."""

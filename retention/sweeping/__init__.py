@@ -1,0 +1,1 @@
+"""The sweeps: their runs, the drain loop, and where claimed batches go."""
