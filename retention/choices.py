@@ -48,3 +48,36 @@ class SweepKind(models.TextChoices):
     RESULTS = "results", "expired results"
     POLICIES = "policies", "policies"
     ORPHANS = "orphans", "orphaned objects"
+
+
+class TaskName:
+    """The Celery task names retention registers; public: beat entries and messages name them."""
+
+    SWEEP_EXPIRED_TASKS = "retention.sweep_expired_tasks"
+    SWEEP_EXPIRED_RESULTS = "retention.sweep_expired_results"
+    ENFORCE_POLICIES = "retention.enforce_policies"
+    SWEEP_ORPHANS = "retention.sweep_orphans"
+    PURGE_TASKS_CHUNK = "retention.purge_tasks_chunk"
+    PURGE_RESULTS_CHUNK = "retention.purge_results_chunk"
+    PURGE_EXPIRED_TASK = "retention.purge_expired_task"
+    CHECK_ALERTS = "retention.check_alerts"
+
+
+# The Celery task that runs (and continues) each sweep.
+SWEEP_TASK_NAMES = {
+    SweepKind.TASKS: TaskName.SWEEP_EXPIRED_TASKS,
+    SweepKind.RESULTS: TaskName.SWEEP_EXPIRED_RESULTS,
+    SweepKind.POLICIES: TaskName.ENFORCE_POLICIES,
+    SweepKind.ORPHANS: TaskName.SWEEP_ORPHANS,
+}
+
+# The actions that stand for data deleted (a shadow record deletes nothing).
+DELETING_ACTIONS = (
+    AuditAction.TASK_PURGED,
+    AuditAction.USER_ERASURE,
+    AuditAction.RESULT_PURGED,
+    AuditAction.ORPHAN_DELETED,
+    AuditAction.PARTIAL_PURGE,
+)
+# The actions that leave a task a tombstone.
+TASK_GONE_ACTIONS = (AuditAction.TASK_PURGED, AuditAction.USER_ERASURE)

@@ -12,13 +12,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from retention import services
+from retention.choices import TaskName
 from retention.exceptions import TaskOnLegalHold
 from tasks_app.exceptions import ErasureRefused
 from tasks_app.models import Task
 
 logger = logging.getLogger(__name__)
-
-PURGE_EXPIRED_TASK = "retention.purge_expired_task"
 
 
 def on_task_finished(sender: Any, task_id: UUID, status: str, **kwargs: Any) -> None:
@@ -33,7 +32,9 @@ def on_task_finished(sender: Any, task_id: UUID, status: str, **kwargs: Any) -> 
     try:
         if not services.needs_purge_after_finish(task_id, now=now):
             return
-        transaction.on_commit(lambda: current_app.signature(PURGE_EXPIRED_TASK, args=[str(task_id)]).apply_async())
+        transaction.on_commit(
+            lambda: current_app.signature(TaskName.PURGE_EXPIRED_TASK, args=[str(task_id)]).apply_async()
+        )
         logger.info("purge after finish requested", extra={"task_id": str(task_id), "status": status})
     except Exception:
         logger.exception(

@@ -8,7 +8,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from retention import services
-from retention.models import SweepKind
+from retention.choices import SweepKind, TaskName
 from retention.monitoring import alerts
 from retention.sweeping import fanout, sweeps
 
@@ -17,49 +17,49 @@ def _summary(run: Any) -> dict[str, Any]:
     return {"sweep_run": run.pk if run is not None else None}
 
 
-@shared_task(name="retention.sweep_expired_tasks", ignore_result=True)
-def sweep_expired_tasks(run_id: int | None = None, after: str | None = None) -> dict[str, Any]:
+@shared_task(name=TaskName.SWEEP_EXPIRED_TASKS, ignore_result=True)
+def sweep_expired_tasks(run_id: int | None = None) -> dict[str, Any]:
     """Purge tasks past their own expires_at, and take over stale claims."""
     return _summary(sweeps.sweep(SweepKind.TASKS, timezone.now(), fanout=sweeps.FLEET, run_id=run_id))
 
 
-@shared_task(name="retention.sweep_expired_results", ignore_result=True)
+@shared_task(name=TaskName.SWEEP_EXPIRED_RESULTS, ignore_result=True)
 def sweep_expired_results(run_id: int | None = None, after: str | None = None) -> dict[str, Any]:
     """Purge results past their result TTL."""
     return _summary(sweeps.sweep(SweepKind.RESULTS, timezone.now(), fanout=sweeps.FLEET, run_id=run_id, after=after))
 
 
-@shared_task(name="retention.enforce_policies", ignore_result=True)
-def enforce_policies(run_id: int | None = None, after: str | None = None) -> dict[str, Any]:
+@shared_task(name=TaskName.ENFORCE_POLICIES, ignore_result=True)
+def enforce_policies(run_id: int | None = None) -> dict[str, Any]:
     """Apply every enabled policy's age limit and count cap (shadow policies only record)."""
     return _summary(sweeps.sweep(SweepKind.POLICIES, timezone.now(), fanout=sweeps.FLEET, run_id=run_id))
 
 
-@shared_task(name="retention.sweep_orphans", ignore_result=True)
-def sweep_orphans(run_id: int | None = None, after: str | None = None) -> dict[str, Any]:
+@shared_task(name=TaskName.SWEEP_ORPHANS, ignore_result=True)
+def sweep_orphans(run_id: int | None = None) -> dict[str, Any]:
     """Delete orphaned objects under tasks/, resuming the listing from its cursor."""
     return _summary(sweeps.sweep(SweepKind.ORPHANS, timezone.now(), fanout=sweeps.FLEET, run_id=run_id))
 
 
-@shared_task(name="retention.purge_tasks_chunk", ignore_result=True)
+@shared_task(name=TaskName.PURGE_TASKS_CHUNK, ignore_result=True)
 def purge_tasks_chunk(task_ids: list[str], run_id: int | None = None) -> dict[str, Any]:
     """Finish the purge of one chunk of claimed tasks."""
     return fanout.run_tasks_chunk(task_ids, run_id, now=timezone.now()).as_dict()
 
 
-@shared_task(name="retention.purge_results_chunk", ignore_result=True)
+@shared_task(name=TaskName.PURGE_RESULTS_CHUNK, ignore_result=True)
 def purge_results_chunk(task_ids: list[str], run_id: int | None = None) -> dict[str, Any]:
     """Purge the expired results of one chunk of tasks."""
     return fanout.run_results_chunk(task_ids, run_id, now=timezone.now()).as_dict()
 
 
-@shared_task(name="retention.purge_expired_task", ignore_result=True)
+@shared_task(name=TaskName.PURGE_EXPIRED_TASK, ignore_result=True)
 def purge_expired_task(task_id: str) -> bool:
     """Purge a task that finished after its expiry passed."""
     return services.purge_if_expired(task_id, now=timezone.now())
 
 
-@shared_task(name="retention.check_alerts", ignore_result=True)
+@shared_task(name=TaskName.CHECK_ALERTS, ignore_result=True)
 def check_alerts() -> list[str]:
     """Tell the admins of retention lag or repeated sweep failures, and of their clearing."""
     return [f"{notice.condition} {notice.state}" for notice in alerts.check(timezone.now())]

@@ -7,6 +7,7 @@ import random
 import time
 import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -145,17 +146,23 @@ def _describe(exc: BaseException) -> str:
     return storable.text(text[-ERROR_MAX_CHARS:])
 
 
-_NOT_FINISHED = object()
+@dataclass(frozen=True)
+class Finished:
+    """What writing an attempt's outcome did.
 
-
-def _finish(task: Task, **changes: Any) -> Any:
-    """Write the outcome if this attempt still holds the task; return the row's expires_at then.
-
-    The expiry is read back in the same statement, so the finished signal knows whether the
-    data already expired (a changed expires_at included) without another query.
+    ``written`` is False when the attempt no longer held the task (its outcome is dropped).
+    ``expires_at`` is the row's data expiry, read back in the same statement, so the finished
+    signal knows whether the data already expired (a changed expires_at included) without
+    another query.
     """
-    written, expiry = statements.finish(task, changes)
-    return expiry if written else _NOT_FINISHED
+
+    written: bool
+    expires_at: datetime | None = None
+
+
+def _finish(task: Task, **changes: Any) -> Finished:
+    """Write the outcome if this attempt still holds the task."""
+    return Finished(*statements.finish(task, changes))
 
 
 def _succeed(task: Task, ctx: TaskContext, result: Any) -> str:
@@ -185,30 +192,29 @@ def _store_success(task: Task, ctx: TaskContext, result: Any) -> str:
         "usage": _merge_usage(task.usage, ctx.usage),
     }
     stored = TaskResult(task=task, data=result, created_at=now, expires_at=expires_at)
-    expiry = _finish_with_result(task, outcome, stored if ttl is None or ttl > timedelta(0) else None)
-    if expiry is _NOT_FINISHED:
+    finished = _finish_with_result(task, outcome, stored if ttl is None or ttl > timedelta(0) else None)
+    if not finished.written:
         logger.warning("result dropped: lease lost", extra={"task_id": str(task.id)})
         return "superseded"
     logger.info("task succeeded", extra={"task_id": str(task.id), "attempt": task.attempts})
-    task_finished.send(sender=Task, task_id=task.id, status=TaskStatus.SUCCEEDED, expires_at=expiry)
+    task_finished.send(sender=Task, task_id=task.id, status=TaskStatus.SUCCEEDED, expires_at=finished.expires_at)
     return TaskStatus.SUCCEEDED
 
 
-def _finish_with_result(task: Task, outcome: dict[str, Any], stored: TaskResult | None) -> Any:
+def _finish_with_result(task: Task, outcome: dict[str, Any], stored: TaskResult | None) -> Finished:
     """``_finish`` that also stores the result: one statement on PostgreSQL."""
     if stored is None or connection.vendor != "postgresql":
         with transaction.atomic():
-            expiry = _finish(task, **outcome)
-            if expiry is not _NOT_FINISHED and stored is not None:
+            finished = _finish(task, **outcome)
+            if finished.written and stored is not None:
                 TaskResult.objects.bulk_create(
                     [stored],
                     update_conflicts=True,
                     unique_fields=["task"],
                     update_fields=["data", "created_at", "expires_at"],
                 )
-        return expiry
-    written, expiry = statements.finish_with_result(task, outcome, stored)
-    return expiry if written else _NOT_FINISHED
+        return finished
+    return Finished(*statements.finish_with_result(task, outcome, stored))
 
 
 def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool, with_usage: bool = True) -> str:
@@ -220,13 +226,13 @@ def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool, with_usa
         changes.update(status=TaskStatus.FAILED if permanent else TaskStatus.DEAD, finished_at=now)
     else:
         changes.update(status=TaskStatus.SCHEDULED, run_at=now + backoff(task.attempts))
-    expiry = _finish(task, **changes)
-    if expiry is _NOT_FINISHED:
+    finished = _finish(task, **changes)
+    if not finished.written:
         return "superseded"
     logger.warning(
         "task attempt failed",
         extra={"task_id": str(task.id), "attempt": task.attempts, "status": changes["status"]},
     )
     if changes["status"] != TaskStatus.SCHEDULED:
-        task_finished.send(sender=Task, task_id=task.id, status=changes["status"], expires_at=expiry)
+        task_finished.send(sender=Task, task_id=task.id, status=changes["status"], expires_at=finished.expires_at)
     return changes["status"]

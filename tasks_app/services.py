@@ -12,11 +12,11 @@ from django.core.files.base import ContentFile, File
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from tasks_app import conf, dispatch, registry
+from tasks_app import conf, dispatch
 from tasks_app.exceptions import ResultGone
 from tasks_app.models import GONE_STATUSES, PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.storage import object_key, upload
-from tasks_app.validation import IDEMPOTENCY_KEY_MAX, validate
+from tasks_app.validation import ARGUMENTS, IDEMPOTENCY_KEY_MAX, Submission, Valid, validate
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +41,13 @@ def submit(
     (a unique constraint decides, not a read-then-write).
     """
     now = now or timezone.now()
-    if payload is None:
-        payload = {}
-    spec, clean_payload = validate(
-        task_type, payload, owner, run_at, delay, expires_in, result_ttl, idempotency_key, input_file, now
-    )
+    request = Submission(task_type, payload, owner, run_at, delay, expires_in, result_ttl, idempotency_key, input_file)
+    valid = validate(request, now)
     if idempotency_key is not None:
         existing = _find_idempotent(owner, idempotency_key)
         if existing is not None:
             return existing
-    task = _new_task(spec, clean_payload, owner, run_at, delay, expires_in, result_ttl, idempotency_key, now)
+    task = _new_task(request, valid, now)
     # The input is uploaded before any row is written, with no transaction of ours open: a slow
     # upload holds no lock. Until the task commits, the object belongs to no task; the orphan sweep
     # leaves such objects alone for a while (retention.orphans.decide.MISSING_TASK_GRACE) and waits for open
@@ -82,9 +79,7 @@ def submit(
     return task
 
 
-_MANY_ARGUMENTS = frozenset(
-    {"task_type", "payload", "owner", "run_at", "delay", "expires_in", "result_ttl", "idempotency_key"}
-)
+_MANY_ARGUMENTS = ARGUMENTS - {"input_file"}
 
 
 def submit_many(requests: Iterable[Mapping[str, Any]], *, now: datetime | None = None) -> list[Task]:
@@ -102,17 +97,13 @@ def submit_many(requests: Iterable[Mapping[str, Any]], *, now: datetime | None =
         if unknown:
             errors[f"{index}"] = [f"unknown arguments: {', '.join(sorted(unknown))}."]
             continue
-        args = {name: request.get(name) for name in _MANY_ARGUMENTS}
+        submission = Submission(**{name: request.get(name) for name in _MANY_ARGUMENTS})
         try:
-            spec, clean_payload = validate(
-                args["task_type"], {} if args["payload"] is None else args["payload"], args["owner"],
-                args["run_at"], args["delay"], args["expires_in"], args["result_ttl"], args["idempotency_key"],
-                None, now,
-            )  # fmt: skip
+            valid = validate(submission, now)
         except ValidationError as exc:
             errors.update({f"{index}.{field}": messages for field, messages in exc.message_dict.items()})
             continue
-        tasks.append(_new_task(spec, clean_payload, *(args[n] for n in _NEW_TASK_ARGUMENTS), now))
+        tasks.append(_new_task(submission, valid, now))
     if errors:
         raise ValidationError(errors)
     if any(task.idempotency_key is not None for task in tasks):
@@ -127,9 +118,6 @@ def submit_many(requests: Iterable[Mapping[str, Any]], *, now: datetime | None =
             transaction.on_commit(lambda: dispatch.publish_safely(due))
     logger.info("tasks submitted", extra={"count": len(tasks), "queued": len(due)})
     return tasks
-
-
-_NEW_TASK_ARGUMENTS = ("owner", "run_at", "delay", "expires_in", "result_ttl", "idempotency_key")
 
 
 def _submit_built(task: Task) -> Task:
@@ -149,34 +137,26 @@ def _submit_built(task: Task) -> Task:
     return task
 
 
-def _new_task(
-    spec: registry.TaskType,
-    clean_payload: Any,
-    owner: Any,
-    run_at: datetime | None,
-    delay: timedelta | None,
-    expires_in: timedelta | None,
-    result_ttl: timedelta | None,
-    idempotency_key: str | None,
-    now: datetime,
-) -> Task:
+def _new_task(request: Submission, valid: Valid, now: datetime) -> Task:
+    """The (unsaved) task a validated submission makes: queued if due now, else scheduled."""
+    run_at, delay, expires_in = request.run_at, request.delay, request.expires_in
     due_at = run_at if run_at is not None else now + (delay or timedelta(0))
     lifetime = expires_in if expires_in is not None else conf.task_expires_in()
     runs_now = due_at <= now
     return Task(
-        owner=owner,
-        task_type=spec.name,
+        owner=request.owner,
+        task_type=valid.spec.name,
         status=TaskStatus.QUEUED if runs_now else TaskStatus.SCHEDULED,
-        payload=clean_payload,
+        payload=valid.payload,
         run_at=due_at,
-        max_attempts=spec.max_attempts,
-        timeout=spec.timeout,
+        max_attempts=valid.spec.max_attempts,
+        timeout=valid.spec.timeout,
         created_at=now,
         status_changed_at=now,
         redeliver_at=now + conf.queued_timeout() if runs_now else None,
         expires_at=now + lifetime if lifetime is not None else None,
-        result_ttl=result_ttl,
-        idempotency_key=idempotency_key,
+        result_ttl=request.result_ttl,
+        idempotency_key=request.idempotency_key,
     )
 
 

@@ -11,7 +11,7 @@ import posixpath
 import uuid
 
 from django.core.files.base import ContentFile, File
-from django.core.files.storage import Storage, default_storage
+from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.text import get_valid_filename
@@ -87,10 +87,9 @@ def _as_file(content: File | bytes | str) -> File:
     return content
 
 
-def upload(key: str, content: File, *, storage: Storage | None = None) -> None:
+def upload(key: str, content: File) -> None:
     """Write one object at exactly ``key`` (overwriting); never called inside a transaction of ours."""
-    storage = storage or default_storage
-    saved_key = storage.save(key, content)
+    saved_key = default_storage.save(key, content)
     if saved_key != key:
         raise RuntimeError(f"storage renamed {key!r} to {saved_key!r}; it must overwrite in place")
 
@@ -102,7 +101,6 @@ def save_object(
     *,
     kind: str,
     folder: str = "files",
-    storage: Storage | None = None,
     attempt: int | None = None,
 ) -> StoredObject:
     """Record one file of the task in its manifest, then upload it with no transaction open.
@@ -125,5 +123,5 @@ def save_object(
         record, _ = StoredObject.objects.update_or_create(
             key=key, defaults={"task": task, "kind": kind, "size": content.size, "created_at": timezone.now()}
         )
-    upload(key, content, storage=storage)
+    upload(key, content)
     return record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,32 @@ from django.utils import timezone
 from tasks_app import conf, registry, storable
 
 IDEMPOTENCY_KEY_MAX = 255
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What ``submit()`` was asked for, argument by argument, as given (``validate`` checks it)."""
+
+    task_type: Any
+    payload: Any = None
+    owner: Any = None
+    run_at: Any = None
+    delay: Any = None
+    expires_in: Any = None
+    result_ttl: Any = None
+    idempotency_key: Any = None
+    input_file: Any = None
+
+
+ARGUMENTS = frozenset(field.name for field in fields(Submission))
+
+
+@dataclass(frozen=True)
+class Valid:
+    """A submission that passed ``validate``: its task type and its payload as it will be stored."""
+
+    spec: registry.TaskType
+    payload: Any
 
 
 def _check_duration(errors: dict[str, list[str]], field: str, value: Any, *, allow_zero: bool) -> None:
@@ -49,18 +76,15 @@ def _check_payload(errors: dict[str, list[str]], payload: Any) -> Any:
     return json.loads(encoded)
 
 
-def validate(
-    task_type: Any,
-    payload: Any,
-    owner: Any,
-    run_at: Any,
-    delay: Any,
-    expires_in: Any,
-    result_ttl: Any,
-    idempotency_key: Any,
-    input_file: Any,
-    now: datetime,
-) -> tuple[registry.TaskType, Any]:
+def validate(request: Submission, now: datetime) -> Valid:
+    """Check every argument; raise one ValidationError keyed by the names of those that are wrong."""
+    task_type, payload, owner = request.task_type, {} if request.payload is None else request.payload, request.owner
+    run_at, delay, idempotency_key, input_file = (
+        request.run_at,
+        request.delay,
+        request.idempotency_key,
+        request.input_file,
+    )
     errors: dict[str, list[str]] = {}
     spec = registry.get(task_type) if isinstance(task_type, str) else None
     if spec is None:
@@ -80,8 +104,8 @@ def validate(
             errors["run_at"] = ["run_at is further away than TASKS_MAX_EXPIRES_IN allows."]
     if "delay" not in errors:
         _check_duration(errors, "delay", delay, allow_zero=True)
-    _check_duration(errors, "expires_in", expires_in, allow_zero=False)
-    _check_duration(errors, "result_ttl", result_ttl, allow_zero=True)
+    _check_duration(errors, "expires_in", request.expires_in, allow_zero=False)
+    _check_duration(errors, "result_ttl", request.result_ttl, allow_zero=True)
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str)
         or not idempotency_key
@@ -99,7 +123,7 @@ def validate(
     if errors:
         raise ValidationError(errors)
     assert spec is not None
-    return spec, clean_payload
+    return Valid(spec, clean_payload)
 
 
 def _input_size(input_file: Any) -> int | None:

@@ -21,7 +21,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from retention import conf
-from retention.choices import AuditAction, SweepKind
+from retention.choices import DELETING_ACTIONS, TASK_GONE_ACTIONS, SweepKind
 from retention.models import AuditRecord, SweepRun
 from retention.monitoring import metrics
 from tasks_app.models import GONE_STATUSES, Task
@@ -31,8 +31,6 @@ DAYS_BACK = 30
 FAILURE_DAYS = 14
 RECENT_FAILURES = 20
 # Actions that deleted something (a shadow record deleted nothing).
-DELETING = [AuditAction.TASK_PURGED, AuditAction.USER_ERASURE, AuditAction.RESULT_PURGED, AuditAction.ORPHAN_DELETED]
-TASK_GONE = [AuditAction.TASK_PURGED, AuditAction.USER_ERASURE]
 
 
 @dataclass(frozen=True)
@@ -86,12 +84,12 @@ def purged_per_day(now: datetime) -> list[PurgedDay]:
     start = _day(now) - timedelta(days=DAYS_BACK - 1)
     rows = (
         AuditRecord.objects.between(start, now + timedelta(seconds=1))  # auditrecord_occurred_idx
-        .filter(action__in=DELETING)
+        .filter(action__in=DELETING_ACTIONS)
         .order_by()
         .annotate(day=TruncDay("occurred_at"))
         .values("day")
         .annotate(
-            tasks=Count("pk", filter=Q(action__in=TASK_GONE)),
+            tasks=Count("pk", filter=Q(action__in=TASK_GONE_ACTIONS)),
             objects=Sum("objects_deleted"),
             freed=Sum("bytes_freed"),
         )

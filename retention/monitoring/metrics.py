@@ -28,12 +28,10 @@ from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from retention import conf
-from retention.choices import AuditAction
+from retention.choices import DELETING_ACTIONS
 from retention.models import AuditRecord, SweepKind, SweepRun
 from retention.rules.holds import exclude_held
 from retention.rules.policies import (
-    GONE,
-    TERMINAL,
     count_cap_groups,
     count_due,
     enabled_policies,
@@ -44,10 +42,8 @@ from retention.rules.policies import (
     purging,
 )
 from tasks_app.metrics import COUNT_LIMIT, count_upto
-from tasks_app.models import TaskResult
+from tasks_app.models import GONE_STATUSES, TERMINAL_STATUSES, TaskResult
 
-# Deletions an audit record may stand for outside a sweep (a shadow record deletes nothing).
-DELETIONS = [AuditAction.TASK_PURGED, AuditAction.USER_ERASURE, AuditAction.RESULT_PURGED, AuditAction.ORPHAN_DELETED]
 DIRECT = "direct"  # the "kind" of deletions made outside sweeps (erasures, a purge after a late finish)
 REASONS = ("expires_at", "policy_age", "count_cap", "result_ttl", "purging")
 
@@ -67,7 +63,7 @@ def _policy_age_parts(now: datetime) -> Iterator[tuple[QuerySet, str, timedelta]
             continue
         cutoff = now - policy.keep_for
         scope = governed(policy, policies)
-        for status in [policy.status] if policy.status else TERMINAL:
+        for status in [policy.status] if policy.status else TERMINAL_STATUSES:
             rows = scope.filter(status=status)
             yield exclude_held(rows.filter(finished_at__lte=cutoff)), "finished_at", policy.keep_for
             yield (
@@ -90,7 +86,7 @@ def _count_cap_groups() -> Iterator[tuple[QuerySet, Callable[[], datetime | None
 
 def _results_due(now: datetime) -> QuerySet:
     """Results past their TTL on live tasks, not held (walks ``taskresult_expires_idx``)."""
-    rows = TaskResult.objects.filter(expires_at__lte=now).exclude(task__status__in=GONE)
+    rows = TaskResult.objects.filter(expires_at__lte=now).exclude(task__status__in=GONE_STATUSES)
     return exclude_held(rows, task_path="task__")
 
 
@@ -195,7 +191,7 @@ def totals() -> list[Totals]:
         for kind, row in ((kind, runs.get(kind, {})) for kind in SweepKind.values)
     ]
     direct = (
-        AuditRecord.objects.filter(sweep_run__isnull=True, action__in=DELETIONS)
+        AuditRecord.objects.filter(sweep_run__isnull=True, action__in=DELETING_ACTIONS)
         .order_by()
         .aggregate(n=Count("action"), objects=Sum("objects_deleted"), size=Sum("bytes_freed"))
     )

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.core.files.storage import Storage
 from django.db.models import Count, Q, QuerySet, Sum
 
 from retention.audit import records as audit
@@ -20,8 +19,6 @@ from retention.models import RetentionPolicy
 from retention.orphans import report as orphans
 from retention.rules.holds import only_held
 from retention.rules.policies import (
-    GONE,
-    TERMINAL,
     age_cutoff,
     age_due,
     count_cap_groups,
@@ -37,7 +34,7 @@ from retention.rules.policies import (
     stale_claims,
 )
 from retention.storage import objects
-from tasks_app.models import StoredObject, Task
+from tasks_app.models import GONE_STATUSES, TERMINAL_STATUSES, StoredObject, Task
 from tasks_app.storage import PREFIX
 
 # --- One task: when and why ----------------------------------------------------------------------
@@ -55,7 +52,7 @@ class Deadline:
 
 def deadline(task: Task, now: datetime, policies: Sequence[RetentionPolicy] | None = None) -> Deadline:
     """The earliest rule deleting ``task`` (own expiry, policy age, count cap); ``at`` None = never."""
-    if task.status in GONE:
+    if task.status in GONE_STATUSES:
         # Decoded: a policy claim's purge_reason also carries the policy table's version.
         reason = audit.decode_purge_reason(task.purge_reason).reason if task.purge_reason else ""
         return Deadline(at=task.expired_at, reason=reason)
@@ -75,7 +72,7 @@ def deadlines(
 ) -> dict[object, Deadline]:
     """``deadline`` for a page of tasks (a list in the admin) in a few queries, by task id."""
     policies = enforcing_only(enabled_policies() if policies is None else policies)
-    live = [task for task in tasks if task.status not in GONE]
+    live = [task for task in tasks if task.status not in GONE_STATUSES]
     ids = [task.pk for task in live]
     held = set(only_held(Task.objects.filter(pk__in=ids)).values_list("pk", flat=True)) if ids else set()
     # One count-cap query per (type, status) group on the page, not one per task.
@@ -90,14 +87,14 @@ def deadlines(
         policy = deciding[members[0]]
         due = count_due(policy, policies, task_type, status).filter(pk__in=members)
         capped.update(due.values_list("pk", flat=True))
-    found = {task.pk: deadline(task, now, policies) for task in tasks if task.status in GONE}
+    found = {task.pk: deadline(task, now, policies) for task in tasks if task.status in GONE_STATUSES}
     for task in live:
         found[task.pk] = _decide(task, now, deciding[task.pk], held=task.pk in held, capped=task.pk in capped)
     return found
 
 
 def _deciding(task: Task, policies: Sequence[RetentionPolicy]) -> RetentionPolicy | None:
-    if task.status not in TERMINAL:
+    if task.status not in TERMINAL_STATUSES:
         return None
     policy = most_specific(policies, task.task_type, task.status)
     return policy if policy is not None and policy.mode == PolicyMode.ENFORCE else None
@@ -228,9 +225,7 @@ def _held_back(policy: RetentionPolicy, weighed: Sequence[RetentionPolicy], now:
 # --- Dry run ---------------------------------------------------------------------------------------
 
 
-def would_delete(
-    kind: str, now: datetime, *, limit: int | None = None, storage: Storage | None = None
-) -> dict[str, int]:
+def would_delete(kind: str, now: datetime, *, limit: int | None = None) -> dict[str, int]:
     """What a sweep of ``kind`` would delete now, counted without changing anything."""
     kind = SweepKind(kind)
     if kind == SweepKind.TASKS:
@@ -244,6 +239,6 @@ def would_delete(
             counts[f"{label} by age"] = row.by_age
             counts[f"{label} by count"] = row.by_count
         return counts
-    listed = objects.iter_objects(PREFIX, storage=storage)
+    listed = objects.iter_objects(PREFIX)
     found = orphans.find_orphans(listed, now=now, limit=limit)
     return {"orphaned objects": len(found), "orphaned bytes": sum(o.size for o in found)}

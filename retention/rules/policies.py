@@ -32,13 +32,19 @@ from retention.choices import SweepKind
 from retention.models import PendingDeletion, PolicyVersion, RetentionPolicy
 from retention.rules.holds import active_hold_exists, exclude_held
 from tasks_app import conf as tasks_conf
-from tasks_app.models import PENDING_STATUSES, TERMINAL_STATUSES, StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.models import (
+    GONE_STATUSES,
+    PENDING_STATUSES,
+    TERMINAL_STATUSES,
+    StoredObject,
+    Task,
+    TaskResult,
+    TaskStatus,
+)
 from tasks_app.querysets import TaskQuerySet
 
-TERMINAL = [str(status) for status in TERMINAL_STATUSES]
 # Running tasks are purged when they finish (the task_finished signal), never mid-run.
-EXPIRABLE = [str(status) for status in PENDING_STATUSES] + TERMINAL
-GONE = [TaskStatus.PURGING, TaskStatus.EXPIRED]
+EXPIRABLE = (*PENDING_STATUSES, *TERMINAL_STATUSES)
 
 
 # --- Own expiry, claims, results ---------------------------------------------------------------
@@ -47,7 +53,7 @@ GONE = [TaskStatus.PURGING, TaskStatus.EXPIRED]
 def expiry_due(now: datetime) -> TaskQuerySet:
     """Tasks whose own ``expires_at`` has passed, not running, not held."""
     # The exclude repeats the partial index's predicate so PostgreSQL can use task_expires_idx.
-    tasks = Task.objects.filter(expires_at__lte=now, status__in=EXPIRABLE).exclude(status__in=GONE)
+    tasks = Task.objects.filter(expires_at__lte=now, status__in=EXPIRABLE).exclude(status__in=GONE_STATUSES)
     return exclude_held(tasks)
 
 
@@ -69,7 +75,7 @@ def purging() -> TaskQuerySet:
 
 
 def _results_due_rows(rows: QuerySet, now: datetime) -> QuerySet:
-    rows = rows.filter(task__result_expires_at__lte=now).exclude(task__status__in=GONE)
+    rows = rows.filter(task__result_expires_at__lte=now).exclude(task__status__in=GONE_STATUSES)
     return exclude_held(rows, task_path="task__")
 
 
@@ -103,7 +109,7 @@ def results_due(now: datetime) -> TaskQuerySet:
     has_result = Exists(TaskResult.objects.filter(task=OuterRef("pk")))
     has_files = Exists(StoredObject.objects.filter(task=OuterRef("pk")).exclude(kind=StoredObject.INPUT_KIND))
     decided = Exists(_decided_results().filter(task_id=OuterRef("pk")))
-    tasks = Task.objects.filter(result_expires_at__lte=now).exclude(status__in=GONE)
+    tasks = Task.objects.filter(result_expires_at__lte=now).exclude(status__in=GONE_STATUSES)
     return tasks.filter(((has_result | has_files) & ~active_hold_exists()) | decided)
 
 
@@ -146,7 +152,7 @@ def governed(policy: RetentionPolicy, policies: Sequence[RetentionPolicy]) -> Ta
     around model validation with ``running`` or ``expired`` must never purge running tasks
     or claim tombstones again.
     """
-    tasks = Task.objects.filter(status__in=TERMINAL)
+    tasks = Task.objects.filter(status__in=TERMINAL_STATUSES)
     if policy.status:
         tasks = tasks.filter(status=policy.status)
     if policy.task_type:

@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 logger = logging.getLogger(__name__)
 
-DELETE_BATCH = 1000  # S3 DeleteObjects accepts at most 1,000 entries per call.
+# A key (or version) already gone counts as deleted (django-storages' 404 rule).
 MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
 # A store without the versioning API (R2, some gateways) has no versions to keep.
 UNSUPPORTED_CODES = frozenset({"NotImplemented", "XNotImplemented", "MethodNotAllowed", "UnsupportedOperation"})
@@ -55,9 +55,13 @@ def prepare_client(client: Any) -> Any:
 def error_text(exc: BaseException) -> str:
     """A short description of a storage error: the S3 error code when there is one."""
     if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip().rstrip(":")
+        return described(exc.response.get("Error", {}))
     return repr(exc)
+
+
+def described(error: dict[str, Any]) -> str:
+    """An S3 error (a reply's ``Error``, or one entry of a DeleteObjects reply's ``Errors``) as "Code: Message"."""
+    return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip().rstrip(":")
 
 
 # --- Versioning ----------------------------------------------------------------------------------
@@ -147,20 +151,20 @@ def list_versions(client: Any, bucket: str, keys: Iterable[str]) -> dict[str, li
     return found
 
 
-def delete_versions(client: Any, bucket: str, keys: list[str], state: Versioning) -> dict[str, str]:
-    """Delete every version of each key; return the keys still holding data, with the reason."""
+def delete_versions(client: Any, bucket: str, keys: list[str], state: Versioning, *, batch: int) -> dict[str, str]:
+    """Delete every version of each key, ``batch`` a call; return the keys still holding data, with the reason."""
     if state.mfa_delete:
         reason = "MFADelete: the bucket has MFA delete enabled; object versions cannot be deleted by retention"
         return dict.fromkeys(keys, reason)
     versions = list_versions(client, bucket, keys)
     entries = [{"Key": key, "VersionId": version} for key, ids in versions.items() for version in ids]
     errors: dict[str, str] = {}
-    for start in range(0, len(entries), DELETE_BATCH):
-        chunk = entries[start : start + DELETE_BATCH]
+    for start in range(0, len(entries), batch):
+        chunk = entries[start : start + batch]
         response = client.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
         for error in response.get("Errors", []):
             if error.get("Code") not in MISSING_CODES:
-                errors[error.get("Key", "")] = f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+                errors[error.get("Key", "")] = described(error)
     # Confirm rather than trust the reply: a version written meanwhile, or one a store skipped
     # without an error, keeps the key "not deleted" and the purge retries it.
     for key in list_versions(client, bucket, [key for key in keys if key not in errors]):

@@ -34,7 +34,6 @@ RETRY_BASE_DELAY = 0.2  # seconds; doubled per attempt, with jitter
 RETRY_MAX_DELAY = 5.0  # seconds
 # Transient storage errors; anything else is a bug and propagates.
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError, ClientError, OSError)
-MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 sleep = time.sleep  # replaced in tests
 
@@ -96,9 +95,9 @@ def _reply_errors(response: dict[str, Any]) -> dict[str, str]:
     """Per-key errors of a DeleteObjects reply; a missing key counts as deleted (django-storages' 404 rule)."""
     errors: dict[str, str] = {}
     for error in response.get("Errors", []):
-        if error.get("Code") in MISSING_KEY_CODES:
+        if error.get("Code") in bucket.MISSING_CODES:
             continue
-        errors[error.get("Key", "")] = f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+        errors[error.get("Key", "")] = bucket.described(error)
     return errors
 
 
@@ -114,7 +113,7 @@ def _s3_delete(storage: Storage, names: list[str]) -> dict[str, str]:
     by_key = {_s3_key(storage, name): name for name in names}
     state = bucket.versioning(client, bucket_name)
     if state.versioned:
-        errors = bucket.delete_versions(client, bucket_name, list(by_key), state)
+        errors = bucket.delete_versions(client, bucket_name, list(by_key), state, batch=DELETE_BATCH)
     else:
         response = client.delete_objects(
             Bucket=bucket_name, Delete={"Objects": [{"Key": key} for key in by_key], "Quiet": False}
@@ -124,17 +123,18 @@ def _s3_delete(storage: Storage, names: list[str]) -> dict[str, str]:
         if markers:
             # The objects are still stored behind the markers: finish the job on their versions.
             bucket.mark_versioned(bucket_name)
-            errors.update(bucket.delete_versions(client, bucket_name, markers, bucket.Versioning(status="Enabled")))
+            versioned = bucket.Versioning(status="Enabled")
+            errors.update(bucket.delete_versions(client, bucket_name, markers, versioned, batch=DELETE_BATCH))
     return {by_key.get(key, key): message for key, message in errors.items()}
 
 
-def check_bucket(storage: Storage | None = None) -> list[str]:
+def check_bucket() -> list[str]:
     """What would stop storage deletion from working (for /healthz); [] when nothing does.
 
     S3: the bucket is reachable, its versioning can be read, and versions can be deleted
     (not MFA delete). A versioned bucket is fine: every version of a deleted object is deleted.
     """
-    storage = storage or default_storage
+    storage = default_storage
     if is_s3(storage):
         return bucket.check_bucket(storage)
     return []
@@ -201,14 +201,14 @@ def refuse_inside_transaction() -> None:
         )
 
 
-def delete_keys(names: Iterable[str], *, storage: Storage | None = None) -> DeleteOutcome:
+def delete_keys(names: Iterable[str]) -> DeleteOutcome:
     """Delete objects by storage name, in batches; never raises for storage errors.
 
     ``names`` may be a lazy iterator (a manifest streamed from the database): at most one
     batch is held in memory.
     """
     refuse_inside_transaction()
-    storage = storage or default_storage
+    storage = default_storage
     deleter = _s3_delete if is_s3(storage) else _local_delete
     outcome = DeleteOutcome()
     for batch in batched(names, DELETE_BATCH):
@@ -260,9 +260,9 @@ def _iter_local_dir(root: str, relative: str, start_after: str) -> Iterator[List
             yield ListedObject(key=name, size=stat.st_size, modified=datetime.fromtimestamp(stat.st_mtime, tz=UTC))
 
 
-def iter_objects(prefix: str, *, start_after: str = "", storage: Storage | None = None) -> Iterator[ListedObject]:
+def iter_objects(prefix: str, *, start_after: str = "") -> Iterator[ListedObject]:
     """Objects under ``prefix`` in key order, starting after ``start_after``; lazy, page by page."""
-    storage = storage or default_storage
+    storage = default_storage
     if is_s3(storage):
         return _iter_s3(storage, prefix, start_after)
     if hasattr(storage, "path"):
@@ -270,8 +270,6 @@ def iter_objects(prefix: str, *, start_after: str = "", storage: Storage | None 
     raise NotImplementedError(f"listing is not supported for {type(storage).__name__}")
 
 
-def list_objects(
-    prefix: str, *, start_after: str = "", limit: int, storage: Storage | None = None
-) -> list[ListedObject]:
+def list_objects(prefix: str, *, start_after: str = "", limit: int) -> list[ListedObject]:
     """At most ``limit`` objects under ``prefix`` after ``start_after``, in key order."""
-    return list(islice(iter_objects(prefix, start_after=start_after, storage=storage), limit))
+    return list(islice(iter_objects(prefix, start_after=start_after), limit))

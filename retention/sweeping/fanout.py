@@ -12,20 +12,12 @@ from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
-from retention.choices import SweepKind
+from retention.choices import SWEEP_TASK_NAMES, SweepKind, TaskName
 from retention.deletion import purge, results
 from retention.sweeping.runs import PurgeCounts, record
 
 logger = logging.getLogger(__name__)
 
-SWEEP_TASK_NAMES = {
-    SweepKind.TASKS: "retention.sweep_expired_tasks",
-    SweepKind.RESULTS: "retention.sweep_expired_results",
-    SweepKind.POLICIES: "retention.enforce_policies",
-    SweepKind.ORPHANS: "retention.sweep_orphans",
-}
-PURGE_TASKS_CHUNK = "retention.purge_tasks_chunk"
-PURGE_RESULTS_CHUNK = "retention.purge_results_chunk"
 
 Progress = Callable[[int], Any]
 
@@ -93,14 +85,16 @@ class Fleet:
     bounded = True
 
     def purge_tasks(self, task_ids: list[UUID], run_id: int) -> None:
-        self._send(PURGE_TASKS_CHUNK, [[str(i) for i in task_ids]], {"run_id": run_id}, run_id, len(task_ids))
+        self._send(TaskName.PURGE_TASKS_CHUNK, [[str(i) for i in task_ids]], {"run_id": run_id}, run_id, len(task_ids))
 
     def purge_results(self, task_ids: list[str], run_id: int) -> None:
-        self._send(PURGE_RESULTS_CHUNK, [list(task_ids)], {"run_id": run_id}, run_id, len(task_ids))
+        self._send(TaskName.PURGE_RESULTS_CHUNK, [list(task_ids)], {"run_id": run_id}, run_id, len(task_ids))
 
     def resume(self, kind: str, run_id: int, after: str | None) -> None:
         # The continuation takes over this sweep's own part of the run.
-        self._send(SWEEP_TASK_NAMES[SweepKind(kind)], [], {"run_id": run_id, "after": after}, run_id, 0)
+        # Only the results sweep walks from a position (``after``); the others claim what is left.
+        kwargs: dict[str, Any] = {"run_id": run_id} if after is None else {"run_id": run_id, "after": after}
+        self._send(SWEEP_TASK_NAMES[SweepKind(kind)], [], kwargs, run_id, 0)
 
     def advance(self, count: int) -> None:
         """Nothing to show: a fleet run reports through its SweepRun."""

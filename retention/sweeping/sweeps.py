@@ -40,7 +40,6 @@ def sweep_tasks(
     *,
     fanout: Fanout | None = None,
     run_id: int | None = None,
-    after: str | None = None,
     limit: int | None = None,
 ) -> SweepRun:
     """Claims whose purger's lease lapsed (crashed purges, user erasures), then tasks past ``expires_at``."""
@@ -84,30 +83,25 @@ def sweep_results(
     run_id = start_run(SweepKind.RESULTS, now, run_id)
     own = PurgeCounts()
     # Nothing is claimed, so the run walks keys in order; a continuation resumes after the last.
-    # On PostgreSQL results without files go first, a statement per batch, walked by expiry
-    # ("r:<expires_at>|<task id>"); then tasks owning result files, walked by id ("f:<task id>").
-    # Elsewhere (SQLite) every due task takes the second, two-phase path.
-    position = {"after": after or ("r:" if results.set_based() else "f:")}
+    walk = ResultWalk.parse(after) if after else ResultWalk.start()
 
     def purge_rows(n: int) -> list[Any]:
-        if not position["after"].startswith("r:"):
+        if walk.phase != ResultWalk.ROWS:
             return []
-        scanned, purged, last = results.purge_result_rows(
-            now, after=_result_key(position["after"]), limit=n, run_id=run_id
-        )
+        key = (walk.expires_at, walk.task_id) if walk.expires_at is not None and walk.task_id else None
+        scanned, purged, last = results.purge_result_rows(now, after=key, limit=n, run_id=run_id)
         own.purged += purged
         fanout.advance(purged)
-        position["after"] = f"r:{last[0].isoformat()}|{last[1]}" if last else position["after"]
+        if last is not None:
+            walk.expires_at, walk.task_id = last
         if scanned < n:
-            position["after"] = "f:"
+            walk.to_files()
         return [None] * scanned
 
     def take_by_id(n: int) -> list[str]:
-        ids = policies.results_due_ids(
-            now, after=position["after"][2:] or None, limit=n, with_files=results.set_based()
-        )
+        ids = policies.results_due_ids(now, after=walk.task_id, limit=n, with_files=results.set_based())
         if ids:
-            position["after"] = f"f:{ids[-1]}"
+            walk.task_id = ids[-1]
         return ids
 
     steps = [Step(purge_rows, size=conf.result_batch_size()), Step(take_by_id, fanout.purge_results)]
@@ -118,14 +112,46 @@ def sweep_results(
         fanout,
         Budget.for_run(fanout, limit),
         now,
-        lambda: position["after"],
+        walk.text,
         own=own,
     )
 
 
-def _result_key(position: str) -> results.ResultKey | None:
-    at, _, task_id = position[2:].partition("|")
-    return (datetime.fromisoformat(at), task_id) if task_id else None
+@dataclass
+class ResultWalk:
+    """Where a results sweep is, so a continuation resumes after the last key it handled.
+
+    On PostgreSQL results without files go first, a statement per batch, walked by expiry
+    (``rows``: after ``expires_at`` and ``task_id``); then tasks owning result files, walked by id
+    (``files``: after ``task_id``). Elsewhere (SQLite) every due task takes the second path. In a
+    continuation message it travels as text: ``r:<expires_at ISO>|<task id>`` or ``f:<task id>``.
+    """
+
+    ROWS, FILES = "r", "f"
+
+    phase: str
+    expires_at: datetime | None = None
+    task_id: str | None = None
+
+    @classmethod
+    def start(cls) -> ResultWalk:
+        return cls(cls.ROWS if results.set_based() else cls.FILES)
+
+    def to_files(self) -> None:
+        self.phase, self.expires_at, self.task_id = self.FILES, None, None
+
+    def text(self) -> str:
+        if self.phase == self.ROWS:
+            return f"r:{self.expires_at.isoformat()}|{self.task_id}" if self.expires_at else "r:"
+        return f"f:{self.task_id or ''}"
+
+    @classmethod
+    def parse(cls, text: str) -> ResultWalk:
+        phase, _, rest = text.partition(":")
+        if phase == cls.ROWS:
+            at, _, task_id = rest.partition("|")
+            return cls(cls.ROWS, datetime.fromisoformat(at), task_id) if task_id else cls(cls.ROWS)
+        return cls(cls.FILES, task_id=rest or None)
 
 
 @dataclass(frozen=True)
@@ -213,7 +239,6 @@ def sweep_policies(
     *,
     fanout: Fanout | None = None,
     run_id: int | None = None,
-    after: str | None = None,
     limit: int | None = None,
 ) -> SweepRun:
     """Every enabled policy's age limit and count cap; shadow policies only record."""
@@ -238,7 +263,6 @@ def sweep_orphans(
     *,
     fanout: Fanout | None = None,
     run_id: int | None = None,
-    after: str | None = None,
     limit: int | None = None,
 ) -> SweepRun | None:
     """Objects under ``tasks/`` whose task is missing or expired, older than RETENTION_ORPHAN_GRACE.
@@ -289,5 +313,8 @@ def sweep(
     after: str | None = None,
     limit: int | None = None,
 ) -> SweepRun | None:
-    """Run one sweep of ``kind`` (see SWEEPS)."""
-    return SWEEPS[SweepKind(kind)](now, fanout=fanout, run_id=run_id, after=after, limit=limit)
+    """Run one sweep of ``kind`` (see SWEEPS); ``after`` continues a results sweep where it stopped."""
+    kind = SweepKind(kind)
+    if kind == SweepKind.RESULTS:
+        return sweep_results(now, fanout=fanout, run_id=run_id, after=after, limit=limit)
+    return SWEEPS[kind](now, fanout=fanout, run_id=run_id, limit=limit)

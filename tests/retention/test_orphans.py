@@ -133,8 +133,8 @@ def test_local_listing_is_in_key_order_and_resumes_after_a_key(local_storage: An
         local_storage.save(name, ContentFile(b"x"))
 
     # when listed from the start and after a key
-    everything = [o.key for o in objects.iter_objects("tasks/", storage=local_storage)]
-    rest = [o.key for o in objects.iter_objects("tasks/", start_after="tasks/a/1", storage=local_storage)]
+    everything = [o.key for o in objects.iter_objects("tasks/")]
+    rest = [o.key for o in objects.iter_objects("tasks/", start_after="tasks/a/1")]
 
     # then the order is plain string order (as S3 lists), skipping keys up to the cursor
     expected = sorted(n for n in names if n.startswith("tasks/"))
