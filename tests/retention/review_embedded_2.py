@@ -49,7 +49,8 @@ def main() -> None:
             {
                 "orphan_left": default_storage.exists(orphan),
                 "records": sorted(
-                    [action, objects] for action, objects in AuditRecord.objects.values_list("action", "objects_deleted")
+                    [action, objects]
+                    for action, objects in AuditRecord.objects.values_list("action", "objects_deleted")
                 ),
                 "errors": errors,
             }

@@ -63,6 +63,15 @@ def _sweep_all_orphans(now: Any, passes: int = 3) -> list[Any]:
 
 # --- 1. A late upload of a zombie attempt outlives the result purge, for as long as the task lives ---
 
+# Root cause: save_object (d91da71) commits the manifest row, then uploads with no lock held, so a
+# frozen attempt's upload can land after recovery re-ran the task and the result purge deleted the
+# key and removed its row. The docstring's safety net ("an upload that lands after the task was
+# purged is an orphan the orphan sweep deletes") holds for a tombstone only: orphans.decide never
+# takes an object of a live task. Fix: make a late upload detectable, e.g. after the upload re-check
+# in a short transaction that the attempt still holds the task (status running, same attempt) and,
+# if not, delete the object it just wrote (and audit it); or let the orphan sweep also take objects
+# under a live task's prefix that have no manifest row and are older than the grace.
+
 
 @pytest.mark.django_db(transaction=True)
 def test_a_result_file_uploaded_late_by_a_zombie_attempt_does_not_outlive_the_result_purge(
@@ -91,7 +100,8 @@ def test_a_result_file_uploaded_late_by_a_zombie_attempt_does_not_outlive_the_re
     later = timezone.now() + timedelta(minutes=1)
     assert recovery.recover_stuck(now=later).expired_leases == 1
     second = executor.take(task.pk, worker="w2", now=later)
-    assert second is not None and second.attempts == 2
+    assert second is not None
+    assert second.attempts == 2
     ctx = executor.TaskContext(second)
     ctx.save_file("page-1.png", b"attempt 2", kind="page_image")
     assert executor._succeed(second, ctx, {"text": "done"}) == TaskStatus.SUCCEEDED
@@ -118,6 +128,14 @@ def test_a_result_file_uploaded_late_by_a_zombie_attempt_does_not_outlive_the_re
 
 
 # --- 2. The input of a task being submitted is deleted as an orphan when the clocks disagree ----------
+
+# Root cause: submit() uploads before it inserts the task (d91da71); between the two, the only guard
+# is orphans.MISSING_TASK_GRACE, comparing the store's LastModified with the sweeping host's
+# timezone.now(). The insert probe only sees an INSERT already issued, and it runs before the fenced
+# decision, so an INSERT issued in between is invisible too. Fix: record the key in the database
+# before the upload (insert the task and its manifest row first, not yet dispatched, then upload and
+# mark it queued; or an "upload intent" row), or measure the grace on one clock: e.g. a missing-task
+# object is an orphan only once two passes, MISSING_TASK_GRACE apart by the database's clock, saw it.
 
 
 @pytest.mark.django_db(transaction=True)
@@ -165,6 +183,14 @@ def test_the_input_of_a_task_being_submitted_survives_an_orphan_sweep_whose_cloc
 
 
 # --- 3. A listed key the database cannot store stops the orphan sweep for good (not only NUL) ---------
+
+# Root cause: orphans.storable() only rejects NUL. A local file name that is not UTF-8 reaches
+# Python as a surrogate escape (neither psycopg nor sqlite3 can encode it), and a key longer than
+# 1,024 characters does not fit PendingDeletion.key / ListingCursor.position (PostgreSQL raises
+# DataError). Every run fails on the same page, the cursor never moves, and every orphan after it is
+# kept forever. Fix: storable() = encodes as UTF-8 and len(key) <= the column's max_length;
+# position_after() must then yield a storable cursor past such a key (truncate at the first
+# unstorable character / at 1,024 and step past it), and the key is reported, as for a NUL.
 
 
 @pytest.mark.django_db(transaction=True)
@@ -225,3 +251,62 @@ def test_in_the_embedded_mode_a_file_name_that_is_not_utf8_does_not_stop_the_orp
     # then the orphan is deleted and audited once; the sweep did not fail on the odd name
     assert outcome["orphan_left"] is False, outcome
     assert outcome["records"] == [["orphan_deleted", 1]], outcome
+
+
+# --- 4. One object the store refuses to delete pins every other object of its task -------------------
+
+# Root cause: protocol.run drops a task from ``working`` when any of its keys failed, and the next
+# step only confirms keys of the tasks it locks, so the keys the store did delete are never
+# recorded (their ledger rows stay decided-not-confirmed, their manifest rows stay). The next run's
+# decided_keys() fills the whole batch with the same 1,000 keys and decides no new one. Fix: after
+# a storage call with failures, still run one step for the failed tasks that confirms the deleted
+# keys (without deciding new ones); and let decided_keys() put keys that already failed after new
+# ones (or cap them), so one stuck key does not stop the task's other keys.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_undeletable_object_does_not_stop_the_purge_of_the_tasks_other_objects(
+    make_task: Any, monkeypatch: pytest.MonkeyPatch, empty_bucket: None, bucket_keys: Any, s3_client: Any
+) -> None:
+    from django.core.files.storage import default_storage
+
+    from retention import claims, objects, purge
+
+    # given an expired task with 1,101 files, one of which the store refuses to delete on every
+    # attempt (DeleteObjects answers AccessDenied for that key: S3 Object Lock / WORM retention, a
+    # bucket policy, a KMS key disabled for one object; on local files a file the worker may not
+    # remove), first in key order, so it is in the purge's first batch of 1,000
+    now = timezone.now()
+    task = make_task("t.case", expires_at=now)
+    locked = f"tasks/{task.pk}/a/locked.bin"
+    keys = [locked, *(f"tasks/{task.pk}/out/{n:05d}.bin" for n in range(1100))]
+    for key in keys:
+        s3_client.put_object(Bucket=default_storage.bucket_name, Key=key, Body=b"x")
+    StoredObject.objects.bulk_create(StoredObject(task=task, kind="out", key=key, size=1) for key in keys)
+    real_delete = objects._s3_delete
+
+    def worm(storage: Any, names: list[str]) -> dict[str, str]:
+        errors = real_delete(storage, [name for name in names if name != locked])
+        if locked in names:
+            errors[locked] = "AccessDenied: Access Denied because object protected by object lock."
+        return errors
+
+    monkeypatch.setattr(objects, "_s3_delete", worm)
+    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+
+    # when its purge runs, and is taken over twice more (as the tasks sweep does after each
+    # RETENTION_CLAIM_TIMEOUT)
+    runs = [purge.purge_claimed([task.pk], now=now) for _ in range(3)]
+
+    # then every object the store lets go of is gone; only the locked one is left (and the task
+    # stays purging, with it reported). On 2942566 a step whose storage call failed for one key
+    # drops the confirmations of the 999 keys that were deleted (the failed task leaves the window,
+    # so no step records them), the next run re-decides the same 1,000 keys, never a new one: the
+    # task's other 101 objects are never deleted, run after run.
+    left = bucket_keys(f"tasks/{task.pk}/")
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.PURGING
+    assert all(run.failed for run in runs)
+    assert left == {locked}, (
+        f"{len(left) - 1} deletable objects of the task are still stored after 3 purge runs: "
+        "one undeletable key stops the whole task"
+    )
