@@ -14,7 +14,7 @@ PGBOUNCER_TESTS ?= tests/project/test_pgbouncer.py tests/retention/test_fence.py
 	tests/tasks_app/test_execution_fleet.py tests/project/test_chaos.py tests/retention/test_results.py \
 	tests/retention/test_s3_compat.py tests/retention/test_attack_crash.py tests/retention/test_attack_holds.py \
 	tests/retention/test_attack_policies.py tests/retention/test_attack_races.py tests/tasks_app/test_leases.py \
-	tests/retention/test_in_process_sweep.py tests/retention/test_protocol.py tests/retention/test_review_protocol.py tests/tasks_app/test_attack_statements.py tests/tasks_app/test_attack_leases.py \
+	tests/retention/test_in_process_sweep.py tests/retention/test_protocol.py tests/retention/test_review_protocol.py tests/retention/test_review_protocol_2.py tests/tasks_app/test_attack_statements.py tests/tasks_app/test_attack_leases.py \
 	tests/tasks_app/test_attack_publish.py
 
 .PHONY: run test chaos bench lint migrations-check clean

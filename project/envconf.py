@@ -54,8 +54,8 @@ def read_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def read_int(name: str, default: int, *, minimum: int | None = None) -> int:
-    """Return the variable as an integer, at least ``minimum`` when given."""
+def read_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return the variable as an integer, within ``minimum`` and ``maximum`` when given."""
     value = _raw(name)
     if value is None or value == "":
         return default
@@ -65,6 +65,8 @@ def read_int(name: str, default: int, *, minimum: int | None = None) -> int:
         raise _fail(name, value, "an integer") from None
     if minimum is not None and number < minimum:
         raise _fail(name, value, f"an integer of at least {minimum}")
+    if maximum is not None and number > maximum:
+        raise _fail(name, value, f"an integer of at most {maximum}")
     return number
 
 

@@ -258,9 +258,10 @@ TASKS_DISPATCH_BATCH_SIZE = envconf.read_int("TASKS_DISPATCH_BATCH_SIZE", 500, m
 TASKS_DISPATCH_HORIZON = envconf.read_seconds("TASKS_DISPATCH_HORIZON", timedelta(seconds=2), allow_zero=True)
 
 # --- Retention -----------------------------------------------------------------------------
-RETENTION_BATCH_SIZE = envconf.read_int("RETENTION_BATCH_SIZE", 500, minimum=1)
+# Batches go into one statement's parameters (PostgreSQL takes at most 65,535).
+RETENTION_BATCH_SIZE = envconf.read_int("RETENTION_BATCH_SIZE", 500, minimum=1, maximum=10_000)
 RETENTION_SWEEP_BATCHES = envconf.read_int("RETENTION_SWEEP_BATCHES", 20, minimum=1)
-RETENTION_RESULT_BATCH_SIZE = envconf.read_int("RETENTION_RESULT_BATCH_SIZE", 5000, minimum=1)
+RETENTION_RESULT_BATCH_SIZE = envconf.read_int("RETENTION_RESULT_BATCH_SIZE", 5000, minimum=1, maximum=50_000)
 RETENTION_ORPHAN_GRACE = envconf.read_seconds("RETENTION_ORPHAN_GRACE", timedelta(hours=1))
 RETENTION_LAG_ALERT = envconf.read_seconds("RETENTION_LAG_ALERT", timedelta(hours=1), allow_zero=False)
 RETENTION_CLAIM_TIMEOUT = envconf.read_seconds("RETENTION_CLAIM_TIMEOUT", timedelta(seconds=300), allow_zero=False)

@@ -7,17 +7,20 @@ a submission's input is uploaded first, then recorded with its task (services.su
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import uuid
 
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
 from tasks_app.exceptions import LeaseLost
 from tasks_app.models import StoredObject, Task, TaskStatus
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "tasks/"
 
@@ -110,9 +113,8 @@ def save_object(
     The row comes first, so the manifest lists every object the task may have and its purge
     deletes them all; an upload that fails leaves a row whose object is missing (a purge counts it
     as deleted, the orphan sweep reports it). A slow upload holds no lock and no transaction: a
-    legal hold or a purge never waits for it, and no idle-transaction timeout ends it. An upload
-    that lands after the task was purged (its attempt lost the task meanwhile) is an orphan,
-    which the orphan sweep deletes and audits.
+    legal hold or a purge never waits for it, and no idle-transaction timeout ends it. The row is
+    written again after the upload if a purge removed it meanwhile (see below).
     """
     content = _as_file(content)
     key = object_key(task.id, folder, name)
@@ -120,8 +122,15 @@ def save_object(
         if attempt is not None:
             _hold_attempt(task.id, attempt)
         # A re-executed handler writes the same key again: one manifest row, object overwritten.
-        record, _ = StoredObject.objects.update_or_create(
-            key=key, defaults={"task": task, "kind": kind, "size": content.size, "created_at": timezone.now()}
-        )
+        defaults = {"task": task, "kind": kind, "size": content.size, "created_at": timezone.now()}
+        record, _ = StoredObject.objects.update_or_create(key=key, defaults=defaults)
     upload(key, content)
+    # The attempt may have lost the task while it uploaded (a frozen worker), and a purge of the
+    # task or its result may have deleted the key and removed its row meanwhile: the row goes
+    # back, so the manifest still lists the object and the next sweep deletes it (on a tombstone,
+    # the row is residue the orphan sweep takes with its object).
+    try:
+        record, _ = StoredObject.objects.get_or_create(key=key, defaults=defaults)
+    except IntegrityError:
+        logger.warning("file uploaded for a task that no longer exists", extra={"task_id": str(task.id)})
     return record

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from django.db import connection, transaction
 
 LOCK_KEY = 0x5245_544E  # "RETN": one key for the whole installation (the triggers name it too)
+LOCK_WAIT = "30s"  # how long a decision waits for the fence (and any lock) before it gives up
 
 
 @contextmanager
@@ -39,7 +40,10 @@ def deciding() -> Iterator[None]:
                 # READ COMMITTED, whatever the server's default: each statement after the lock must
                 # see what was committed while it waited (REPEATABLE READ would keep the snapshot
                 # taken before). One round trip: both statements in one call, no parameters.
-                lock = f"SELECT pg_advisory_xact_lock_shared({LOCK_KEY})"
+                # A hold written in a transaction someone left open would hold every decision of the
+                # fleet: a decision that waits longer than LOCK_WAIT fails instead, and its tasks
+                # wait for a later run (a hold never waits for a decision that long).
+                lock = f"SET LOCAL lock_timeout = '{LOCK_WAIT}'; SELECT pg_advisory_xact_lock_shared({LOCK_KEY})"
                 cursor.execute(f"SET TRANSACTION ISOLATION LEVEL READ COMMITTED; {lock}" if outermost else lock)
             else:
                 # Take the write lock now even where BEGIN did not (a DEFERRED transaction in a

@@ -62,11 +62,11 @@ def of_tasks(task_ids: Collection[UUID | None]) -> QuerySet[PendingDeletion]:
     return rows
 
 
-def decided_keys(task_ids: Collection[UUID | None], limit: int, *, kind: str | None = None) -> Keys:
-    """Up to ``limit`` keys decided and not yet confirmed deleted, in key order, with their tasks."""
+def decided_keys(task_ids: Collection[UUID | None], limit: int, *, exclude: Collection[str] = ()) -> Keys:
+    """Up to ``limit`` keys decided and not yet confirmed deleted (but those in ``exclude``), in key order."""
     rows = of_tasks(task_ids).filter(deleted_at__isnull=True)
-    if kind is not None:
-        rows = rows.filter(kind=kind)
+    if exclude:
+        rows = rows.exclude(key__in=list(exclude))
     return dict(rows.order_by("key").values_list("key", "task_id")[:limit])
 
 

@@ -45,7 +45,8 @@ class Decided:
     counts: PurgeCounts = field(default_factory=PurgeCounts)
 
 
-Step = Callable[[list[UUID], list[str]], Decided]
+# A step: (window of tasks, keys the store confirmed gone, keys that failed in this run) → Decided.
+Step = Callable[[list[UUID], list[str], frozenset[str]], Decided]
 
 
 def run(
@@ -58,24 +59,27 @@ def run(
     renew: bool = False,
     leases_from: datetime | None = None,
 ) -> PurgeCounts:
-    """Run ``step(window, confirmed keys)`` until every task is finished, given back or failed.
+    """Run ``step(window, confirmed keys, failed keys)`` until every task is finished, given back or failed.
 
     ``sizes``: keys per task still to delete (an estimate: a step never takes more than one
     delete call's worth). ``renew``: keep the claims' leases alive (``leases_from``, the
-    earliest, if known). A failed step or storage call leaves its tasks for a later run and is
-    counted; the others go on.
+    earliest, if known). A failed step leaves its tasks for a later run. A key the store would
+    not delete is not offered again in this run; its task goes on with its other keys (those
+    deleted are recorded, new ones decided) and is left, counted as failed, once only such keys
+    remain, for a later run to try again.
     """
     counts = PurgeCounts()
     queue = deque(task_ids)
     left = dict(sizes)
     working: list[UUID] = []
     confirmed: list[str] = []
+    refused: set[str] = set()
     while queue or working:
         window = _window(working, queue, left)
         if renew:
             leases_from = claims.heartbeat([*window, *queue], now, leases_from=leases_from)
         try:
-            decided = step(window, confirmed)
+            decided = step(window, confirmed, frozenset(refused))
         except Exception as exc:
             # The step's transaction rolled back: its tasks stay as they were for a later run.
             logger.exception(f"{what} failed", extra={"task_ids": [str(i) for i in window]})
@@ -86,11 +90,13 @@ def run(
         counts.add(decided.counts)
         working, confirmed = decided.working, []
         if working and not decided.keys:
-            # A task under way always has keys to delete (or is closed): none means a row no
-            # step can take. Leave the tasks for a later run instead of looping on them.
+            # A task under way has keys to delete (or is closed): none left means only keys the
+            # store refused in this run remain (or a row no step can take). Leave the tasks for a
+            # later run instead of looping on them.
             counts.failed += len(working)
-            counts.error(f"{what}: {len(working)} tasks had nothing to delete but could not be closed")
-            logger.error(f"{what} made no progress", extra={"task_ids": [str(i) for i in working]})
+            if not refused:
+                counts.error(f"{what}: {len(working)} tasks had nothing to delete but could not be closed")
+            logger.warning(f"{what} left tasks for a later run", extra={"task_ids": [str(i) for i in working]})
             working = []
         for task_id in decided.keys.values():
             if task_id is not None and task_id in left:
@@ -98,12 +104,9 @@ def run(
         if decided.keys:
             # No transaction is open here (the step committed): a slow store holds no lock.
             outcome = objects.delete_keys(list(decided.keys))
-            failed = {decided.keys[key] for key in outcome.failed}
             for key, error in sorted(outcome.failed.items())[:5]:
                 counts.error(f"{key}: {error}")
-            if failed:
-                counts.failed += len(failed)
-                working = [task_id for task_id in working if task_id not in failed]
+            refused.update(outcome.failed)
             confirmed = [key for key in decided.keys if key not in outcome.failed]
     return counts
 

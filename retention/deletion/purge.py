@@ -65,7 +65,9 @@ def tombstone_values(now: datetime) -> dict[str, Any]:
     }
 
 
-def _step(window: list[UUID], confirmed: list[str], now: datetime, run_id: int | None) -> protocol.Decided:
+def _step(
+    window: list[UUID], confirmed: list[str], refused: frozenset[str], now: datetime, run_id: int | None
+) -> protocol.Decided:
     decided = protocol.Decided()
     with fence.deciding():
         # SKIP LOCKED: a rival purger (a takeover, a duplicate message) is working on those.
@@ -90,7 +92,7 @@ def _step(window: list[UUID], confirmed: list[str], now: datetime, run_id: int |
             decided.counts.add(_close([by_id[pk] for pk in locked if pk in done], stopped, now, run_id))
         # Keys already decided go first, held task or not: the decision was made before the hold.
         working = [pk for pk in locked if pk not in done]
-        keys = ledger.decided_keys(working, objects.DELETE_BATCH)
+        keys = ledger.decided_keys(working, objects.DELETE_BATCH, exclude=refused)
         going = [pk for pk in working if pk not in stopped]
         if len(keys) < objects.DELETE_BATCH and going:
             manifest = among(StoredObject.objects.all(), "task", going)
@@ -162,7 +164,7 @@ def purge_claimed(task_ids: Iterable[UUID | str], *, now: datetime, run_id: int 
     counts = protocol.run(
         ids,
         ledger.sizes(ids, StoredObject.objects.all()),
-        lambda window, confirmed: _step(window, confirmed, now, run_id),
+        lambda window, confirmed, refused: _step(window, confirmed, refused, now, run_id),
         what="purge",
         now=now,
         renew=True,

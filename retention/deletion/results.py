@@ -56,7 +56,7 @@ def purge_results(task_ids: Iterable[UUID | str], *, now: datetime, run_id: int 
     counts = protocol.run(
         ids,
         ledger.sizes(ids, _result_files()),
-        lambda window, confirmed: _step(window, confirmed, now, run_id),
+        lambda window, confirmed, refused: _step(window, confirmed, refused, now, run_id),
         what="result purge",
         now=now,
     )
@@ -65,7 +65,9 @@ def purge_results(task_ids: Iterable[UUID | str], *, now: datetime, run_id: int 
     return counts
 
 
-def _step(window: list[UUID], confirmed: list[str], now: datetime, run_id: int | None) -> protocol.Decided:
+def _step(
+    window: list[UUID], confirmed: list[str], refused: frozenset[str], now: datetime, run_id: int | None
+) -> protocol.Decided:
     decided = protocol.Decided()
     with fence.deciding():
         rows = list(
@@ -88,7 +90,7 @@ def _step(window: list[UUID], confirmed: list[str], now: datetime, run_id: int |
             decided.counts.add(_close(done, held, now, run_id))
         closed = {row["pk"] for row in done}
         working = [pk for pk in locked if pk not in closed]
-        keys = ledger.decided_keys(working, objects.DELETE_BATCH)
+        keys = ledger.decided_keys(working, objects.DELETE_BATCH, exclude=refused)
         going = [pk for pk in working if pk not in held]
         if len(keys) < objects.DELETE_BATCH and going:
             files = _result_files(going)

@@ -53,19 +53,42 @@ class Candidate:
     modified: datetime | None = None
 
 
+KEY_MAX = 1024  # the key columns' length (StoredObject.key, PendingDeletion.key, ListingCursor.position)
+
+
+def _unstorable_at(key: str) -> int:
+    """The index of the first character the database cannot store in a key column; -1 if none.
+
+    A store may accept a NUL (PostgreSQL's text cannot hold one); a local file name that is not
+    UTF-8 reaches Python as lone surrogates (no database encodes them); and a key is cut at the
+    columns' length.
+    """
+    for index, char in enumerate(key[:KEY_MAX]):
+        if char == "\x00" or "\ud800" <= char <= "\udfff":
+            return index
+    return KEY_MAX - 1 if len(key) > KEY_MAX else -1
+
+
 def storable(key: str) -> bool:
-    """Whether the database's text columns can hold the key (a store may accept a NUL; PostgreSQL cannot)."""
-    return "\x00" not in key
+    """Whether the database's key columns can hold the key (see ``_unstorable_at``)."""
+    return _unstorable_at(key) < 0
 
 
 def position_after(key: str) -> str:
     """A storable cursor at or after ``key`` and before every storable key after it.
 
-    NUL sorts before every other character, so cutting an unstorable key at its first NUL and
-    appending the next character passes over only keys the database could not hold anyway.
+    The key is cut at its first unstorable character, which is replaced by the next character a
+    column can hold: every key between the two shares the cut prefix and has an unstorable
+    character there (or is too long), so the cursor passes over only keys the database could not
+    hold anyway. Listings come in code point order (S3's UTF-8 byte order is the same).
     """
-    cut = key.find("\x00")
-    return key if cut < 0 else key[:cut] + "\x01"
+    cut = _unstorable_at(key)
+    if cut < 0:
+        return key
+    following = chr(ord(key[cut]) + 1)
+    if "\ud800" <= following <= "\udfff":
+        following = "\ue000"  # the first code point after the surrogates
+    return key[:cut] + following
 
 
 def manifest_in_range(start_after: str, upto: str | None) -> QuerySet:
@@ -82,8 +105,9 @@ def manifest_in_range(start_after: str, upto: str | None) -> QuerySet:
 def decide(candidates: Sequence[Candidate], *, now: datetime, listed_after: datetime | None = None) -> list[Candidate]:
     """The candidates that are orphans now: no task or an expired one, not held, in no live task's manifest.
 
-    An object of a task that does not exist is one only once older than MISSING_TASK_GRACE (a
-    submission uploads its input just before it inserts its task). With ``listed_after`` (the
+    An object of a task that does not exist is one only once older than MISSING_TASK_GRACE by the
+    database's clock (a submission uploads its input just before it inserts its task), besides the
+    grace. With ``listed_after`` (the
     database's clock before the page was listed), a task tombstoned since is left for the next
     pass: its purge may have deleted and audited the very objects the page listed.
     """
@@ -105,7 +129,9 @@ def decide(candidates: Sequence[Candidate], *, now: datetime, listed_after: date
         .exclude(task__status=TaskStatus.EXPIRED)
         .values_list("key", flat=True)
     )
-    missing_cutoff = now - max(conf.orphan_grace(), MISSING_TASK_GRACE)
+    # Measured on the database's clock (the store's and the database's are both servers' clocks):
+    # a sweeping host whose clock runs ahead must not cut the wait short.
+    missing_cutoff = (listed_after or now) - MISSING_TASK_GRACE
 
     def orphan(c: Candidate) -> bool:
         if c.key in live_keys or c.task_id in held or c.task_id in just_tombstoned:

@@ -108,6 +108,7 @@ def test_report_output_that_cannot_be_written_is_refused_and_creates_nothing(
         ("CELERY_BROKER_URL", "carrier-pigeon://coop"),
         ("RETENTION_BATCH_SIZE", "abc"),
         ("RETENTION_BATCH_SIZE", "-3"),
+        ("RETENTION_BATCH_SIZE", "100000"),
         ("TASK_EXPIRES_IN", "-5"),
         ("TASK_EXPIRES_IN", "1e400"),
         ("RESULT_TTL", "inf"),

@@ -121,3 +121,12 @@ def local_storage(settings: Any, tmp_path: Any) -> Any:
     from django.core.files.storage import default_storage as storage
 
     return storage
+
+
+@pytest.fixture
+def no_missing_task_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects of tasks that do not exist are orphans once past the grace alone (no MISSING_TASK_GRACE):
+    for tests of the orphan sweep that are not about a submission's upload-then-insert."""
+    from retention.orphans import decide
+
+    monkeypatch.setattr(decide, "MISSING_TASK_GRACE", timedelta(0))

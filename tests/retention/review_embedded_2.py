@@ -19,8 +19,8 @@ from django.core.files.storage import default_storage  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from retention import sweeps  # noqa: E402
 from retention.models import AuditRecord  # noqa: E402
+from retention.sweeping import sweeps  # noqa: E402
 from tasks_app.models import Task, TaskStatus  # noqa: E402
 
 

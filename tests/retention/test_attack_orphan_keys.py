@@ -18,11 +18,10 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from retention.models import AuditAction, AuditRecord
-from retention.orphans.decide import MISSING_TASK_GRACE
 from retention.sweeping import sweeps
 from tasks_app.models import StoredObject
 
-pytestmark = pytest.mark.usefixtures("empty_bucket")
+pytestmark = pytest.mark.usefixtures("empty_bucket", "no_missing_task_wait")
 
 
 @pytest.fixture
@@ -57,8 +56,8 @@ def test_a_stray_key_with_dot_segments_never_deletes_a_live_tasks_file(
     live_key = StoredObject.objects.get(task=live).key
     stray = put_raw(f"tasks/{uuid.uuid4()}/../{live.pk}/out/report.pdf")
 
-    # when the orphan sweep runs (past the wait for objects of tasks that do not exist)
-    sweeps.sweep_orphans(timezone.now() + MISSING_TASK_GRACE + timedelta(seconds=1))
+    # when the orphan sweep runs
+    sweeps.sweep_orphans(timezone.now() + timedelta(seconds=1))
 
     # then the live task's file is still there and only the stray object is gone
     keys = _all_keys(s3_client)
@@ -75,8 +74,8 @@ def test_a_stray_key_with_dot_segments_never_deletes_an_object_outside_tasks(
     outside = put_raw("exports/2026/ledger.csv", b"not ours to delete")
     put_raw("tasks/../exports/2026/ledger.csv")
 
-    # when the orphan sweep runs (past the wait for objects of tasks that do not exist)
-    sweeps.sweep_orphans(timezone.now() + MISSING_TASK_GRACE + timedelta(seconds=1))
+    # when the orphan sweep runs
+    sweeps.sweep_orphans(timezone.now() + timedelta(seconds=1))
 
     # then the object outside tasks/ is untouched
     assert outside in _all_keys(s3_client), "the orphan sweep deleted an object outside tasks/"
@@ -91,9 +90,9 @@ def test_a_stray_key_with_a_double_slash_is_deleted_and_audited_once(
     missing = uuid.uuid4()
     stray = put_raw(f"tasks/{missing}//stray.txt")
 
-    # when two full orphan sweeps run (past the wait for objects of tasks that do not exist)
-    sweeps.sweep_orphans(timezone.now() + MISSING_TASK_GRACE + timedelta(seconds=1))
-    sweeps.sweep_orphans(timezone.now() + MISSING_TASK_GRACE + timedelta(seconds=2))
+    # when two full orphan sweeps run
+    sweeps.sweep_orphans(timezone.now() + timedelta(seconds=1))
+    sweeps.sweep_orphans(timezone.now() + timedelta(seconds=2))
 
     # then the object is gone and its deletion was audited exactly once
     records = AuditRecord.objects.filter(action=AuditAction.ORPHAN_DELETED, task_id=missing)

@@ -15,7 +15,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from retention.models import AuditAction, AuditRecord, LegalHold
-from retention.orphans.decide import MISSING_TASK_GRACE
 from retention.storage import objects
 from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
@@ -23,7 +22,7 @@ from tasks_app.services import submit
 from tasks_app.storage import task_id_from_key, task_prefix
 from tests.threads import in_thread
 
-pytestmark = pytest.mark.usefixtures("empty_bucket")
+pytestmark = pytest.mark.usefixtures("empty_bucket", "no_missing_task_wait")
 
 
 def _put(key: str, data: bytes = b"x") -> str:
@@ -39,7 +38,7 @@ def _orphan_records(task_id: Any = None) -> list[AuditRecord]:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("outcome", ["commit", "rollback"])
 def test_an_input_uploaded_in_an_open_transaction_is_never_taken_for_an_orphan(
-    outcome: str, settings: Any, bucket_keys: Any
+    outcome: str, settings: Any, bucket_keys: Any, no_missing_task_wait: None
 ) -> None:
     """submit(input_file=…) uploads before inserting its task, here inside the caller's transaction,
     so before the task row is visible: with no grace, an orphan sweep then deleted the input of a
@@ -67,8 +66,7 @@ def test_an_input_uploaded_in_an_open_transaction_is_never_taken_for_an_orphan(
 
     # when an orphan sweep runs meanwhile (it waits for the caller) and the caller then ends
     swept: list[Any] = []
-    later = timezone.now() + MISSING_TASK_GRACE + timedelta(seconds=1)  # past the wait for tasks not (yet) there
-    sweeper = in_thread(lambda: swept.append(sweeps.sweep_orphans(later)))
+    sweeper = in_thread(lambda: swept.append(sweeps.sweep_orphans(timezone.now() + timedelta(seconds=1))))
     time.sleep(1.0)
     decide.set()
     submitter.join(timeout=30)

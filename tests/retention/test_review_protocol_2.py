@@ -18,8 +18,9 @@ import pytest
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from retention import results, sweeps
+from retention.deletion import results
 from retention.models import AuditRecord
+from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.threads import in_thread
 
@@ -111,13 +112,16 @@ def test_a_result_file_uploaded_late_by_a_zombie_attempt_does_not_outlive_the_re
     gated.go.set()
     zombie.join(timeout=60)
     errors = _sweep_all_orphans(timezone.now() + timedelta(hours=2))
+    sweeps.sweep_results(timezone.now() + timedelta(hours=2))
 
-    # then no result file of the task is left in storage: the result purge was audited as complete.
-    # (On 2942566 the late object stays under the live task's prefix with no manifest row: the
-    # result sweep no longer knows it, and the orphan sweep never deletes an object of a live task,
-    # so it is kept for as long as the task lives, forever when TASK_EXPIRES_IN is empty.)
+    # then no result file of the task is left in storage once the sweeps ran, and each deletion is
+    # audited. (On 2942566 the late object stayed under the live task's prefix with no manifest row:
+    # the result sweep no longer knew it, and the orphan sweep never deletes an object of a live
+    # task, so it was kept for as long as the task lived, forever when TASK_EXPIRES_IN is empty.
+    # The late upload now writes its manifest row back, so the result sweep deletes it again.)
     assert list(AuditRecord.objects.filter(task_id=task.pk).values_list("action", "objects_deleted")) == [
-        ("result_purged", 1)
+        ("result_purged", 1),
+        ("result_purged", 1),
     ]
     left = bucket_keys(f"tasks/{task.pk}/")
     unmanifested = left - set(StoredObject.objects.filter(task_id=task.pk).values_list("key", flat=True))
@@ -270,7 +274,8 @@ def test_one_undeletable_object_does_not_stop_the_purge_of_the_tasks_other_objec
 ) -> None:
     from django.core.files.storage import default_storage
 
-    from retention import claims, objects, purge
+    from retention.deletion import claims, purge
+    from retention.storage import objects
 
     # given an expired task with 1,101 files, one of which the store refuses to delete on every
     # attempt (DeleteObjects answers AccessDenied for that key: S3 Object Lock / WORM retention, a

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from retention.models import AuditRecord
+from retention.models import AuditRecord, PendingDeletion
 from retention.storage import bucket, objects
 from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
@@ -282,11 +282,13 @@ def test_versions_that_cannot_be_deleted_keep_the_task_purging_and_unaudited(
     # when the sweep runs
     run = sweeps.sweep_tasks(now)
 
-    # then no deletion is reported: the task stays purging, unaudited, its manifest intact
+    # then no deletion is reported: the task stays purging, unaudited; its manifest still lists the
+    # refused object, and the ledger keeps the one deleted until the purge's one audit record
     assert (run.purged, run.failed) == (0, 1)
     assert Task.objects.get(pk=task.pk).status == TaskStatus.PURGING
     assert not AuditRecord.objects.filter(task_id=task.pk).exists()
-    assert StoredObject.objects.filter(task=task).count() == 2
+    assert list(StoredObject.objects.filter(task=task).values_list("key", flat=True)) == [locked]
+    assert PendingDeletion.objects.filter(task_id=task.pk, deleted_at__isnull=False).count() == 1
     assert [key for key, _ in stored_versions(versioned_bucket, task_prefix(task.pk))] == [locked]
 
     # when the store lets go, then a later sweep finishes it with one audit record
