@@ -1,4 +1,4 @@
-"""Shared fixtures. The suite runs against real PostgreSQL, Redis and S3 (``make test``)."""
+"""Shared fixtures. The suite runs against real PostgreSQL, Redis and S3, which tests/plugin.py starts."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 def pytest_configure(config: pytest.Config) -> None:
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise pytest.UsageError(
-            "The tests run against real PostgreSQL, Redis and S3: run `make test`, or "
-            "`python -m tests.real_services -- python -m pytest …` to start them."
+            "The tests run against real PostgreSQL, Redis and S3, which tests.plugin starts: "
+            "run them with the checkout's virtualenv (`make test` installs it)."
         )
 
 

@@ -326,7 +326,7 @@ def parse_passes(argv: list[str]) -> list[tuple[str, list[str]]]:
     return passes or [("tests", [sys.executable, "-m", "pytest"])]
 
 
-def _pass_env(name: str, env: dict[str, str]) -> dict[str, str]:
+def pass_env(name: str, env: dict[str, str]) -> dict[str, str]:
     """The environment of one pass: the ``pgbouncer`` pass reaches PostgreSQL through PgBouncer."""
     if name != "pgbouncer":
         return env
@@ -353,7 +353,7 @@ def main(argv: list[str]) -> int:
                 if len(passes) > 1:
                     print(f"== pass: {name} ==", flush=True)
                 started = time.monotonic()
-                child = subprocess.Popen(command, env={**os.environ, **_pass_env(name, env)}, cwd=ROOT)  # noqa: S603
+                child = subprocess.Popen(command, env={**os.environ, **pass_env(name, env)}, cwd=ROOT)  # noqa: S603
                 code = child.wait()
                 if len(passes) > 1:
                     print(f"== pass {name}: exit {code} in {time.monotonic() - started:.0f} s ==", flush=True)

@@ -39,6 +39,7 @@ from tests.s3_proxy import S3Proxy
 
 SCALE = int(os.environ.get("CHAOS_SCALE", "1"))
 pytestmark = [
+    pytest.mark.pgbouncer,
     pytest.mark.fleet,
     *([pytest.mark.chaos] if SCALE > 1 else []),
     pytest.mark.django_db(transaction=True),

@@ -8,6 +8,8 @@ import psycopg
 import pytest
 from django.db import connection
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 
 @pytest.mark.skipif(
     os.environ.get("DATABASE_URL") != os.environ.get("PGBOUNCER_DATABASE_URL"),

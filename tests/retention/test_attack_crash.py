@@ -25,6 +25,8 @@ from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.storage import task_prefix
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # The purger: claims nothing itself, purges the claimed task and stops dead inside the transaction
@@ -36,6 +38,7 @@ import django
 django.setup()
 from django.utils import timezone
 from retention.deletion import purge
+
 
 real_close = purge._close
 

@@ -25,6 +25,8 @@ from tasks_app.models import StoredObject, TaskResult
 from tests.embedded import embedded_env
 from tests.threads import in_thread
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -86,6 +88,7 @@ from retention.storage import objects
 from retention.models import AuditRecord, LegalHold
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import save_object
+
 
 role, signals = sys.argv[1], sys.argv[2]
 

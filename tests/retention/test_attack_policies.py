@@ -19,7 +19,7 @@ from retention.models import AuditAction, AuditRecord, RetentionPolicy
 from retention.sweeping import sweeps
 from tasks_app.models import Task, TaskStatus
 
-pytestmark = pytest.mark.usefixtures("no_default_policy")
+pytestmark = [pytest.mark.pgbouncer, pytest.mark.usefixtures("no_default_policy")]
 
 
 def _as_operator(change: Any) -> None:

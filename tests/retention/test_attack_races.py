@@ -20,6 +20,8 @@ from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import task_prefix
 from tests.threads import in_thread
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 
 @pytest.mark.django_db(transaction=True)
 def test_an_erasure_racing_a_sweep_mid_delete_ends_with_one_purge_and_one_record(

@@ -20,6 +20,8 @@ from retention.models import AuditAction, AuditRecord, SweepKind, SweepRun
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import PREFIX, task_prefix
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = 500
 

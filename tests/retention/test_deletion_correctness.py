@@ -31,6 +31,8 @@ from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.embedded import run_embedded
 from tests.threads import in_thread
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 
 def _status(task: Task) -> str:
     return Task.objects.get(pk=task.pk).status

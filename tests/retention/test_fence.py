@@ -16,6 +16,8 @@ from retention.storage import objects
 from tasks_app.models import Task, TaskStatus
 from tests.threads import in_thread
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 
 @pytest.mark.django_db(transaction=True)
 def test_a_new_hold_does_not_wait_for_a_storage_call_and_stops_the_purge_under_way_and_later_ones(

@@ -29,6 +29,8 @@ from retention.sweeping import fanout, sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.threads import in_thread
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -352,6 +354,7 @@ django.setup()
 from django.utils import timezone
 from retention.deletion import purge
 from retention.sweeping import sweeps
+
 
 real_close = purge._close
 

@@ -22,7 +22,7 @@ from tasks_app.services import submit
 from tasks_app.storage import task_id_from_key, task_prefix
 from tests.threads import in_thread
 
-pytestmark = pytest.mark.usefixtures("empty_bucket", "no_missing_task_wait")
+pytestmark = [pytest.mark.pgbouncer, pytest.mark.usefixtures("empty_bucket", "no_missing_task_wait")]
 
 
 def _put(key: str, data: bytes = b"x") -> str:

@@ -18,7 +18,7 @@ from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, TaskStatus
 from tasks_app.storage import task_prefix
 
-pytestmark = pytest.mark.usefixtures("empty_bucket", "no_missing_task_wait")
+pytestmark = [pytest.mark.pgbouncer, pytest.mark.usefixtures("empty_bucket", "no_missing_task_wait")]
 
 
 def _put(key: str, data: bytes = b"x") -> str:

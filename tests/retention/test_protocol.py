@@ -30,6 +30,8 @@ from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tests.threads import in_thread
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 
 class Gate:
     """Storage deletes that stop, the first ``stops`` of them, until ``go`` is set."""

@@ -20,6 +20,8 @@ from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.services import submit
 from tasks_app.storage import task_prefix
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 
 def _bytes_of(task: Task) -> tuple[int, int]:
     rows = list(StoredObject.objects.filter(task=task).values_list("size", flat=True))

@@ -17,6 +17,8 @@ from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.services import submit
 from tasks_app.storage import task_prefix
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 
 def _run_report(owner: Any, result_ttl: timedelta | None) -> Task:
     task = submit(

@@ -24,6 +24,8 @@ from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.threads import in_thread
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 # --- helpers ---------------------------------------------------------------------------------------
 
 

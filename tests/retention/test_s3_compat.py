@@ -28,7 +28,7 @@ from tasks_app.storage import task_prefix
 from tests.s3_proxy import S3Proxy
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.pgbouncer, pytest.mark.django_db]
 
 
 def direct_client() -> Any:

@@ -27,6 +27,8 @@ from tasks_app.models import Task, TaskStatus
 from tasks_app.services import submit
 from tests.threads import in_thread
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -100,6 +102,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 import django
 django.setup()
 from tasks_app import leases
+
 
 parents, childs = uuid.UUID(sys.argv[1]), uuid.UUID(sys.argv[2])
 leases.KEEPER.hold(parents, 1)

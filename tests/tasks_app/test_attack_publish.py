@@ -21,6 +21,8 @@ from tasks_app.models import Task, TaskStatus
 from tasks_app.recovery import recover_stuck
 from tasks_app.services import submit_many
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 
 def _messages_for(ids: set[str]) -> list[str]:
     """Task ids of the run_task messages waiting in the broker for any of ``ids``."""

@@ -20,6 +20,8 @@ from tests.embedded import run_embedded
 from tests.tasks_app.statement_cases import run_cases
 from tests.threads import in_thread
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

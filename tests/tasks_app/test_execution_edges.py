@@ -20,6 +20,8 @@ from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.services import submit
 from tests.threads import in_thread
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 # --- Outputs PostgreSQL cannot store -----------------------------------------------------------------
 
 

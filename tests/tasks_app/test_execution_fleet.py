@@ -22,7 +22,7 @@ from tasks_app.services import submit
 from tests.fleet import Fleet, wait_until
 from tests.real_services import Redis
 
-pytestmark = [pytest.mark.fleet, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.pgbouncer, pytest.mark.fleet, pytest.mark.django_db(transaction=True)]
 
 SCALE = int(os.environ.get("CHAOS_SCALE", "1"))
 LEASE_SECONDS = 2

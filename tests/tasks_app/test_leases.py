@@ -14,6 +14,8 @@ from tasks_app import leases
 from tasks_app.models import Task, TaskStatus
 from tasks_app.services import submit
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 
 @pytest.mark.django_db(transaction=True)
 def test_one_keeper_renews_every_held_lease_and_drops_released_ones(settings: Any) -> None:
