@@ -101,3 +101,28 @@ def flush_may_truncate_the_audit_table() -> Iterator[None]:
     DatabaseOperations.sql_flush = sql_flush  # type: ignore[method-assign]
     yield
     DatabaseOperations.sql_flush = real  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def fail_once(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Make one call of a function raise: ``fail_once(purge, "_close", RuntimeError("…"), after=True)``.
+
+    ``after``: the real function runs first (its writes made, not committed), then the error is
+    raised; otherwise it raises instead of running. ``call``: which call fails (1 = the first).
+    """
+
+    def patch(owner: Any, name: str, error: BaseException, *, after: bool = False, call: int = 1) -> None:
+        real = getattr(owner, name)
+        calls = {"n": 0}
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] != call:
+                return real(*args, **kwargs)
+            if after:
+                real(*args, **kwargs)
+            raise error
+
+        monkeypatch.setattr(owner, name, failing)
+
+    return patch

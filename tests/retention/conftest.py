@@ -130,3 +130,76 @@ def no_missing_task_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     from retention.orphans import decide
 
     monkeypatch.setattr(decide, "MISSING_TASK_GRACE", timedelta(0))
+
+
+class StorageGate:
+    """Storage deletes that stop until ``go`` is set: the first ``stops`` calls whose keys ``match``.
+
+    ``reached`` is set when the first of them is under way (``wait_for(n)`` waits for n of them);
+    ``delay`` seconds are added to every call, stopped or not (a slow store).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, stops: int, match: Any, delay: float) -> None:
+        import threading
+
+        from retention.storage import objects
+
+        self.reached = threading.Event()
+        self.go = threading.Event()
+        self.calls = 0
+        self._waiting = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        real = objects.delete_keys
+
+        def gated(names: Any, **kwargs: Any) -> Any:
+            names = list(names)
+            with self._lock:
+                matched = match is None or any(match(name) for name in names)
+                stopping = matched and stops > 0 and self.calls < stops
+                self.calls += 1 if matched else 0
+            if stopping:
+                self.reached.set()
+                self._waiting.release()
+                assert self.go.wait(timeout=60), "the test never let the storage call go on"
+            if delay:
+                import time
+
+                time.sleep(delay)
+            return real(names, **kwargs)
+
+        monkeypatch.setattr(objects, "delete_keys", gated)
+
+    def wait_for(self, count: int) -> None:
+        """Wait until ``count`` stopped calls are under way."""
+        for _ in range(count):
+            assert self._waiting.acquire(timeout=60), "the purge never reached its storage call"
+
+
+@pytest.fixture
+def storage_gate(monkeypatch: pytest.MonkeyPatch) -> Callable[..., StorageGate]:
+    """Stop (or slow) storage deletes mid-purge: ``gate = storage_gate(stops=1)``, then ``gate.go.set()``."""
+
+    def make(stops: int = 1, *, match: Any = None, delay: float = 0.0) -> StorageGate:
+        return StorageGate(monkeypatch, stops, match, delay)
+
+    return make
+
+
+@pytest.fixture
+def refusing_storage(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], None]:
+    """Make the store refuse to delete the keys ``refuse(key)`` names (as S3 Object Lock or a denied policy)."""
+    from retention.storage import objects
+
+    def patch(refuse: Any) -> None:
+        real = objects.delete_keys
+
+        def refusing(names: Any, **kwargs: Any) -> objects.DeleteOutcome:
+            names = list(names)
+            refused = {name: "AccessDenied" for name in names if refuse(name)}
+            outcome = real([name for name in names if name not in refused], **kwargs)
+            outcome.failed.update(refused)
+            return outcome
+
+        monkeypatch.setattr(objects, "delete_keys", refusing)
+
+    return patch

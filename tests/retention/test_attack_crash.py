@@ -114,7 +114,7 @@ def test_a_purger_killed_after_deleting_objects_is_finished_once_by_a_later_swee
 
 @pytest.mark.django_db
 def test_a_result_purge_failing_after_its_storage_call_is_audited_once_by_the_next_sweep(
-    make_task: Any, bucket_keys: Any, monkeypatch: pytest.MonkeyPatch
+    make_task: Any, bucket_keys: Any, fail_once: Any
 ) -> None:
     # given a task past its result TTL with two result files and an input, and a result purge
     # that fails once between the storage call and its audit
@@ -125,16 +125,7 @@ def test_a_result_purge_failing_after_its_storage_call_is_audited_once_by_the_ne
         input_file=b"input",
         result={"ok": 1},
     )
-    real_close = results._close
-    failures = iter([RuntimeError("connection lost before commit")])
-
-    def flaky(*args: Any, **kwargs: Any) -> Any:
-        error = next(failures, None)
-        if error is not None:
-            raise error
-        return real_close(*args, **kwargs)
-
-    monkeypatch.setattr(results, "_close", flaky)
+    fail_once(results, "_close", RuntimeError("connection lost before commit"))
 
     # when the first result sweep deletes the files and then fails
     first = sweeps.sweep_results(now)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.django_db(transaction=True)
 def test_a_hold_saved_while_a_result_purge_deletes_is_saved_at_once_and_keeps_both_results(
-    make_task: Any, monkeypatch: pytest.MonkeyPatch, bucket_keys: Any
+    make_task: Any, monkeypatch: pytest.MonkeyPatch, bucket_keys: Any, storage_gate: Any
 ) -> None:
     # given two tasks past their result TTL whose files fill one delete call each, and a result
     # purge in the middle of deleting the first task's files
@@ -40,24 +39,15 @@ def test_a_hold_saved_while_a_result_purge_deletes_is_saved_at_once_and_keeps_bo
     monkeypatch.setattr(objects, "DELETE_BATCH", 2)
     made = [make_task("t.case", result_expires_at=now, files={"out/a": b"a", "out/b": b"b"}, result=n) for n in (1, 2)]
     first, second = sorted(made, key=lambda task: task.pk)  # steps go in id order
-    deleting, resume = threading.Event(), threading.Event()
-    real_delete = objects.delete_keys
-
-    def slow_delete(*args: Any, **kwargs: Any) -> Any:
-        if not deleting.is_set():
-            deleting.set()
-            assert resume.wait(timeout=30)
-        return real_delete(*args, **kwargs)
-
-    monkeypatch.setattr(objects, "delete_keys", slow_delete)
+    gate = storage_gate()
     purger = in_thread(lambda: results.purge_results([first.pk, second.pk], now=now))
-    assert deleting.wait(timeout=30)
+    gate.wait_for(1)
 
     # when an operator saves a hold on the task type meanwhile
     holder = in_thread(lambda: LegalHold.objects.create(task_type="t.case", reason="litigation"))
     holder.join(timeout=1.0)
     waited = holder.is_alive()
-    resume.set()
+    gate.go.set()
     purger.join(timeout=30)
     holder.join(timeout=30)
 

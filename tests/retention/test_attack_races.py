@@ -5,7 +5,6 @@ Real PostgreSQL and S3; each purger on its own connection (a web request and a w
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +13,6 @@ from django.utils import timezone
 
 from retention import services
 from retention.models import AuditRecord
-from retention.storage import objects
 from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import task_prefix
@@ -25,29 +23,20 @@ pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's se
 
 @pytest.mark.django_db(transaction=True)
 def test_an_erasure_racing_a_sweep_mid_delete_ends_with_one_purge_and_one_record(
-    make_task: Any, monkeypatch: pytest.MonkeyPatch, bucket_keys: Any
+    make_task: Any, storage_gate: Any, bucket_keys: Any
 ) -> None:
     # given an expired task whose purge by the tasks sweep is in the middle of its storage call
     now = timezone.now()
     task = make_task(expires_at=now - timedelta(seconds=1), files={"out/a.txt": b"aa", "out/b.txt": b"b"})
-    deleting, resume = threading.Event(), threading.Event()
-    real_delete = objects.delete_keys
-
-    def slow_delete(*args: Any, **kwargs: Any) -> Any:
-        if not deleting.is_set():
-            deleting.set()
-            assert resume.wait(timeout=30)
-        return real_delete(*args, **kwargs)
-
-    monkeypatch.setattr(objects, "delete_keys", slow_delete)
+    gate = storage_gate()
     out: dict[str, Any] = {}
     sweeper = in_thread(lambda: sweeps.sweep_tasks(now), out, "sweep")
-    assert deleting.wait(timeout=30)
+    gate.wait_for(1)
 
     # when the owner asks for erasure meanwhile, and the sweep then goes on
     eraser = in_thread(lambda: services.purge_now(task.pk), out, "erasure")
     eraser.join(timeout=1.0)
-    resume.set()
+    gate.go.set()
     sweeper.join(timeout=60)
     eraser.join(timeout=60)
 

@@ -5,7 +5,6 @@ Each test names the defect it shows; all run against real PostgreSQL and the S3 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -88,7 +87,7 @@ def test_the_fence_is_transaction_scoped_and_never_held_across_a_storage_call(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_hold_is_saved_within_seconds_while_a_large_chunk_purges(
-    make_task: Any, monkeypatch: pytest.MonkeyPatch
+    make_task: Any, monkeypatch: pytest.MonkeyPatch, storage_gate: Any
 ) -> None:
     """The fence spanned a whole chunk (every DeleteObjects call and back-off): a hold waited for all
     of it. Now it waits for no storage call at all, and the rest of the chunk sees it."""
@@ -98,19 +97,9 @@ def test_a_hold_is_saved_within_seconds_while_a_large_chunk_purges(
     tasks = [make_task("t.case", expires_at=now, files={"out/a.txt": b"a", "out/b.txt": b"b"}) for _ in range(3)]
     ids = sorted(t.pk for t in tasks)
     claims.claim(Task.objects.filter(pk__in=ids), reason="expires_at", now=now, limit=3)
-    first_call, release = threading.Event(), threading.Event()
-    original = objects.delete_keys
-
-    def slow(*args: Any, **kwargs: Any) -> Any:
-        if not first_call.is_set():
-            first_call.set()
-            assert release.wait(timeout=30)
-        time.sleep(0.3)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(objects, "delete_keys", slow)
+    gate = storage_gate(delay=0.3)
     purger = in_thread(lambda: purge.purge_claimed(ids, now=now))
-    assert first_call.wait(timeout=30)
+    gate.wait_for(1)
 
     # when a hold on the task type is saved while the first call deletes
     saved_at: list[float] = []
@@ -118,7 +107,7 @@ def test_a_hold_is_saved_within_seconds_while_a_large_chunk_purges(
     holder = in_thread(lambda: saved_at.append(LegalHold.objects.create(task_type="t.case", reason="x").pk))
     holder.join(timeout=10)
     took = time.monotonic() - started
-    release.set()
+    gate.go.set()
     purger.join(timeout=30)
 
     # then the hold was saved at once, the first task kept its row (its two objects, already handed
@@ -239,16 +228,12 @@ def test_a_policy_with_a_non_terminal_status_never_governs_running_tasks_or_tomb
 
 @pytest.mark.django_db
 def test_a_stuck_purge_shows_its_full_lag_and_its_attempts(
-    make_task: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+    make_task: Any, refusing_storage: Any, settings: Any
 ) -> None:
     # given a task seven days overdue whose object is never deleted
     now = timezone.now()
     task = make_task(expires_at=now - timedelta(days=7), files={"out/stuck.txt": b"x"})
-
-    def refuse(names: Any, **kwargs: Any) -> objects.DeleteOutcome:
-        return objects.DeleteOutcome(failed={name: "AccessDenied" for name in names})
-
-    monkeypatch.setattr(objects, "delete_keys", refuse)
+    refusing_storage(lambda key: True)
 
     # when the sweep claims it, fails, and a later sweep takes it over and fails again
     sweeps.sweep_tasks(now)
@@ -268,7 +253,7 @@ def test_a_stuck_purge_shows_its_full_lag_and_its_attempts(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_purge_still_working_is_not_taken_over(
-    make_task: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+    make_task: Any, monkeypatch: pytest.MonkeyPatch, settings: Any, storage_gate: Any
 ) -> None:
     """Takeovers went by the claim's age alone: a large chunk still deleting got a duplicate pass."""
     # given a chunk of three groups that takes longer than the claim timeout, making progress
@@ -278,13 +263,7 @@ def test_a_purge_still_working_is_not_taken_over(
     tasks = [make_task(expires_at=now, files={"out/a.txt": b"a"}) for _ in range(3)]
     ids = [t.pk for t in tasks]
     claims.claim(Task.objects.filter(pk__in=ids), reason="expires_at", now=now, limit=3)
-    original = objects._s3_delete
-
-    def slow(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(1.0)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(objects, "_s3_delete", slow)
+    storage_gate(stops=0, delay=1.0)  # every delete call takes a second
     purger = in_thread(lambda: purge.purge_claimed(ids, now=now))
 
     # when a tasks sweep runs after the claim timeout while the purge is still working

@@ -7,12 +7,10 @@ import time
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from retention.deletion import claims, fence, purge
 from retention.models import AuditRecord, LegalHold
-from retention.storage import objects
 from tasks_app.models import Task, TaskStatus
 from tests.threads import in_thread
 
@@ -21,44 +19,24 @@ pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's se
 
 @pytest.mark.django_db(transaction=True)
 def test_a_new_hold_does_not_wait_for_a_storage_call_and_stops_the_purge_under_way_and_later_ones(
-    make_task: Any, monkeypatch: pytest.MonkeyPatch
+    make_task: Any, storage_gate: Any
 ) -> None:
     # given a purge that is in the middle of deleting objects
     now = timezone.now()
     first = make_task(task_type="t.case", expires_at=now, files={"out/a.txt": b"a"})
     second = make_task(task_type="t.case", expires_at=now, files={"out/b.txt": b"b"})
     claims.claim(Task.objects.filter(pk__in=[first.pk, second.pk]), reason="expires_at", now=now, limit=2)
-    deleting, resume = threading.Event(), threading.Event()
-    original = objects.delete_keys
-
-    def slow_delete(*args: Any, **kwargs: Any) -> Any:
-        deleting.set()
-        assert resume.wait(timeout=30)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(objects, "delete_keys", slow_delete)
-
-    def run(target: Any) -> threading.Thread:
-        def body() -> None:
-            try:
-                target()
-            finally:
-                connection.close()
-
-        thread = threading.Thread(target=body)
-        thread.start()
-        return thread
-
-    purger = run(lambda: purge.purge_claimed([first.pk], now=now))
-    assert deleting.wait(timeout=30)
+    gate = storage_gate()
+    purger = in_thread(lambda: purge.purge_claimed([first.pk], now=now))
+    gate.wait_for(1)
 
     # when a hold on the same task type is saved meanwhile
-    holder = run(lambda: LegalHold.objects.create(task_type="t.case", reason="litigation"))
+    holder = in_thread(lambda: LegalHold.objects.create(task_type="t.case", reason="litigation"))
     holder.join(timeout=1.0)
 
     # then it is saved at once, without waiting for the storage call under way
     assert not holder.is_alive(), "the hold must not wait for a storage call"
-    resume.set()
+    gate.go.set()
     purger.join(timeout=30)
     # the purge under way stops: the object already handed to storage is gone and audited, the
     # task and the rest of its data are kept

@@ -24,7 +24,6 @@ from django.utils import timezone
 
 from retention.deletion import claims, purge
 from retention.models import AuditRecord, LegalHold, RetentionPolicy, SweepRun
-from retention.storage import objects
 from retention.sweeping import fanout, sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.threads import in_thread
@@ -32,33 +31,6 @@ from tests.threads import in_thread
 pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Gate:
-    """Storage deletes that stop until released, counting how many are waiting."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
-        self.stop = stop
-        self.waiting = threading.Semaphore(0)
-        self.go = threading.Event()
-        self._lock = threading.Lock()
-        self._stopped = 0
-        real = objects.delete_keys
-
-        def gated(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                stops = self._stopped < self.stop
-                self._stopped += 1
-            if stops:
-                self.waiting.release()
-                assert self.go.wait(timeout=60)
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(objects, "delete_keys", gated)
-
-    def wait_for(self, count: int) -> None:
-        for _ in range(count):
-            assert self.waiting.acquire(timeout=60), "the purger threads never reached their storage deletes"
 
 
 def _backends() -> int:
@@ -85,7 +57,7 @@ def _audited(run: SweepRun) -> int:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_hold_saved_mid_sweep_is_saved_at_once_and_every_task_keeps_what_was_not_yet_deleted(
-    make_task: Any, settings: Any, monkeypatch: pytest.MonkeyPatch, bucket_keys: Any
+    storage_gate: Any, make_task: Any, settings: Any, monkeypatch: pytest.MonkeyPatch, bucket_keys: Any
 ) -> None:
     # given 4 expired tasks of one type, one per batch, and the first batch stopped inside its
     # storage call
@@ -94,7 +66,7 @@ def test_a_hold_saved_mid_sweep_is_saved_at_once_and_every_task_keeps_what_was_n
     tasks = [
         make_task("t.case", expires_at=now - timedelta(minutes=10 - i), files={"out/a.txt": b"x"}) for i in range(4)
     ]
-    gate = Gate(monkeypatch, stop=1)
+    gate = storage_gate()
     out: dict[str, Any] = {}
     sweeper = in_thread(lambda: sweeps.sweep_tasks(now, fanout=sweeps.InProcess(now)), out, "run")
     gate.wait_for(1)
@@ -127,7 +99,7 @@ def test_a_hold_saved_mid_sweep_is_saved_at_once_and_every_task_keeps_what_was_n
 
 @pytest.mark.django_db(transaction=True)
 def test_a_policy_disabled_while_a_batch_deletes_purges_nothing_more(
-    make_task: Any, settings: Any, monkeypatch: pytest.MonkeyPatch, no_default_policy: None
+    storage_gate: Any, make_task: Any, settings: Any, monkeypatch: pytest.MonkeyPatch, no_default_policy: None
 ) -> None:
     # given a policy deleting old "t.old" tasks, 4 such tasks one per batch, and the first batch
     # stopped inside its storage call
@@ -136,7 +108,7 @@ def test_a_policy_disabled_while_a_batch_deletes_purges_nothing_more(
     policy = RetentionPolicy.objects.create(task_type="t.old", keep_for=timedelta(days=1))
     for i in range(4):
         make_task("t.old", created_at=now - timedelta(days=5, minutes=i), files={"out/a.txt": b"x"})
-    gate = Gate(monkeypatch, stop=1)
+    gate = storage_gate()
     out: dict[str, Any] = {}
     sweeper = in_thread(lambda: sweeps.sweep_policies(now, fanout=sweeps.InProcess(now)), out, "run")
     gate.wait_for(1)
@@ -193,24 +165,14 @@ def test_two_sweeps_at_once_audit_every_task_once_and_each_run_counts_what_it_au
 
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_failing_after_its_final_statement_fails_the_run_audits_nothing_and_a_takeover_finishes(
-    make_task: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+    make_task: Any, settings: Any, fail_once: Any
 ) -> None:
     # given 4 expired tasks in batches of 2, and a final step that fails once after running
     # (audit, row deletes and tombstones written, not committed)
     settings.RETENTION_BATCH_SIZE = 2
     now = timezone.now()
     tasks = [make_task(expires_at=now - timedelta(minutes=i), files={"out/a.txt": b"x"}) for i in range(4)]
-    real_close = purge._close
-    failures = iter([RuntimeError("connection reset mid-commit")])
-
-    def flaky_close(*args: Any, **kwargs: Any) -> Any:
-        done = real_close(*args, **kwargs)
-        error = next(failures, None)
-        if error is not None:
-            raise error
-        return done
-
-    monkeypatch.setattr(purge, "_close", flaky_close)
+    fail_once(purge, "_close", RuntimeError("connection reset mid-commit"), after=True)
 
     # when the in-process sweep runs
     run = sweeps.sweep_tasks(now, fanout=sweeps.InProcess(now))
@@ -234,22 +196,13 @@ def test_a_batch_failing_after_its_final_statement_fails_the_run_audits_nothing_
 
 @pytest.mark.django_db(transaction=True)
 def test_the_claim_failing_mid_sweep_fails_the_run_after_the_batches_handed_out(
-    make_task: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+    make_task: Any, settings: Any, fail_once: Any
 ) -> None:
     # given 6 expired tasks in batches of 2, and a claim that fails on the third batch
     settings.RETENTION_BATCH_SIZE = 2
     now = timezone.now()
     tasks = [make_task(expires_at=now - timedelta(minutes=i), files={"out/a.txt": b"x"}) for i in range(6)]
-    real_claim = claims.claim
-    calls = {"n": 0}
-
-    def flaky_claim(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("database went away while claiming")
-        return real_claim(*args, **kwargs)
-
-    monkeypatch.setattr(claims, "claim", flaky_claim)
+    fail_once(claims, "claim", RuntimeError("database went away while claiming"), call=3)
     before = _backends()
 
     # when the in-process sweep runs
@@ -270,23 +223,14 @@ def test_the_claim_failing_mid_sweep_fails_the_run_after_the_batches_handed_out(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_that_fails_fails_the_sweep_the_other_batches_are_purged_and_its_tasks_stay_purging(
-    make_task: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+    make_task: Any, settings: Any, fail_once: Any
 ) -> None:
     # given 4 expired tasks, batches of 2, and a purge that fails for the first batch
     settings.RETENTION_BATCH_SIZE = 2
     now = timezone.now()
     for i in range(4):
         make_task(expires_at=now - timedelta(minutes=i), files={"out/a.txt": b"x"})
-    real_chunk = fanout.run_tasks_chunk
-    failures = iter([RuntimeError("worker lost its database")])
-
-    def flaky_chunk(*args: Any, **kwargs: Any) -> Any:
-        error = next(failures, None)
-        if error is not None:
-            raise error
-        return real_chunk(*args, **kwargs)
-
-    monkeypatch.setattr(fanout, "run_tasks_chunk", flaky_chunk)
+    fail_once(fanout, "run_tasks_chunk", RuntimeError("worker lost its database"))
 
     # when the in-process sweep runs
     with pytest.raises(RuntimeError, match="lost its database"):

@@ -15,7 +15,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from retention.models import AuditAction, AuditRecord, LegalHold
-from retention.storage import objects
 from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.services import submit
@@ -87,7 +86,7 @@ def test_an_input_uploaded_in_an_open_transaction_is_never_taken_for_an_orphan(
 
 @pytest.mark.django_db(transaction=True)
 def test_two_orphan_sweeps_that_overlap_audit_each_object_once(
-    settings: Any, monkeypatch: pytest.MonkeyPatch, bucket_keys: Any
+    settings: Any, storage_gate: Any, bucket_keys: Any
 ) -> None:
     """The lease was renewed from the sweep's start time and each sweep's finally cleared the other's
     lease: a second sweep re-listed the same keys and 4 objects gave 5 records."""
@@ -96,27 +95,17 @@ def test_two_orphan_sweeps_that_overlap_audit_each_object_once(
     settings.RETENTION_CLAIM_TIMEOUT = timedelta(seconds=1)
     keys = sorted(_put(f"{task_prefix(uuid.uuid4())}out/x.txt") for _ in range(4))
     later = timezone.now() + settings.RETENTION_ORPHAN_GRACE + timedelta(minutes=1)
-    stalled, go_on = threading.Event(), threading.Event()
-    real_delete = objects.delete_keys
+    gate = storage_gate()
 
-    def stall_first_call(*args: Any, **kwargs: Any) -> Any:
-        if not stalled.is_set():
-            stalled.set()
-            assert go_on.wait(timeout=30)
-        return real_delete(*args, **kwargs)
-
-    monkeypatch.setattr(objects, "delete_keys", stall_first_call)
-
-    # when the first sweep stalls on its first page past its lease and a second sweep starts
+    # when the first sweep stalls on its first page past its lease and a second sweep runs
     first = in_thread(lambda: sweeps.sweep_orphans(later))
-    assert stalled.wait(timeout=30)
-    time.sleep(1.5)
+    gate.wait_for(1)
+    time.sleep(1.5)  # the first sweep's lease (RETENTION_CLAIM_TIMEOUT, 1 s) runs out
     # (beat's next run: its own, later "now")
     second = in_thread(lambda: sweeps.sweep_orphans(later + timedelta(seconds=5)))
-    time.sleep(1.0)
-    go_on.set()
-    first.join(timeout=30)
     second.join(timeout=30)
+    gate.go.set()
+    first.join(timeout=30)
 
     # then every orphan is gone and audited exactly once
     assert bucket_keys("tasks/") == set()

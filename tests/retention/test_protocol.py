@@ -33,26 +33,6 @@ from tests.threads import in_thread
 pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
 
 
-class Gate:
-    """Storage deletes that stop, the first ``stops`` of them, until ``go`` is set."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, stops: int = 1) -> None:
-        self.reached = threading.Event()
-        self.go = threading.Event()
-        self.calls = 0
-        self._stops = stops
-        real = objects.delete_keys
-
-        def gated(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            if self.calls <= self._stops:
-                self.reached.set()
-                assert self.go.wait(timeout=60), "the test never let the storage call go on"
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(objects, "delete_keys", gated)
-
-
 def _claimed(make_task: Any, *, files: int = 2, task_type: str = "t.case") -> Task:
     now = timezone.now()
     task = make_task(
@@ -103,12 +83,12 @@ HOLD_PATHS = {
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", sorted(HOLD_PATHS))
 def test_a_hold_written_by_any_path_mid_purge_keeps_the_task_and_what_was_not_yet_deleted(
-    path: str, make_task: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+    storage_gate: Any, path: str, make_task: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     # given a claimed task whose purge is in the middle of its storage call
     LegalHold.objects.create(task_type="t.case", reason="released earlier", released_at=timezone.now())
     task = _claimed(make_task)
-    gate = Gate(monkeypatch)
+    gate = storage_gate()
     purger = in_thread(lambda: purge.purge_claimed([task.pk], now=timezone.now()))
     assert gate.reached.wait(timeout=30)
 
@@ -391,18 +371,12 @@ def idle_transactions_killed_after_one_second() -> Iterator[None]:
 
 @pytest.mark.django_db(transaction=True)
 def test_slow_storage_calls_never_leave_a_transaction_idle(
-    make_task: Any, monkeypatch: pytest.MonkeyPatch, idle_transactions_killed_after_one_second: None
+    make_task: Any, monkeypatch: pytest.MonkeyPatch, storage_gate: Any, idle_transactions_killed_after_one_second: None
 ) -> None:
     # given three claimed tasks whose objects take two delete calls, each call taking 2 s
     monkeypatch.setattr(objects, "DELETE_BATCH", 2)
     tasks = [_claimed(make_task, files=1) for _ in range(3)]
-    real = objects.delete_keys
-
-    def slow(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(2.0)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(objects, "delete_keys", slow)
+    storage_gate(stops=0, delay=2.0)  # every delete call takes 2 s
 
     # when they are purged
     counts = purge.purge_claimed([t.pk for t in tasks], now=timezone.now())

@@ -97,23 +97,13 @@ def test_nothing_is_claimed_before_expiry(make_task: Any) -> None:
 
 @pytest.mark.django_db
 def test_failure_after_objects_are_deleted_leaves_the_task_purging_until_a_later_sweep_finishes_it(
-    make_task: Any, bucket_keys: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+    make_task: Any, bucket_keys: Any, fail_once: Any, settings: Any
 ) -> None:
     # given an expired task with files, and a final step that fails once after its statements ran
     # (the audit, row deletes and tombstone written, not committed)
     now = timezone.now()
     task = make_task(expires_at=now - timedelta(seconds=1), files={"out/a.txt": b"aaa", "out/b.txt": b"bb"}, result=1)
-    real_close = purge._close
-    failures = iter([RuntimeError("database went away mid-transaction")])
-
-    def flaky_close(*args: Any, **kwargs: Any) -> PurgeCounts:
-        done = real_close(*args, **kwargs)
-        error = next(failures, None)
-        if error is not None:
-            raise error
-        return done
-
-    monkeypatch.setattr(purge, "_close", flaky_close)
+    fail_once(purge, "_close", RuntimeError("database went away mid-transaction"), after=True)
 
     # when the first sweep deletes the objects and then fails before committing
     first = sweeps.sweep_tasks(now)

@@ -23,7 +23,6 @@ from django.utils import timezone
 from retention import services
 from retention.deletion import claims, purge
 from retention.models import AuditRecord, LegalHold
-from retention.storage import objects
 from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tests.threads import in_thread
@@ -354,7 +353,7 @@ def test_in_the_embedded_mode_a_hold_never_waits_for_an_upload(tmp_path: Any) ->
 
 @pytest.mark.django_db(transaction=True)
 def test_the_admin_hold_on_a_task_whose_result_files_are_being_deleted_says_some_are_still_deleted(
-    admin_client: Any, make_task: Any, monkeypatch: pytest.MonkeyPatch
+    admin_client: Any, make_task: Any, storage_gate: Any
 ) -> None:
     from django.urls import reverse
 
@@ -367,18 +366,9 @@ def test_the_admin_hold_on_a_task_whose_result_files_are_being_deleted_says_some
         "t.case", result={"a": 1}, result_expires_at=now - timedelta(minutes=1),
         files={"out/a.txt": b"a", "out/b.txt": b"b"},
     )  # fmt: skip
-    reached, go = threading.Event(), threading.Event()
-    real = objects.delete_keys
-
-    def gated(*args: Any, **kwargs: Any) -> Any:
-        if not reached.is_set():
-            reached.set()
-            assert go.wait(timeout=60)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(objects, "delete_keys", gated)
+    gate = storage_gate()
     purger = in_thread(lambda: results.purge_results([task.pk], now=now))
-    assert reached.wait(timeout=30)
+    gate.wait_for(1)
 
     # when the operator places a legal hold on it from the admin
     response = admin_client.post(
@@ -386,7 +376,7 @@ def test_the_admin_hold_on_a_task_whose_result_files_are_being_deleted_says_some
         {"_selected_action": [str(task.pk)], "action": "place_legal_hold_action", "confirm": "yes", "reason": "court"},
         follow=True,
     )
-    go.set()
+    gate.go.set()
     purger.join(timeout=60)
 
     # then the two files already handed to storage are deleted after the hold (audited as a partial
