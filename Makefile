@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: run test chaos bench lint migrations-check clean
+.PHONY: run test chaos bench lint types migrations-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,9 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 run: $(VENV)/.runtime
 	@scripts/run.sh
 
-## test: every test, against real PostgreSQL, Redis and an S3 endpoint started on loopback; then the
-## locking, purge, orphan and fleet tests again through PgBouncer in transaction mode.
-test: $(VENV)/.dev
+## test: ruff and mypy, then every test against real PostgreSQL, Redis and an S3 endpoint started on
+## loopback; then the tests marked pgbouncer (locking, purge, orphan, fleet) again through PgBouncer.
+test: $(VENV)/.dev lint types
 	@scripts/system-deps.sh
 	$(BIN)/python -m tests.real_services \
 		--pass direct -- $(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS) \
@@ -46,6 +46,10 @@ bench: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+## types: mypy with the Django and DRF stubs over retention, tasks_app and project (pyproject.toml).
+types: $(VENV)/.dev
+	DJANGO_DEBUG=1 $(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) var

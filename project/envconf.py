@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal, overload
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -82,6 +82,18 @@ def read_rate(name: str, default: str) -> str | None:
 
 
 MAX_SECONDS = 100 * 365 * 86400  # the longest duration a setting may give, in seconds
+
+
+@overload
+def read_seconds(
+    name: str, default: timedelta, *, allow_zero: bool = True, empty_means_none: Literal[False] = False
+) -> timedelta: ...
+
+
+@overload
+def read_seconds(
+    name: str, default: timedelta | None, *, allow_zero: bool = True, empty_means_none: bool = False
+) -> timedelta | None: ...
 
 
 def read_seconds(

@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.core.files.storage import Storage, storages
+from django.core.files.storage import storages
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
@@ -57,7 +57,7 @@ def check_broker(limit: float, app: Any = None) -> None:
 
 
 @lru_cache(maxsize=4)
-def _probe_client(storage: Storage, limit: float) -> Any:
+def _probe_client(storage: Any, limit: float) -> Any:
     """A boto3 client of the storage's bucket with short timeouts and no retries (kept per process)."""
     from botocore.config import Config
 
@@ -76,7 +76,7 @@ def _probe_client(storage: Storage, limit: float) -> Any:
 
 def check_storage(limit: float) -> None:
     """List one key under tasks/ in the bucket (a missing bucket fails), or look at the local folder."""
-    storage = storages["default"]
+    storage: Any = storages["default"]  # django-storages' S3Storage (no type information) or local files
     if getattr(storage, "bucket_name", None):
         _probe_client(storage, limit).list_objects_v2(Bucket=storage.bucket_name, Prefix=PREFIX, MaxKeys=1)
     else:
@@ -103,7 +103,10 @@ def run_checks(limit: float | None = None) -> dict[str, dict[str, Any]]:
     """Run every check at once, each within ``limit`` seconds; per check: ok, ms or error."""
     limit = timeout() if limit is None else limit
     # Celery's current app is per thread: the broker check gets the request thread's.
-    checks = {**CHECKS, "broker": partial(check_broker, app=current_app._get_current_object())}
+    checks: dict[str, Callable[[float], None]] = {
+        **CHECKS,
+        "broker": partial(check_broker, app=current_app._get_current_object()),
+    }
     pool = ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="healthz")
     futures = {name: pool.submit(_timed, check, limit) for name, check in checks.items()}
     deadline = time.monotonic() + limit

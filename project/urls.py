@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from project import health
@@ -11,7 +11,7 @@ from project import health
 admin.site.site_header = "Task data lifecycle"
 admin.site.site_title = "Task data lifecycle"
 
-api_v1 = [
+api_v1: list[URLPattern | URLResolver] = [
     path("", include("tasks_app.api.urls")),
     path("", include("retention.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -37,7 +37,7 @@ def purge_now(task: Task | UUID | str, *, now: datetime | None = None) -> bool:
     # Fail before claiming anything: the objects are deleted outside any transaction.
     objects.refuse_inside_transaction()
     now = now or timezone.now()
-    task_id = getattr(task, "pk", task)
+    task_id: UUID | str = task.pk if isinstance(task, Task) else task
     # A worker may take the task between our read and our claim: look again until the claim
     # or the deferral sticks, so the request is never dropped.
     for _ in range(5):

@@ -27,7 +27,7 @@ class StoredObjectInline(admin.TabularInline):
     model = StoredObject
     extra = 0
     fields = ["kind", "key", "size", "created_at"]
-    readonly_fields = fields
+    readonly_fields = ["kind", "key", "size", "created_at"]
     can_delete = False
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

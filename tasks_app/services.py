@@ -128,7 +128,8 @@ def _submit_built(task: Task) -> Task:
         with transaction.atomic():
             task.save(force_insert=True)
     except IntegrityError:
-        existing = _find_idempotent(task.owner, task.idempotency_key)
+        # Only a lost race for the idempotency key is answered with the task that won it.
+        existing = _find_idempotent(task.owner, task.idempotency_key) if task.idempotency_key else None
         if existing is None:
             raise
         return existing
@@ -222,7 +223,7 @@ def cancel(task: Task | str, *, now: datetime | None = None) -> bool:
     A message already in the broker finds the task cancelled and does nothing.
     """
     now = now or timezone.now()
-    task_id = getattr(task, "pk", task)
+    task_id = task.pk if isinstance(task, Task) else task
     changed = Task.objects.filter(pk=task_id, status__in=PENDING_STATUSES).update(
         status=TaskStatus.CANCELLED, status_changed_at=now, finished_at=now
     )

@@ -20,6 +20,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection
+from django.db.models import Field
 
 from tasks_app import storable
 from tasks_app.models import Task, TaskResult, TaskStatus
@@ -42,12 +43,20 @@ def _tasks(rows: list[tuple[Any, ...]]) -> list[Task]:
     return [Task.from_db(connection.alias, names, row) for row in rows]
 
 
+def _field(name: str) -> Field:
+    field = Task._meta.get_field(name)
+    assert isinstance(field, Field), f"{name} is not a column of Task"
+    return field
+
+
 def _column(name: str) -> str:
-    return connection.ops.quote_name(Task._meta.get_field(name).column)
+    column = _field(name).column
+    assert column is not None
+    return connection.ops.quote_name(column)
 
 
 def _value(name: str, value: Any) -> Any:
-    return Task._meta.get_field(name).get_db_prep_save(value, connection)
+    return _field(name).get_db_prep_save(value, connection)
 
 
 @functools.cache

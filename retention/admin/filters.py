@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin
 from django.db.models import QuerySet
@@ -15,6 +15,7 @@ from retention.models import RetentionPolicy
 from retention.monitoring import reports
 from retention.rules.policies import enabled_policies
 from tasks_app import registry
+from tasks_app.querysets import TaskQuerySet
 
 
 class TaskTypeFilter(admin.SimpleListFilter):
@@ -44,7 +45,7 @@ class OwnerFilter(admin.SimpleListFilter):
     def has_output(self) -> bool:
         return True
 
-    def choices(self, changelist: Any) -> Iterator[dict[str, Any]]:
+    def choices(self, changelist: Any) -> Iterator[Any]:
         # The form resubmits the list's other filters and search as hidden fields.
         keep = [(k, v) for k, v in changelist.params.items() if k not in (self.parameter_name, "p")]
         yield {"hidden": keep, "value": self.value() or "", "name": self.parameter_name}
@@ -70,7 +71,8 @@ class ExpiringFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         window = self.WINDOWS.get(self.value() or "")
-        return queryset.expiring_within(window, timezone.now()) if window else queryset
+        tasks = cast(TaskQuerySet, queryset)
+        return tasks.expiring_within(window, timezone.now()) if window else queryset
 
 
 class DueByPolicyFilter(admin.SimpleListFilter):

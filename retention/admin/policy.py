@@ -53,8 +53,8 @@ class RetentionPolicyAdmin(admin.ModelAdmin):
     readonly_fields = ["created_at", "updated_at", "updated_by"]
     change_form_template = "admin/retention/retentionpolicy/change_form.html"
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return self.fields + (self.readonly_fields if obj is not None else [])
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        return [*self.fields, *(self.readonly_fields if obj is not None else [])]
 
     def save_model(self, request: HttpRequest, obj: RetentionPolicy, form: Any, change: bool) -> None:
         obj.updated_by = request.user if request.user.is_authenticated else None

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
@@ -84,11 +85,11 @@ def hold_message(tasks: list[Task], holds: list[LegalHold]) -> tuple[str, int]:
     """
     ids = [task.pk for task in tasks]
     statuses = dict(Task.objects.filter(pk__in=ids).values_list("pk", "status"))
-    skipped = sum(1 for task in tasks if task.status == TaskStatus.EXPIRED)
-    held_ids = {legal_hold.task_id for legal_hold in holds}
-    finished = sum(1 for pk in held_ids if statuses.get(pk) == TaskStatus.EXPIRED)
+    skipped = len([task for task in tasks if task.status == TaskStatus.EXPIRED])
+    held_ids = {legal_hold.task_id for legal_hold in holds if legal_hold.task_id is not None}
+    finished = len([pk for pk in held_ids if statuses.get(pk) == TaskStatus.EXPIRED])
     decided = set(PendingDeletion.objects.filter(task_id__in=list(held_ids)).values_list("task_id", flat=True))
-    deleting = sum(1 for pk in held_ids if statuses.get(pk) == TaskStatus.PURGING or pk in decided)
+    deleting = len([pk for pk in held_ids if statuses.get(pk) == TaskStatus.PURGING or pk in decided])
     if not holds:
         return "No hold placed: the selected tasks' data is already deleted.", messages.ERROR
     parts = [f"Placed {len(holds)} legal hold(s)."]
@@ -225,7 +226,7 @@ class RetentionTaskAdmin(TaskAdmin):
     list_filter = ["status", TaskTypeFilter, OwnerFilter, ExpiringFilter, DueByPolicyFilter]
     search_fields = ["=id"]
     search_help_text = "Search by task id (exact UUID)."
-    date_hierarchy = None  # its DISTINCT over every task's date would not stay fast
+    date_hierarchy = None  # type: ignore[assignment]  # its DISTINCT over every task's date would not stay fast
     list_per_page = 50
     actions = [purge_now_action, place_legal_hold_action]
     change_form_template = "admin/retention/task_change_form.html"
@@ -324,7 +325,7 @@ class RetentionTaskAdmin(TaskAdmin):
         """A task page's button: the action's confirmation page, then the action on that one task."""
         task = self.get_object(request, object_id)
         if task is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)  # type: ignore[attr-defined]
         if not allowed(request):
             raise PermissionDenied
         change_url = reverse("admin:tasks_app_task_change", args=[task.pk])
@@ -346,7 +347,7 @@ class RetentionTaskAdmin(TaskAdmin):
             "tasks": tasks,
             "gone": gone,
             "action": "purge_now_action" if kind == "purge" else "place_legal_hold_action",
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "reason": request.POST.get("reason", ""),
             **extra,
         }

@@ -147,7 +147,7 @@ def result_record(
     )
 
 
-def result_records_from(rows: str, now: datetime, run_id: int | None) -> tuple[str, list[object]]:
+def result_records_from(rows: str, now: datetime, run_id: int | None) -> tuple[str, list[Any]]:
     """SQL inserting one ``result_purged`` record per row of ``rows`` (id, owner_id, task_type).
 
     The set-based twin of ``result_record``, for a statement that deletes and audits together.

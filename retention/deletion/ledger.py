@@ -70,7 +70,7 @@ def decided_keys(task_ids: Collection[UUID | None], limit: int, *, exclude: Coll
     return dict(rows.order_by("key").values_list("key", "task_id")[:limit])
 
 
-def undeleted(task_ids: Collection[UUID]) -> set[UUID]:
+def undeleted(task_ids: Collection[UUID]) -> set[UUID | None]:
     """The tasks among ``task_ids`` with keys decided and not yet confirmed deleted."""
     return set(of_tasks(task_ids).filter(deleted_at__isnull=True).values_list("task_id", flat=True).distinct())
 

@@ -163,7 +163,7 @@ def purge_result_rows(
         & ~active_hold_exists("task__")
         & ~Exists(files)
     )
-    scan = (
+    rows = (
         scan.annotate(
             row=RawSQL(f"{results}.ctid", ()),  # noqa: S611 - our table's name
             owner_id=F("task__owner_id"),
@@ -175,7 +175,7 @@ def purge_result_rows(
         .values("row", "task_id", "expires_at", "owner_id", "task_type", "due")[:limit]
     )
     with fence.deciding():
-        scan_sql, scan_params = _compiled(scan)
+        scan_sql, scan_params = _compiled(rows)
         insert_sql, insert_params = audit.result_records_from("gone", now, run_id)
         with connection.cursor() as cursor:
             # Compiled ORM SQL and a table name are interpolated; the values are parameters. The
@@ -200,5 +200,5 @@ def purge_result_rows(
     return scanned, purged, (last_at, str(last_id)) if last_id is not None else None
 
 
-def _compiled(rows: QuerySet) -> tuple[str, tuple]:
+def _compiled(rows: QuerySet) -> tuple[str, tuple[Any, ...]]:
     return rows.query.get_compiler(using=rows.db).as_sql()

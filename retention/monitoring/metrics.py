@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
@@ -80,7 +82,7 @@ def _count_cap_groups() -> Iterator[tuple[QuerySet, Callable[[], datetime | None
         for task_type, status in count_cap_groups(policy, policies):
             yield (
                 count_due(policy, policies, task_type, status),
-                lambda p=policy, t=task_type, s=status: over_cap_since(p, policies, t, s),
+                partial(over_cap_since, policy, policies, task_type, status),
             )
 
 
@@ -167,13 +169,13 @@ def totals() -> list[Totals]:
     direct part reads only the audit records written outside sweeps, found through the index of
     ``sweep_run`` (``IS NULL``).
     """
-    runs = {
-        row["kind"]: row
+    runs: dict[str, dict[str, Any]] = {
+        row["kind"]: dict(row)
         for row in SweepRun.objects.order_by()
         .values("kind")
         .annotate(
             purged=Sum("purged"),
-            objects=Sum("objects_deleted"),
+            deleted=Sum("objects_deleted"),
             size=Sum("bytes_freed"),
             failed_items=Sum("failed"),
             failed_runs=Count("failed", filter=Q(failed__gt=0)),
@@ -183,7 +185,7 @@ def totals() -> list[Totals]:
         Totals(
             kind,
             purged=row.get("purged") or 0,
-            objects_deleted=row.get("objects") or 0,
+            objects_deleted=row.get("deleted") or 0,
             bytes_freed=row.get("size") or 0,
             failed_items=row.get("failed_items") or 0,
             failed_runs=row.get("failed_runs") or 0,

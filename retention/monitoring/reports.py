@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 from django.db.models import Count, Q, QuerySet, Sum
 
@@ -69,23 +70,24 @@ def deadline(task: Task, now: datetime, policies: Sequence[RetentionPolicy] | No
 
 def deadlines(
     tasks: Sequence[Task], now: datetime, policies: Sequence[RetentionPolicy] | None = None
-) -> dict[object, Deadline]:
+) -> dict[UUID, Deadline]:
     """``deadline`` for a page of tasks (a list in the admin) in a few queries, by task id."""
     policies = enforcing_only(enabled_policies() if policies is None else policies)
     live = [task for task in tasks if task.status not in GONE_STATUSES]
     ids = [task.pk for task in live]
     held = set(only_held(Task.objects.filter(pk__in=ids)).values_list("pk", flat=True)) if ids else set()
     # One count-cap query per (type, status) group on the page, not one per task.
-    groups: dict[tuple[str, str], list[object]] = {}
+    groups: dict[tuple[str, str], list[UUID]] = {}
     deciding = {task.pk: _deciding(task, policies) for task in live}
     for task in live:
         policy = deciding[task.pk]
         if policy is not None and policy.keep_last is not None:
             groups.setdefault((task.task_type, task.status), []).append(task.pk)
-    capped: set[object] = set()
+    capped: set[UUID] = set()
     for (task_type, status), members in groups.items():
-        policy = deciding[members[0]]
-        due = count_due(policy, policies, task_type, status).filter(pk__in=members)
+        capping = deciding[members[0]]
+        assert capping is not None  # grouped only when a policy with a count cap decides
+        due = count_due(capping, policies, task_type, status).filter(pk__in=members)
         capped.update(due.values_list("pk", flat=True))
     found = {task.pk: deadline(task, now, policies) for task in tasks if task.status in GONE_STATUSES}
     for task in live:

@@ -80,7 +80,7 @@ def settle(*, now: datetime, run_id: int | None, upto: str | None) -> int:
         tallies = ledger.settle(passed - undeleted, kind=SweepKind.ORPHANS)
         if not tallies:
             return 0
-        owners = {
+        owners: dict[UUID | None, tuple[int | None, str]] = {
             pk: (owner_id, task_type)
             for pk, owner_id, task_type in Task.objects.filter(pk__in=[i for i in tallies if i]).values_list(
                 "pk", "owner_id", "task_type"

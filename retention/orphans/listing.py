@@ -147,12 +147,3 @@ def _holds_listing(token: str) -> bool:
     what this one deleted is gone and audited.
     """
     return ListingCursor.objects.select_for_update().filter(name=ORPHAN_CURSOR, lease_token=token).exists()
-
-
-def _holds_listing(token: str) -> bool:
-    """Inside a transaction: whether ``token`` still holds the listing, locking the cursor row.
-
-    The lock makes a takeover wait for this transaction, so the new holder lists only after
-    what this one deleted is gone and audited.
-    """
-    return ListingCursor.objects.select_for_update().filter(name=ORPHAN_CURSOR, lease_token=token).exists()

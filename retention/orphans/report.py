@@ -43,7 +43,7 @@ def missing_objects(
     present = {obj.key for obj in listed}
     # Counted while paging through the rows; only a sample is kept (an empty listing would
     # otherwise make every manifest row past the cursor "missing" at once).
-    count, sample = 0, []
+    count, sample = 0, list[str]()
     for key in _keys_in_order(rows, page=2000):
         if key not in present:
             count += 1

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from django.db import models
-from django.db.models import Exists
+from typing import TypeVar
+
+from django.db.models import Exists, QuerySet
 
 from retention.models import LegalHold
+
+Rows = TypeVar("Rows", bound=QuerySet)
 
 
 def active_hold_exists(task_path: str = "") -> Exists:
@@ -13,11 +16,11 @@ def active_hold_exists(task_path: str = "") -> Exists:
     return Exists(LegalHold.objects.active().covering_outer_task(task_path))
 
 
-def exclude_held(rows: models.QuerySet, task_path: str = "") -> models.QuerySet:
+def exclude_held(rows: Rows, task_path: str = "") -> Rows:
     """Rows whose task is under no active legal hold (``task_path`` as in ``covering_outer_task``)."""
     return rows.filter(~active_hold_exists(task_path))
 
 
-def only_held(rows: models.QuerySet, task_path: str = "") -> models.QuerySet:
+def only_held(rows: Rows, task_path: str = "") -> Rows:
     """Rows whose task is under at least one active legal hold."""
     return rows.filter(active_hold_exists(task_path))

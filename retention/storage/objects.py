@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.core.files.storage import Storage, default_storage
@@ -36,6 +36,7 @@ RETRY_MAX_DELAY = 5.0  # seconds
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError, ClientError, OSError)
 
 sleep = time.sleep  # replaced in tests
+T = TypeVar("T")
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _s3_name(storage: Storage, key: str) -> str:
     return key
 
 
-def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """Lists of up to ``size`` items, consuming ``items`` lazily (itertools.batched is 3.12+)."""
     iterator = iter(items)
     while batch := list(islice(iterator, size)):

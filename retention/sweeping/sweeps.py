@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.db.models import BooleanField, F
@@ -179,14 +180,20 @@ def _rules(policy: RetentionPolicy, every: list[RetentionPolicy], now: datetime,
     for task_type, status in policies.count_cap_groups(policy, every):
         rules.append(
             _Rule(
-                due=lambda t=task_type, s=status: policies.count_due(policy, every, t, s),
+                due=partial(policies.count_due, policy, every, task_type, status),
                 claim_reason=audit.policy_claim(audit.count_cap_reason(policy.pk), version),
                 audit_reason=Reason.COUNT_CAP,
                 # The lag of a claimed batch counts from when its oldest task went over the cap.
-                due_at=lambda t=task_type, s=status: policies.over_cap_since(policy, every, t, s) or now,
+                due_at=partial(_over_cap_or_now, policy, every, task_type, status, now),
             )
         )
     return rules
+
+
+def _over_cap_or_now(
+    policy: RetentionPolicy, every: list[RetentionPolicy], task_type: str, status: str, now: datetime
+) -> datetime:
+    return policies.over_cap_since(policy, every, task_type, status) or now
 
 
 def _policy_steps(

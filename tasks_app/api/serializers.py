@@ -30,13 +30,14 @@ _MAX_SECONDS = int(timedelta.max.total_seconds())
 class SecondsField(serializers.IntegerField):
     """Whole seconds in the request, a timedelta for submit() (which judges sign and size)."""
 
-    def to_internal_value(self, data: Any) -> timedelta:
+    # IntegerField parses and checks the number; this field hands submit() a timedelta.
+    def to_internal_value(self, data: Any) -> timedelta:  # type: ignore[override]
         seconds = super().to_internal_value(data)
         if abs(seconds) > _MAX_SECONDS:
             self.fail("max_value", max_value=_MAX_SECONDS)
         return timedelta(seconds=seconds)
 
-    def to_representation(self, value: timedelta) -> int:
+    def to_representation(self, value: timedelta) -> int:  # type: ignore[override]
         return int(value.total_seconds())
 
 
@@ -83,7 +84,8 @@ class TaskSubmitSerializer(serializers.Serializer):
 class TaskSubmitMultipartSerializer(TaskSubmitSerializer):
     """The multipart form of the submit body (documents ``payload`` as a JSON string)."""
 
-    payload = serializers.CharField(required=False, help_text="The payload as a JSON document.")
+    # A multipart body carries the payload as a string (the JSON body's field is a JSONField).
+    payload = serializers.CharField(required=False, help_text="The payload as a JSON document.")  # type: ignore[assignment]
     input_file = serializers.FileField(required=False, help_text="Stored as the task's input under tasks/<id>/input/.")
 
 
@@ -157,7 +159,8 @@ class ResultSerializer(serializers.ModelSerializer):
     """A task's stored JSON result."""
 
     task_id = serializers.UUIDField(read_only=True)
-    data = serializers.JSONField(read_only=True)
+    # A declared field (DRF's metaclass moves it out of the class), not Serializer.data.
+    data = serializers.JSONField(read_only=True)  # type: ignore[assignment]
     expires_at = serializers.DateTimeField(source="task.result_expires_at", read_only=True, allow_null=True)
 
     class Meta:

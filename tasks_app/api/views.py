@@ -58,7 +58,7 @@ class TaskCursorPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
-    def get_page_size(self, request: Request) -> int:
+    def get_page_size(self, request: Request) -> int | None:
         given = request.query_params.get(self.page_size_query_param, "")
         if given and not (given.isascii() and given.isdigit() and int(given) > 0):
             # DRF silently falls back to the default; say what is wrong instead.
