@@ -25,9 +25,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from retention.deletion import claims
+from django.db.models import QuerySet
+
+from retention.deletion import claims, fence, ledger
+from retention.deletion.ledger import among
+from retention.rules.holds import active_hold_exists
 from retention.storage import objects
 from retention.sweeping.runs import PurgeCounts
 
@@ -47,6 +52,61 @@ class Decided:
 
 # A step: (window of tasks, keys the store confirmed gone, keys that failed in this run) → Decided.
 Step = Callable[[list[UUID], list[str], frozenset[str]], Decided]
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Purge:
+    """What one kind of purge (of tasks, of results) brings to the protocol's step.
+
+    ``tasks``: the tasks it may still work on (a task leaving it, e.g. finished by a rival purger,
+    is passed over); ``fields``: what it needs of each locked task; ``manifest``: the rows whose
+    objects it deletes; ``kind``: its ledger rows' kind; ``stopped(rows)``: the locked tasks that
+    may no longer proceed (a hold always stops one); ``close(rows, stopped)``: finish, or give back,
+    the tasks with nothing left to delete (their audit records).
+    """
+
+    tasks: QuerySet
+    fields: tuple[str, ...]
+    manifest: QuerySet
+    kind: str
+    stopped: Callable[[list[Row]], set[UUID]]
+    close: Callable[[list[Row], set[UUID]], PurgeCounts]
+
+
+def step(
+    purge: Purge, window: list[UUID], confirmed: list[str], refused: frozenset[str], now: datetime, run_id: int | None
+) -> Decided:
+    """One step of ``purge`` over ``window``: record what is gone, close what is done, decide the next keys."""
+    decided = Decided()
+    with fence.deciding():
+        # SKIP LOCKED: a rival purger (a takeover, a duplicate message) is working on those.
+        # The holds are read here, after the fence was taken: a hold written since waits for us.
+        rows = list(
+            among(purge.tasks.select_for_update(skip_locked=True, no_key=True), "id", window)
+            .annotate(held=active_hold_exists())
+            .order_by("pk")
+            .values("pk", "held", *purge.fields)
+        )
+        if not rows:
+            return decided
+        locked = [row["pk"] for row in rows]
+        ledger.confirm(confirmed, locked, now)
+        stopped = purge.stopped(rows)
+        undeleted = ledger.undeleted(locked)
+        left = ledger.has_manifest(locked, purge.manifest)
+        done = {pk for pk in locked if pk not in undeleted and (pk in stopped or pk not in left)}
+        if done:
+            decided.counts.add(purge.close([row for row in rows if row["pk"] in done], stopped))
+        # Keys already decided go first, stopped task or not: the decision was made before the hold.
+        working = [pk for pk in locked if pk not in done]
+        keys = ledger.decided_keys(working, objects.DELETE_BATCH, exclude=refused)
+        going = [pk for pk in working if pk not in stopped]
+        if len(keys) < objects.DELETE_BATCH and going:
+            manifest = among(purge.manifest, "task", going)
+            keys.update(ledger.decide(manifest, objects.DELETE_BATCH - len(keys), kind=purge.kind, run_id=run_id))
+        decided.keys, decided.working = keys, working
+    return decided
 
 
 def run(

@@ -23,11 +23,10 @@ from django.db.models.functions import Now
 
 from retention.audit import records as audit
 from retention.choices import SweepKind
-from retention.deletion import claims, fence, ledger, protocol
+from retention.deletion import claims, ledger, protocol
 from retention.deletion.ledger import among
 from retention.models import AuditRecord
 from retention.rules import policies
-from retention.rules.holds import active_hold_exists
 from retention.storage import objects
 from retention.sweeping.runs import PurgeCounts
 from tasks_app.models import PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
@@ -65,40 +64,15 @@ def tombstone_values(now: datetime) -> dict[str, Any]:
     }
 
 
-def _step(
-    window: list[UUID], confirmed: list[str], refused: frozenset[str], now: datetime, run_id: int | None
-) -> protocol.Decided:
-    decided = protocol.Decided()
-    with fence.deciding():
-        # SKIP LOCKED: a rival purger (a takeover, a duplicate message) is working on those.
-        # The holds are read here, after the fence was taken: a hold written since waits for us.
-        rows = list(
-            among(Task.objects.select_for_update(skip_locked=True, no_key=True), "id", window)
-            .filter(status=TaskStatus.PURGING)
-            .annotate(held=active_hold_exists())
-            .order_by("pk")
-            .values("pk", "owner_id", "task_type", "purge_reason", "final_status", "finished_at", "created_at", "held")
-        )
-        if not rows:
-            return decided
-        locked = [row["pk"] for row in rows]
-        ledger.confirm(confirmed, locked, now)
-        stopped = _stopped(rows, now)
-        undeleted = ledger.undeleted(locked)
-        left = ledger.has_manifest(locked, StoredObject.objects.all())
-        by_id = {row["pk"]: row for row in rows}
-        done = {pk for pk in locked if pk not in undeleted and (pk in stopped or pk not in left)}
-        if done:
-            decided.counts.add(_close([by_id[pk] for pk in locked if pk in done], stopped, now, run_id))
-        # Keys already decided go first, held task or not: the decision was made before the hold.
-        working = [pk for pk in locked if pk not in done]
-        keys = ledger.decided_keys(working, objects.DELETE_BATCH, exclude=refused)
-        going = [pk for pk in working if pk not in stopped]
-        if len(keys) < objects.DELETE_BATCH and going:
-            manifest = among(StoredObject.objects.all(), "task", going)
-            keys.update(ledger.decide(manifest, objects.DELETE_BATCH - len(keys), kind=SweepKind.TASKS, run_id=run_id))
-        decided.keys, decided.working = keys, working
-    return decided
+def _purge(now: datetime, run_id: int | None) -> protocol.Purge:
+    return protocol.Purge(
+        tasks=Task.objects.filter(status=TaskStatus.PURGING),
+        fields=("owner_id", "task_type", "purge_reason", "final_status", "finished_at", "created_at"),
+        manifest=StoredObject.objects.all(),
+        kind=SweepKind.TASKS,
+        stopped=lambda rows: _stopped(rows, now),
+        close=lambda rows, stopped: _close(rows, stopped, now, run_id),
+    )
 
 
 def _stopped(rows: list[dict[str, Any]], now: datetime) -> set[UUID]:
@@ -161,10 +135,11 @@ def purge_claimed(task_ids: Iterable[UUID | str], *, now: datetime, run_id: int 
     )
     ids = [row[0] for row in rows]
     leases = [row[1] for row in rows if row[1] is not None]
+    purge = _purge(now, run_id)
     counts = protocol.run(
         ids,
-        ledger.sizes(ids, StoredObject.objects.all()),
-        lambda window, confirmed, refused: _step(window, confirmed, refused, now, run_id),
+        ledger.sizes(ids, purge.manifest),
+        lambda window, confirmed, refused: protocol.step(purge, window, confirmed, refused, now, run_id),
         what="purge",
         now=now,
         renew=True,

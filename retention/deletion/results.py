@@ -53,10 +53,11 @@ def purge_results(task_ids: Iterable[UUID | str], *, now: datetime, run_id: int 
     objects.refuse_inside_transaction()
     wanted = [UUID(str(task_id)) for task_id in task_ids]
     ids = list(policies.results_due(now).filter(pk__in=wanted).order_by("pk").values_list("pk", flat=True))
+    purge = _purge(now, run_id)
     counts = protocol.run(
         ids,
-        ledger.sizes(ids, _result_files()),
-        lambda window, confirmed, refused: _step(window, confirmed, refused, now, run_id),
+        ledger.sizes(ids, purge.manifest),
+        lambda window, confirmed, refused: protocol.step(purge, window, confirmed, refused, now, run_id),
         what="result purge",
         now=now,
     )
@@ -65,38 +66,15 @@ def purge_results(task_ids: Iterable[UUID | str], *, now: datetime, run_id: int 
     return counts
 
 
-def _step(
-    window: list[UUID], confirmed: list[str], refused: frozenset[str], now: datetime, run_id: int | None
-) -> protocol.Decided:
-    decided = protocol.Decided()
-    with fence.deciding():
-        rows = list(
-            among(Task.objects.select_for_update(skip_locked=True, no_key=True), "id", window)
-            .filter(result_expires_at__lte=now)
-            .exclude(status__in=GONE_STATUSES)
-            .annotate(held=active_hold_exists())
-            .order_by("pk")
-            .values("pk", "owner_id", "task_type", "held")
-        )
-        if not rows:
-            return decided
-        locked = [row["pk"] for row in rows]
-        ledger.confirm(confirmed, locked, now)
-        held = {row["pk"] for row in rows if row["held"]}
-        undeleted = ledger.undeleted(locked)
-        left = ledger.has_manifest(locked, _result_files())
-        done = [row for row in rows if row["pk"] not in undeleted and (row["pk"] in held or row["pk"] not in left)]
-        if done:
-            decided.counts.add(_close(done, held, now, run_id))
-        closed = {row["pk"] for row in done}
-        working = [pk for pk in locked if pk not in closed]
-        keys = ledger.decided_keys(working, objects.DELETE_BATCH, exclude=refused)
-        going = [pk for pk in working if pk not in held]
-        if len(keys) < objects.DELETE_BATCH and going:
-            files = _result_files(going)
-            keys.update(ledger.decide(files, objects.DELETE_BATCH - len(keys), kind=SweepKind.RESULTS, run_id=run_id))
-        decided.keys, decided.working = keys, working
-    return decided
+def _purge(now: datetime, run_id: int | None) -> protocol.Purge:
+    return protocol.Purge(
+        tasks=Task.objects.filter(result_expires_at__lte=now).exclude(status__in=GONE_STATUSES),
+        fields=("owner_id", "task_type"),
+        manifest=_result_files(),
+        kind=SweepKind.RESULTS,
+        stopped=lambda rows: {row["pk"] for row in rows if row["held"]},
+        close=lambda rows, held: _close(rows, held, now, run_id),
+    )
 
 
 def _close(rows: list[dict[str, Any]], held: set[UUID], now: datetime, run_id: int | None) -> PurgeCounts:
