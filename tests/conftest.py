@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.utils import timezone
+
+from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.storage import save_object
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -24,6 +31,55 @@ def make_user(db: None) -> Callable[..., Any]:
 
     def make(username: str = "alice", **fields: Any) -> Any:
         return get_user_model().objects.create_user(username=username, password="pw", **fields)
+
+    return make
+
+
+@pytest.fixture
+def make_task(db: None) -> Callable[..., Task]:
+    """Create a task row directly: ``make_task(status="succeeded", files={"out/a.txt": b"..."}, result={...})``."""
+
+    def make(
+        task_type: str = "demo.report",
+        *,
+        status: str = TaskStatus.SUCCEEDED,
+        owner: Any = None,
+        created_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        expires_at: datetime | None = None,
+        result_expires_at: datetime | None = None,
+        result: Any = None,
+        files: dict[str, bytes] | None = None,
+        input_file: bytes | None = None,
+        **fields: Any,
+    ) -> Task:
+        now = timezone.now()
+        created_at = created_at or now
+        if finished_at is None and status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD):
+            finished_at = created_at
+        task = Task.objects.create(
+            task_type=task_type,
+            status=status,
+            owner=owner,
+            payload=fields.pop("payload", {"secret": "payload"}),
+            timeout=timedelta(minutes=1),
+            created_at=created_at,
+            status_changed_at=finished_at or created_at,
+            finished_at=finished_at,
+            expires_at=expires_at,
+            result_expires_at=result_expires_at,
+            usage=fields.pop("usage", {"pages": 1}),
+            error=fields.pop("error", "boom" if status in (TaskStatus.FAILED, TaskStatus.DEAD) else ""),
+            **fields,
+        )
+        if result is not None:
+            TaskResult.objects.create(task=task, data=result, expires_at=result_expires_at)
+        for name, data in (files or {}).items():
+            folder, _, filename = name.rpartition("/")
+            save_object(task, filename, data, kind=folder or "file", folder=folder or "file")
+        if input_file is not None:
+            save_object(task, "input.bin", input_file, kind=StoredObject.INPUT_KIND, folder="input")
+        return task
 
     return make
 
@@ -126,3 +182,43 @@ def fail_once(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         monkeypatch.setattr(owner, name, failing)
 
     return patch
+
+
+@pytest.fixture
+def idle_transactions_killed_after_one_second() -> Iterator[None]:
+    """Every transaction of this connection ends if idle for 1 s (an operator's
+    ``idle_in_transaction_session_timeout``, or PgBouncer's ``idle_transaction_timeout``).
+    SET LOCAL, so it also holds behind PgBouncer in transaction mode."""
+
+    def set_timeout(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if context["connection"].in_atomic_block:
+            with context["connection"].connection.cursor() as cursor:
+                cursor.execute("SET LOCAL idle_in_transaction_session_timeout = '1s'")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(set_timeout):
+        yield
+    connection.close()  # the server may have ended the session
+
+
+@pytest.fixture
+def lock_waiters(db: None) -> Callable[..., None]:
+    """``lock_waiters(1)`` returns once at least that many sessions of this database wait for a lock
+    (a row, table or advisory lock): the condition a test means by "the other side is waiting by now"."""
+
+    def wait(count: int = 1, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                waiting = cursor.fetchone()[0]
+            if waiting >= count:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{waiting} session(s) waiting for a lock after {timeout} s, expected {count}")
+            time.sleep(0.02)
+
+    return wait

@@ -1,17 +1,15 @@
-"""Fixtures for the retention tests: task factories, the bucket, local storage, Celery in-process."""
+"""Fixtures for the retention tests: policies, the bucket, local storage, faulty storage, Celery in-process."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.files.storage import default_storage
-from django.utils import timezone
 
-from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
-from tasks_app.storage import PREFIX, save_object
+from tasks_app.storage import PREFIX
 
 
 @pytest.fixture(autouse=True)
@@ -42,55 +40,6 @@ def no_default_policy(db: None) -> None:
     from retention.models import RetentionPolicy
 
     RetentionPolicy.objects.update(enabled=False)
-
-
-@pytest.fixture
-def make_task(db: None) -> Callable[..., Task]:
-    """Create a task row directly: ``make_task(status="succeeded", files={"out/a.txt": b"..."}, result={...})``."""
-
-    def make(
-        task_type: str = "demo.report",
-        *,
-        status: str = TaskStatus.SUCCEEDED,
-        owner: Any = None,
-        created_at: datetime | None = None,
-        finished_at: datetime | None = None,
-        expires_at: datetime | None = None,
-        result_expires_at: datetime | None = None,
-        result: Any = None,
-        files: dict[str, bytes] | None = None,
-        input_file: bytes | None = None,
-        **fields: Any,
-    ) -> Task:
-        now = timezone.now()
-        created_at = created_at or now
-        if finished_at is None and status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD):
-            finished_at = created_at
-        task = Task.objects.create(
-            task_type=task_type,
-            status=status,
-            owner=owner,
-            payload=fields.pop("payload", {"secret": "payload"}),
-            timeout=timedelta(minutes=1),
-            created_at=created_at,
-            status_changed_at=finished_at or created_at,
-            finished_at=finished_at,
-            expires_at=expires_at,
-            result_expires_at=result_expires_at,
-            usage=fields.pop("usage", {"pages": 1}),
-            error=fields.pop("error", "boom" if status in (TaskStatus.FAILED, TaskStatus.DEAD) else ""),
-            **fields,
-        )
-        if result is not None:
-            TaskResult.objects.create(task=task, data=result, expires_at=result_expires_at)
-        for name, data in (files or {}).items():
-            folder, _, filename = name.rpartition("/")
-            save_object(task, filename, data, kind=folder or "file", folder=folder or "file")
-        if input_file is not None:
-            save_object(task, "input.bin", input_file, kind=StoredObject.INPUT_KIND, folder="input")
-        return task
-
-    return make
 
 
 @pytest.fixture

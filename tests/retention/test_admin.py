@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -17,10 +18,12 @@ from django.utils import timezone
 
 from retention.admin import dashboard
 from retention.admin.task import hold_tasks, purge_tasks
+from retention.deletion import claims, purge
 from retention.models import AuditAction, AuditRecord, LegalHold, RetentionPolicy, SweepRun
 from retention.monitoring import reports
 from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, Task, TaskStatus
+from tests.threads import in_thread
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_default_policy")]
 
@@ -347,6 +350,86 @@ def test_task_actions_confirm_then_purge_or_hold(admin_client: Any, make_task: A
     assert "Say why" in admin_client.post(TASKS_URL, {**hold, "reason": " "}).content.decode()
     admin_client.post(TASKS_URL, {**hold, "reason": "subpoena"})
     assert LegalHold.objects.get(task=second).created_by == admin_user
+
+
+@pytest.mark.pgbouncer
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_hold_on_a_task_whose_result_files_are_being_deleted_says_some_are_still_deleted(
+    admin_client: Any, make_task: Any, storage_gate: Any
+) -> None:
+    from django.urls import reverse
+
+    from retention.deletion import results
+
+    # given a task whose result TTL passed, with two result files, and a result purge in the middle
+    # of its storage call (the keys are decided; the call cannot be taken back)
+    now = timezone.now()
+    task = make_task(
+        "t.case", result={"a": 1}, result_expires_at=now - timedelta(minutes=1),
+        files={"out/a.txt": b"a", "out/b.txt": b"b"},
+    )  # fmt: skip
+    gate = storage_gate()
+    purger = in_thread(lambda: results.purge_results([task.pk], now=now))
+    gate.wait_for(1)
+
+    # when the operator places a legal hold on it from the admin
+    response = admin_client.post(
+        reverse("admin:tasks_app_task_changelist"),
+        {"_selected_action": [str(task.pk)], "action": "place_legal_hold_action", "confirm": "yes", "reason": "court"},
+        follow=True,
+    )
+    gate.go.set()
+    purger.join(timeout=60)
+
+    # then the two files already handed to storage are deleted after the hold (audited as a partial
+    # purge), and the operator, under a legal obligation, was told so, as for a task being purged
+    records = list(AuditRecord.objects.filter(task_id=task.pk).values_list("action", "objects_deleted"))
+    assert records == [("partial_purge", 2)]
+    message = response.content.decode()
+    assert "Placed 1 legal hold" in message
+    assert "partial purge" in message, "the admin reported a plain success; two held files were deleted after it"
+
+
+@pytest.mark.pgbouncer
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_hold_that_waited_for_a_finishing_purge_does_not_report_the_data_kept(
+    admin_client: Any, make_task: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.urls import reverse
+
+    # given a task being purged whose last deciding transaction (audit + tombstone) is under way
+    now = timezone.now()
+    task = make_task("t.case", expires_at=now, payload={"secret": "x"})
+    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+    closing, go = threading.Event(), threading.Event()
+    real_close = purge._close
+
+    def paused_close(*args: Any, **kwargs: Any) -> Any:
+        closing.set()
+        assert go.wait(timeout=60)
+        return real_close(*args, **kwargs)
+
+    monkeypatch.setattr(purge, "_close", paused_close)
+    purger = in_thread(lambda: purge.purge_claimed([task.pk], now=now))
+    assert closing.wait(timeout=30)
+
+    # when the operator places a legal hold on it from the admin (the hold waits for that
+    # transaction, as the fence promises, and commits after the task was tombstoned)
+    release = threading.Timer(1.0, go.set)
+    release.start()
+    response = admin_client.post(
+        reverse("admin:tasks_app_task_changelist"),
+        {"_selected_action": [str(task.pk)], "action": "place_legal_hold_action", "confirm": "yes", "reason": "court"},
+        follow=True,
+    )
+    release.cancel()
+    go.set()
+    purger.join(timeout=60)
+
+    # then the task's data is gone, and the operator is not told the hold stopped its purge
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.EXPIRED
+    message = response.content.decode()
+    assert "the hold stops their purge" not in message, "the admin says the purge was stopped; it had finished"
 
 
 # --- Legal holds, audit records, sweep runs ------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -138,18 +137,17 @@ def test_the_database_refuses_to_delete_a_sweep_run_that_records_refer_to(statem
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_sweep_run_stays_while_a_transaction_writing_records_that_name_it_is_open() -> None:
+def test_a_sweep_run_stays_while_a_transaction_writing_records_that_name_it_is_open(lock_waiters: Any) -> None:
     # given a transaction that has written a record naming a run and has not committed yet
     run = SweepRun.objects.create(kind="results")
-    written, deleting = threading.Event(), threading.Event()
+    written, commit = threading.Event(), threading.Event()
     out: dict[str, Any] = {}
 
     def write() -> None:
         with transaction.atomic():
             _record(sweep_run=run)
             written.set()
-            deleting.wait(5)
-            time.sleep(0.3)  # the delete is waiting by now
+            commit.wait(30)
 
     def delete() -> None:
         with connection.cursor() as cursor:
@@ -159,8 +157,9 @@ def test_a_sweep_run_stays_while_a_transaction_writing_records_that_name_it_is_o
     assert written.wait(5)
 
     # when another connection deletes the run meanwhile
-    deleting.set()
     deleter = in_thread(delete, out, "delete")
+    lock_waiters(1)  # the delete waits for the writer's transaction
+    commit.set()
     writer.join(10)
     deleter.join(10)
 

@@ -140,6 +140,21 @@ def test_legal_holds_are_fenced_in_the_embedded_mode_and_nobody_waits_for_a_stor
     assert outcome["second_objects"] == 1
 
 
+def test_in_the_embedded_mode_a_hold_never_waits_for_an_upload(tmp_path: Any) -> None:
+    from tests.embedded import run_embedded
+
+    # given the embedded mode (SQLite; web, worker and beat as separate processes), a handler
+    # uploading a file that takes 3 s through ctx.save_file
+    # when an operator saves a legal hold (on anything) during that upload
+    outcome = run_embedded("tests.retention.embedded_upload", tmp_path, timeout=240)
+
+    # then the hold is saved at once and the file is recorded: no storage call holds the write lock
+    assert outcome["errors"] == [], outcome
+    assert outcome["holds"] == 1, outcome
+    assert outcome["manifest_rows"] == 1, outcome
+    assert outcome["hold_took"] < 1.0, f"the hold waited {outcome['hold_took']:.1f} s for an upload"
+
+
 # --- Claims made under a policy that changed ------------------------------------------------------
 
 

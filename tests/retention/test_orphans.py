@@ -1,4 +1,9 @@
-"""Orphans: objects under tasks/ with no live task are deleted after a grace; the listing resumes."""
+"""Orphans: objects under tasks/ with no live task are deleted after a grace; the listing resumes.
+
+Stray keys the app never writes itself (a backup restore, a sync tool, a console upload), such as
+``tasks/<id>/../<other>/…`` or ``tasks/<id>//x``, are objects of their own: the sweep deletes
+exactly the listed object, never another one, and audits it once.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ from retention.sweeping import sweeps
 from tasks_app.models import StoredObject, TaskStatus
 from tasks_app.storage import task_prefix
 
-pytestmark = [pytest.mark.pgbouncer, pytest.mark.usefixtures("empty_bucket", "no_missing_task_wait")]
+# Each test but the stray-key ones is also run through PgBouncer (make test's second pass): marked one by one.
+pytestmark = pytest.mark.usefixtures("empty_bucket", "no_missing_task_wait")
 
 
 def _put(key: str, data: bytes = b"x") -> str:
@@ -34,6 +40,7 @@ def outside_key() -> Iterator[str]:
     default_storage.delete(key)
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.django_db
 def test_orphans_are_deleted_after_the_grace_and_live_objects_kept(
     make_task: Any, make_user: Any, bucket_keys: Any, settings: Any, outside_key: str
@@ -70,6 +77,7 @@ def test_orphans_are_deleted_after_the_grace_and_live_objects_kept(
     assert ListingCursor.objects.get(name="orphans").position == ""  # reached the end: starts over next time
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.django_db
 def test_the_listing_resumes_from_its_cursor(settings: Any, bucket_keys: Any) -> None:
     # given five orphaned objects, pages of two and a limit of three objects per run
@@ -92,6 +100,7 @@ def test_the_listing_resumes_from_its_cursor(settings: Any, bucket_keys: Any) ->
     assert ListingCursor.objects.get(name="orphans").position == ""
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.django_db
 def test_a_second_orphan_sweep_does_not_list_while_one_holds_the_listing(settings: Any) -> None:
     # given a run holding the listing lease
@@ -104,6 +113,7 @@ def test_a_second_orphan_sweep_does_not_list_while_one_holds_the_listing(setting
     assert not AuditRecord.objects.exists()
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.django_db
 def test_manifest_rows_whose_object_is_missing_are_reported(make_task: Any, settings: Any) -> None:
     # given a live task whose manifest lists an object that is not in the bucket
@@ -125,6 +135,7 @@ def test_manifest_rows_whose_object_is_missing_are_reported(make_task: Any, sett
     assert run.purged == 0
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.django_db
 def test_local_listing_is_in_key_order_and_resumes_after_a_key(local_storage: Any) -> None:
     # given local files whose folder and file names interleave in string order ("-" < "/" < "0")
@@ -142,6 +153,7 @@ def test_local_listing_is_in_key_order_and_resumes_after_a_key(local_storage: An
     assert rest == [k for k in expected if k > "tasks/a/1"]
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.django_db
 def test_local_orphans_are_deleted_with_their_folders(local_storage: Any, make_task: Any, settings: Any) -> None:
     # given an orphan and a live task's file on the local file system
@@ -156,3 +168,78 @@ def test_local_orphans_are_deleted_with_their_folders(local_storage: Any, make_t
     assert run.purged == 1
     assert not local_storage.exists(orphan)
     assert local_storage.exists(StoredObject.objects.get(task=live).key)
+
+
+@pytest.fixture
+def put_raw(s3_client: Any) -> Iterator[Any]:
+    """Put objects under their exact key (no name cleaning); remove them afterwards."""
+    written: list[str] = []
+
+    def put(key: str, body: bytes = b"stray") -> str:
+        s3_client.put_object(Bucket=default_storage.bucket_name, Key=key, Body=body)
+        written.append(key)
+        return key
+
+    yield put
+    if written:
+        s3_client.delete_objects(
+            Bucket=default_storage.bucket_name, Delete={"Objects": [{"Key": k} for k in written], "Quiet": True}
+        )
+
+
+def _all_keys(s3_client: Any) -> set[str]:
+    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=default_storage.bucket_name)
+    return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+
+@pytest.mark.django_db
+def test_a_stray_key_with_dot_segments_never_deletes_a_live_tasks_file(
+    make_task: Any, settings: Any, put_raw: Any, s3_client: Any
+) -> None:
+    # given a live task with a file, and a stray object whose key names a missing task, then ".."
+    settings.RETENTION_ORPHAN_GRACE = timedelta(0)
+    live = make_task(status="succeeded", files={"out/report.pdf": b"the customer's report"})
+    live_key = StoredObject.objects.get(task=live).key
+    stray = put_raw(f"tasks/{uuid.uuid4()}/../{live.pk}/out/report.pdf")
+
+    # when the orphan sweep runs
+    sweeps.sweep_orphans(timezone.now() + timedelta(seconds=1))
+
+    # then the live task's file is still there and only the stray object is gone
+    keys = _all_keys(s3_client)
+    assert live_key in keys, "the orphan sweep deleted a live task's file"
+    assert stray not in keys
+
+
+@pytest.mark.django_db
+def test_a_stray_key_with_dot_segments_never_deletes_an_object_outside_tasks(
+    settings: Any, put_raw: Any, s3_client: Any
+) -> None:
+    # given an object outside tasks/ (the bucket is shared) and a stray key that climbs to it
+    settings.RETENTION_ORPHAN_GRACE = timedelta(0)
+    outside = put_raw("exports/2026/ledger.csv", b"not ours to delete")
+    put_raw("tasks/../exports/2026/ledger.csv")
+
+    # when the orphan sweep runs
+    sweeps.sweep_orphans(timezone.now() + timedelta(seconds=1))
+
+    # then the object outside tasks/ is untouched
+    assert outside in _all_keys(s3_client), "the orphan sweep deleted an object outside tasks/"
+
+
+@pytest.mark.django_db
+def test_a_stray_key_with_a_double_slash_is_deleted_and_audited_once(
+    settings: Any, put_raw: Any, s3_client: Any
+) -> None:
+    # given a stray object whose key has an empty segment (storage name cleaning would change it)
+    settings.RETENTION_ORPHAN_GRACE = timedelta(0)
+    missing = uuid.uuid4()
+    stray = put_raw(f"tasks/{missing}//stray.txt")
+
+    # when two full orphan sweeps run
+    sweeps.sweep_orphans(timezone.now() + timedelta(seconds=1))
+    sweeps.sweep_orphans(timezone.now() + timedelta(seconds=2))
+
+    # then the object is gone and its deletion was audited exactly once
+    records = AuditRecord.objects.filter(action=AuditAction.ORPHAN_DELETED, task_id=missing)
+    assert (stray in _all_keys(s3_client), records.count()) == (False, 1)

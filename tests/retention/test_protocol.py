@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from retention import services
@@ -352,23 +352,6 @@ def test_a_5000_key_task_with_a_slow_store_blocks_no_hold_and_no_other_purge(
 # --- 5. No transaction stays open across a storage call ---------------------------------------------
 
 
-@pytest.fixture
-def idle_transactions_killed_after_one_second() -> Iterator[None]:
-    """Every transaction of this connection ends if idle for 1 s (as ``idle_in_transaction_session_timeout``
-    set by an operator, or PgBouncer's ``idle_transaction_timeout``); SET LOCAL, so it also holds
-    behind PgBouncer in transaction mode."""
-
-    def set_timeout(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if context["connection"].in_atomic_block:
-            with context["connection"].connection.cursor() as cursor:
-                cursor.execute("SET LOCAL idle_in_transaction_session_timeout = '1s'")
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(set_timeout):
-        yield
-    connection.close()  # the server may have ended the session
-
-
 @pytest.mark.django_db(transaction=True)
 def test_slow_storage_calls_never_leave_a_transaction_idle(
     make_task: Any, monkeypatch: pytest.MonkeyPatch, storage_gate: Any, idle_transactions_killed_after_one_second: None
@@ -498,3 +481,134 @@ def test_a_tasks_orphans_over_several_delete_calls_get_one_audit_record(
 
     records = list(AuditRecord.objects.filter(action="orphan_deleted").values_list("task_id", "objects_deleted"))
     assert records == [(task.pk, 5)]
+
+
+# --- A deciding step is not short: count-cap claims re-decided one query pair per claim ----------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_policy_edit_does_not_make_the_next_purge_step_hold_the_fence_for_seconds(
+    no_default_policy: None, make_task: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retention.audit import records as audit
+    from retention.models import RetentionPolicy
+    from retention.rules import policies
+
+    # given a count cap keeping the newest 5,000 dead t.cap tasks (the shipped default policy keeps
+    # 10,000), 6,000 of them, and the 1,000 oldest claimed by that cap (one purge window)
+    now = timezone.now()
+    policy = RetentionPolicy.objects.create(task_type="t.cap", status=TaskStatus.DEAD, keep_last=5000)
+    Task.objects.bulk_create(
+        Task(
+            task_type="t.cap",
+            status=TaskStatus.DEAD,
+            payload={},
+            timeout=timedelta(minutes=1),
+            created_at=now - timedelta(days=30),
+            status_changed_at=now - timedelta(days=30),
+            finished_at=now - timedelta(days=30) + timedelta(seconds=n),
+        )
+        for n in range(6000)
+    )
+    reason = audit.policy_claim(audit.count_cap_reason(policy.pk), policies.version())
+    ids = claims.claim(policies.count_due(policy, policies.enabled_policies(), "t.cap", TaskStatus.DEAD),
+                       reason=reason, now=now, limit=1000, order_by=("finished_at", "pk"))  # fmt: skip
+    assert len(ids) == 1000
+    unrelated = make_task("t.unrelated")
+
+    # when an operator edits an unrelated policy (the table's version changes) while the purge runs,
+    # and places a hold on an unrelated task just as the purge's first step re-decides its claims
+    RetentionPolicy.objects.create(task_type="t.other", keep_for=timedelta(days=7))
+    redeciding = threading.Event()
+    real = policies._over_cap
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        redeciding.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(policies, "_over_cap", watched)
+    out: dict[str, Any] = {}
+    purger = in_thread(lambda: purge.purge_claimed(ids, now=now), out, "purge")
+    assert redeciding.wait(timeout=60)
+    started = time.monotonic()
+    services.hold(task=unrelated, reason="subpoena")
+    took = time.monotonic() - started
+    purger.join(timeout=300)
+
+    # then the hold was saved within a second (a deciding step is short), and every claim, still
+    # over the cap under the rules as they are now, was purged
+    assert out["purge"].purged == 1000, out["purge"]
+    assert took < 1.0, f"the hold waited {took:.1f} s for one deciding step"
+
+
+# --- Writes made with session_replication_role = replica skip the fence's triggers ---------------
+# (a logical-replication subscriber applying holds or policies from a compliance database, or any
+# SQL session that sets it: ordinary triggers do not fire then.)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_policy_disabled_from_a_replica_role_session_still_stops_claims_under_it(
+    make_task: Any, no_default_policy: None
+) -> None:
+    from retention.audit import records as audit
+    from retention.models import RetentionPolicy
+    from retention.rules import policies
+
+    # given a task claimed under a one-day policy, with its file
+    now = timezone.now()
+    policy = RetentionPolicy.objects.create(task_type="t.repl", keep_for=timedelta(days=1))
+    task = make_task("t.repl", finished_at=now - timedelta(days=3), files={"out/a.txt": b"a"})
+    reason = audit.policy_claim(audit.age_reason(policy.pk), policies.version())
+    claims.claim(Task.objects.filter(pk=task.pk), reason=reason, now=now, limit=1)
+
+    # when the policy is disabled by SQL in a session with session_replication_role = replica
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute("UPDATE retention_retentionpolicy SET enabled = false WHERE id = %s", [policy.pk])
+
+    # then the purge sees the edit (the version changed) and gives the claim back: nothing deleted
+    counts = purge.purge_claimed([task.pk], now=now)
+    assert counts.purged == 0, "the task was purged under a policy that had been disabled"
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hold_written_from_a_replica_role_session_waits_for_the_decision_under_way(
+    make_task: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a claimed task whose purge is in its final deciding transaction (audit, tombstone)
+    now = timezone.now()
+    task = make_task("t.case", expires_at=now, payload={"secret": "kept"})
+    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+    closing, go = threading.Event(), threading.Event()
+    real_close = purge._close
+
+    def paused_close(*args: Any, **kwargs: Any) -> Any:
+        closing.set()
+        assert go.wait(timeout=60)
+        return real_close(*args, **kwargs)
+
+    monkeypatch.setattr(purge, "_close", paused_close)
+    purger = in_thread(lambda: purge.purge_claimed([task.pk], now=now))
+    assert closing.wait(timeout=30)
+
+    # when a hold covering it is inserted by SQL from a session with session_replication_role = replica
+    release = threading.Timer(2.0, go.set)
+    release.start()
+    started = time.monotonic()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute(
+            "INSERT INTO retention_legalhold (task_type, reason, created_at) VALUES (%s, %s, now())",
+            ["t.case", "replicated"],
+        )
+    took = time.monotonic() - started
+    go.set()
+    release.cancel()
+    purger.join(timeout=60)
+
+    # then either the hold waited for the decision under way, or the decision saw it
+    tombstoned = Task.objects.get(pk=task.pk).status == TaskStatus.EXPIRED
+    assert took >= 1.5 or not tombstoned, (
+        f"the hold committed after {took:.2f} s without waiting, and the task was tombstoned under it"
+    )

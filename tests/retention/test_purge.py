@@ -1,12 +1,24 @@
-"""The purge path end to end: claim → objects deleted → one transaction (audit, rows, tombstone)."""
+"""The purge path end to end: claim → objects deleted → one transaction (audit, rows, tombstone).
+
+A purger killed (a real SIGKILL) between deleting objects and committing is finished once by a later
+sweep; an erasure racing a sweep mid-delete ends with one purge and one record; one object the store
+refuses to delete does not stop the purge of the task's others.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.core.files.base import ContentFile
+from django.db import connection
 from django.utils import timezone
 
 from retention import services
@@ -19,8 +31,11 @@ from tasks_app.executor import execute
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.services import submit
 from tasks_app.storage import task_prefix
+from tests.threads import in_thread
 
 pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bytes_of(task: Task) -> tuple[int, int]:
@@ -440,3 +455,177 @@ def test_purge_now_inside_a_transaction_refuses_before_claiming() -> None:
 
     # and after commit it works
     assert services.purge_now(task) is True
+
+
+# The purger: claims nothing itself, purges the claimed task and stops dead inside the transaction
+# that records the storage call's outcome (the audit and the tombstone written, not committed).
+_PURGER = """
+import os, sys, time, uuid
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+import django
+django.setup()
+from django.utils import timezone
+from retention.deletion import purge
+
+
+real_close = purge._close
+
+def stop_here(*args, **kwargs):
+    real_close(*args, **kwargs)
+    print("objects deleted", flush=True)
+    time.sleep(600)
+
+purge._close = stop_here
+purge.purge_claimed([uuid.UUID(sys.argv[1])], now=timezone.now())
+"""
+
+
+def _test_database_url() -> str:
+    url = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit(url._replace(path=f"/{connection.settings_dict['NAME']}"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_purger_killed_after_deleting_objects_is_finished_once_by_a_later_sweep(
+    make_task: Any, bucket_keys: Any, settings: Any
+) -> None:
+    # given an expired task with three files and a result, claimed by a purger in another process
+    now = timezone.now()
+    task = make_task(
+        expires_at=now - timedelta(seconds=1),
+        files={"out/a.txt": b"aaa", "out/b.txt": b"bb", "log/c.txt": b"c"},
+        result={"ok": 1},
+    )
+    assert claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1) == [task.pk]
+    env = {**os.environ, "DATABASE_URL": _test_database_url()}
+    purger = subprocess.Popen(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", _PURGER, str(task.pk)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = purger.stdout.readline() if purger.stdout else ""
+        assert line.strip() == "objects deleted", purger.stderr.read() if purger.stderr else ""
+        assert bucket_keys(task_prefix(task.pk)) == set()
+
+        # when the purger dies before its transaction commits (the machine lost power)
+        purger.send_signal(signal.SIGKILL)
+        purger.wait(timeout=30)
+    finally:
+        if purger.poll() is None:
+            purger.kill()
+            purger.wait()
+
+    # then nothing was recorded: the task is still purging, its rows still there
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.PURGING
+    assert StoredObject.objects.filter(task=task).count() == 3
+    assert not AuditRecord.objects.filter(task_id=task.pk).exists()
+
+    # when the tasks sweep runs after the claim's lease (renewed by the purger) lapsed
+    later = timezone.now() + settings.RETENTION_CLAIM_TIMEOUT + timedelta(seconds=1)
+    run = sweeps.sweep_tasks(later)
+
+    # then the purge is finished once: tombstone, no rows, one record counting all three objects
+    assert run.purged == 1
+    row = Task.objects.get(pk=task.pk)
+    assert (row.status, row.final_status, row.payload) == (TaskStatus.EXPIRED, TaskStatus.SUCCEEDED, None)
+    assert not StoredObject.objects.filter(task=task).exists()
+    assert not TaskResult.objects.filter(task=task).exists()
+    (record,) = AuditRecord.objects.filter(task_id=task.pk)
+    assert (record.action, record.objects_deleted, record.bytes_freed) == (AuditAction.TASK_PURGED, 3, 6)
+    assert sweeps.sweep_tasks(later + settings.RETENTION_CLAIM_TIMEOUT * 2).purged == 0
+    assert AuditRecord.objects.filter(task_id=task.pk).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_erasure_racing_a_sweep_mid_delete_ends_with_one_purge_and_one_record(
+    make_task: Any, storage_gate: Any, bucket_keys: Any
+) -> None:
+    # given an expired task whose purge by the tasks sweep is in the middle of its storage call
+    now = timezone.now()
+    task = make_task(expires_at=now - timedelta(seconds=1), files={"out/a.txt": b"aa", "out/b.txt": b"b"})
+    gate = storage_gate()
+    out: dict[str, Any] = {}
+    sweeper = in_thread(lambda: sweeps.sweep_tasks(now), out, "sweep")
+    gate.wait_for(1)
+
+    # when the owner asks for erasure meanwhile, and the sweep then goes on
+    eraser = in_thread(lambda: services.purge_now(task.pk), out, "erasure")
+    eraser.join(timeout=1.0)
+    gate.go.set()
+    sweeper.join(timeout=60)
+    eraser.join(timeout=60)
+
+    # then both return, the task is purged once and every object is gone
+    assert not sweeper.is_alive()
+    assert not eraser.is_alive()
+    assert not isinstance(out["sweep"], BaseException), out["sweep"]
+    assert out["erasure"] is True, out["erasure"]
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.EXPIRED
+    assert bucket_keys(task_prefix(task.pk)) == set()
+    assert not StoredObject.objects.filter(task=task).exists()
+    (record,) = AuditRecord.objects.filter(task_id=task.pk)
+    assert (record.objects_deleted, record.bytes_freed) == (2, 3)
+
+
+# --- One object the store refuses to delete pins every other object of its task -------------------
+
+# Root cause: protocol.run drops a task from ``working`` when any of its keys failed, and the next
+# step only confirms keys of the tasks it locks, so the keys the store did delete are never
+# recorded (their ledger rows stay decided-not-confirmed, their manifest rows stay). The next run's
+# decided_keys() fills the whole batch with the same 1,000 keys and decides no new one. Fix: after
+# a storage call with failures, still run one step for the failed tasks that confirms the deleted
+# keys (without deciding new ones); and let decided_keys() put keys that already failed after new
+# ones (or cap them), so one stuck key does not stop the task's other keys.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_undeletable_object_does_not_stop_the_purge_of_the_tasks_other_objects(
+    make_task: Any, monkeypatch: pytest.MonkeyPatch, empty_bucket: None, bucket_keys: Any, s3_client: Any
+) -> None:
+    from django.core.files.storage import default_storage
+
+    from retention.deletion import claims, purge
+    from retention.storage import objects
+
+    # given an expired task with 1,101 files, one of which the store refuses to delete on every
+    # attempt (DeleteObjects answers AccessDenied for that key: S3 Object Lock / WORM retention, a
+    # bucket policy, a KMS key disabled for one object; on local files a file the worker may not
+    # remove), first in key order, so it is in the purge's first batch of 1,000
+    now = timezone.now()
+    task = make_task("t.case", expires_at=now)
+    locked = f"tasks/{task.pk}/a/locked.bin"
+    keys = [locked, *(f"tasks/{task.pk}/out/{n:05d}.bin" for n in range(1100))]
+    for key in keys:
+        s3_client.put_object(Bucket=default_storage.bucket_name, Key=key, Body=b"x")
+    StoredObject.objects.bulk_create(StoredObject(task=task, kind="out", key=key, size=1) for key in keys)
+    real_delete = objects._s3_delete
+
+    def worm(storage: Any, names: list[str]) -> dict[str, str]:
+        errors = real_delete(storage, [name for name in names if name != locked])
+        if locked in names:
+            errors[locked] = "AccessDenied: Access Denied because object protected by object lock."
+        return errors
+
+    monkeypatch.setattr(objects, "_s3_delete", worm)
+    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+
+    # when its purge runs, and is taken over twice more (as the tasks sweep does after each
+    # RETENTION_CLAIM_TIMEOUT)
+    runs = [purge.purge_claimed([task.pk], now=now) for _ in range(3)]
+
+    # then every object the store lets go of is gone; only the locked one is left (and the task
+    # stays purging, with it reported). On 2942566 a step whose storage call failed for one key
+    # drops the confirmations of the 999 keys that were deleted (the failed task leaves the window,
+    # so no step records them), the next run re-decides the same 1,000 keys, never a new one: the
+    # task's other 101 objects are never deleted, run after run.
+    left = bucket_keys(f"tasks/{task.pk}/")
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.PURGING
+    assert all(run.failed for run in runs)
+    assert left == {locked}, (
+        f"{len(left) - 1} deletable objects of the task are still stored after 3 purge runs: "
+        "one undeletable key stops the whole task"
+    )

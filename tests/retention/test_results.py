@@ -1,7 +1,12 @@
-"""Result TTL: the result and the files the handler wrote go; the task and its input stay."""
+"""Result TTL: the result and the files the handler wrote go; the task and its input stay.
+
+Also when the purge fails after its storage call (audited once by the next sweep), and when a frozen
+attempt's upload lands after the result purge (it does not outlive it).
+"""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +21,8 @@ from tasks_app.executor import execute
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.services import submit
 from tasks_app.storage import task_prefix
+from tests.retention.orphan_passes import _sweep_all_orphans
+from tests.threads import in_thread
 
 pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
 
@@ -236,3 +243,129 @@ def test_two_result_sweeps_at_once_audit_each_result_once(make_task: Any, settin
     assert AuditRecord.objects.filter(action="result_purged").count() == 40
     assert sorted(AuditRecord.objects.values_list("task_id", flat=True)) == sorted(t.pk for t in tasks)
     assert sum(run.purged for run in runs) == 40
+
+
+@pytest.mark.django_db
+def test_a_result_purge_failing_after_its_storage_call_is_audited_once_by_the_next_sweep(
+    make_task: Any, bucket_keys: Any, fail_once: Any
+) -> None:
+    # given a task past its result TTL with two result files and an input, and a result purge
+    # that fails once between the storage call and its audit
+    now = timezone.now()
+    task = make_task(
+        result_expires_at=now - timedelta(seconds=1),
+        files={"out/a.txt": b"aaaa", "out/b.txt": b"b"},
+        input_file=b"input",
+        result={"ok": 1},
+    )
+    fail_once(results, "_close", RuntimeError("connection lost before commit"))
+
+    # when the first result sweep deletes the files and then fails
+    first = sweeps.sweep_results(now)
+    assert (first.purged, first.failed) == (0, 1)
+    assert bucket_keys(task_prefix(task.pk)) == {f"{task_prefix(task.pk)}input/input.bin"}
+
+    # and the next one runs
+    second = sweeps.sweep_results(now + timedelta(seconds=1))
+
+    # then one result_purged record counts both result files; the input and the task stay
+    assert second.purged == 1
+    (record,) = AuditRecord.objects.filter(task_id=task.pk)
+    assert (record.action, record.objects_deleted, record.bytes_freed) == (AuditAction.RESULT_PURGED, 2, 5)
+    assert not TaskResult.objects.filter(task=task).exists()
+    assert list(StoredObject.objects.filter(task=task).values_list("kind", flat=True)) == [StoredObject.INPUT_KIND]
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.SUCCEEDED
+    assert sweeps.sweep_results(now + timedelta(seconds=2)).purged == 0
+    assert AuditRecord.objects.filter(task_id=task.pk).count() == 1
+
+
+class GatedStorage:
+    """The default storage, whose first upload (``save``) stops until ``go`` is set: a worker paused
+    mid-upload (SIGSTOP, a VM freeze, a stalled network path to the store)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.uploading = threading.Event()
+        self.go = threading.Event()
+        self._first = True
+        self._lock = threading.Lock()
+
+    def save(self, name: str, content: Any, max_length: Any = None) -> str:
+        with self._lock:
+            first, self._first = self._first, False
+        if first:
+            self.uploading.set()
+            assert self.go.wait(timeout=60)
+        return self._real.save(name, content, max_length=max_length)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+# --- A late upload of a zombie attempt outlives the result purge, for as long as the task lives ---
+
+# Root cause: save_object (d91da71) commits the manifest row, then uploads with no lock held, so a
+# frozen attempt's upload can land after recovery re-ran the task and the result purge deleted the
+# key and removed its row. The docstring's safety net ("an upload that lands after the task was
+# purged is an orphan the orphan sweep deletes") holds for a tombstone only: orphans.decide never
+# takes an object of a live task. Fix: make a late upload detectable, e.g. after the upload re-check
+# in a short transaction that the attempt still holds the task (status running, same attempt) and,
+# if not, delete the object it just wrote (and audit it); or let the orphan sweep also take objects
+# under a live task's prefix that have no manifest row and are older than the grace.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_result_file_uploaded_late_by_a_zombie_attempt_does_not_outlive_the_result_purge(
+    make_task: Any, monkeypatch: pytest.MonkeyPatch, settings: Any, empty_bucket: None, bucket_keys: Any
+) -> None:
+    from tasks_app import executor, recovery
+    from tasks_app import storage as task_storage
+
+    # given a running task (attempt 1, results not kept: result_ttl=0) whose handler saved a file:
+    # its manifest row is committed, and the worker froze during the upload, past its lease
+    settings.RETENTION_ORPHAN_GRACE = timedelta(0)
+    task = make_task(
+        "demo.report", status=TaskStatus.RUNNING, attempts=1, max_attempts=3, finished_at=None,
+        result_ttl=timedelta(0), lease_expires_at=timezone.now() + timedelta(seconds=30),
+    )  # fmt: skip
+    gated = GatedStorage(task_storage.default_storage)
+    monkeypatch.setattr(task_storage, "default_storage", gated)
+    monkeypatch.setattr(recovery, "publish_safely", lambda deliveries: None)  # the worker below takes it
+    out: dict[str, Any] = {}
+    zombie_ctx = executor.TaskContext(Task.objects.get(pk=task.pk))
+    zombie = in_thread(lambda: zombie_ctx.save_file("page-1.png", b"attempt 1", kind="page_image"), out, "zombie")
+    assert gated.uploading.wait(timeout=30)
+
+    # when recovery re-runs the task (the lease lapsed), attempt 2 writes the same file and succeeds,
+    # the result sweep deletes the task's result files (result TTL 0) and audits them ...
+    later = timezone.now() + timedelta(minutes=1)
+    assert recovery.recover_stuck(now=later).expired_leases == 1
+    second = executor.take(task.pk, worker="w2", now=later)
+    assert second is not None
+    assert second.attempts == 2
+    ctx = executor.TaskContext(second)
+    ctx.save_file("page-1.png", b"attempt 2", kind="page_image")
+    assert executor._succeed(second, ctx, {"text": "done"}) == TaskStatus.SUCCEEDED
+    counts = results.purge_results([task.pk], now=timezone.now() + timedelta(seconds=1))
+    assert counts.purged == 1
+    # ... and then the frozen worker wakes up and its upload lands; later orphan sweeps run
+    gated.go.set()
+    zombie.join(timeout=60)
+    errors = _sweep_all_orphans(timezone.now() + timedelta(hours=2))
+    sweeps.sweep_results(timezone.now() + timedelta(hours=2))
+
+    # then no result file of the task is left in storage once the sweeps ran, and each deletion is
+    # audited. (On 2942566 the late object stayed under the live task's prefix with no manifest row:
+    # the result sweep no longer knew it, and the orphan sweep never deletes an object of a live
+    # task, so it was kept for as long as the task lived, forever when TASK_EXPIRES_IN is empty.
+    # The late upload now writes its manifest row back, so the result sweep deletes it again.)
+    assert list(AuditRecord.objects.filter(task_id=task.pk).values_list("action", "objects_deleted")) == [
+        ("result_purged", 1),
+        ("result_purged", 1),
+    ]
+    left = bucket_keys(f"tasks/{task.pk}/")
+    unmanifested = left - set(StoredObject.objects.filter(task_id=task.pk).values_list("key", flat=True))
+    assert left == set(), (
+        f"result purged and audited, yet {sorted(left)} is still stored ({len(unmanifested)} with no manifest "
+        f"row, which no sweep will delete while the task lives; zombie: {out.get('zombie')!r}; sweeps: {errors})"
+    )

@@ -1,4 +1,5 @@
-"""Fixtures for the HTTP API tests: users and token-authenticated clients."""
+"""Fixtures for the tasks_app tests: users and token-authenticated clients for the HTTP API, and a
+database that ends idle transactions."""
 
 from __future__ import annotations
 

@@ -1,20 +1,32 @@
-"""Executor, dispatcher and recovery against real PostgreSQL (no worker processes)."""
+"""Executor, dispatcher and recovery against real PostgreSQL and Redis (no worker processes).
+
+Also: a dispatch batch cut midway through its pipelined Redis write loses no task; usage that only
+overflows once summed never leaves a task running; a policy's result TTL reaching past the last date
+Python holds never loses a result.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from tasks_app import dispatch, recovery
+from retention.models import RetentionPolicy
+from tasks_app import conf, dispatch, recovery
 from tasks_app.executor import PermanentFailure, backoff, execute
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
-from tasks_app.services import cancel, submit
+from tasks_app.recovery import recover_stuck
+from tasks_app.services import cancel, submit, submit_many
 from tasks_app.tasks import submit_scheduled
 
 pytestmark = pytest.mark.django_db
@@ -240,6 +252,62 @@ def test_recovery_republishes_tasks_no_worker_took(settings: Any, empty_broker: 
     assert recovery.recover_stuck(now + timedelta(minutes=5)).requeued == 1  # only the fresh one, now stale
 
 
+def _messages_for(ids: set[str]) -> list[str]:
+    """Task ids of the run_task messages waiting in the broker for any of ``ids``."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    found = []
+    for key in client.keys("*"):
+        if client.type(key) != b"list":
+            continue
+        for raw in client.lrange(key, 0, -1):
+            try:
+                args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
+            except (ValueError, KeyError, TypeError, IndexError):
+                continue
+            if args and str(args[0]) in ids:
+                found.append(str(args[0]))
+    return found
+
+
+@pytest.mark.pgbouncer
+@pytest.mark.django_db(transaction=True)
+def test_a_redis_failure_midway_through_the_pipelined_publish_loses_no_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given Redis that writes only the first half of a pipeline, then drops the connection
+    if not settings.CELERY_BROKER_URL.startswith("redis://"):
+        pytest.skip("needs the real Redis broker")
+    real_execute = redis.client.Pipeline.execute
+    cut = {"done": False}
+
+    def half_then_drop(self: Any, raise_on_error: bool = True) -> Any:
+        pushes = [command for command in self.command_stack if command[0][0] == "LPUSH"]
+        if cut["done"] or len(pushes) < 2:
+            return real_execute(self, raise_on_error)
+        cut["done"] = True
+        self.command_stack = self.command_stack[: len(self.command_stack) // 2]
+        real_execute(self, raise_on_error)
+        raise redis.ConnectionError("Redis restarted mid-pipeline")
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", half_then_drop)
+
+    # when 6 tasks are submitted (published together once committed)
+    tasks = submit_many([{"task_type": "demo.echo", "payload": {"i": i}} for i in range(6)])
+    ids = {str(t.pk) for t in tasks}
+    first = _messages_for(ids)
+
+    # then the write really was cut (some sent, not all), and every row is still queued
+    assert cut["done"]
+    assert 0 < len(set(first)) < 6
+    assert Task.objects.filter(pk__in=ids, status=TaskStatus.QUEUED).count() == 6
+
+    # and recovery, once the queued timeout passed, publishes every task again
+    monkeypatch.setattr(redis.client.Pipeline, "execute", real_execute)
+    later = timezone.now() + conf.queued_timeout() + timedelta(seconds=1)
+    assert recover_stuck(later).requeued == 6
+    assert set(_messages_for(ids)) == ids
+
+
 def test_scheduled_submission_defaults_to_no_result() -> None:
     task = Task.objects.get(pk=submit_scheduled("demo.echo", {"x": 1}))
     assert task.result_ttl == timedelta(0)
@@ -336,3 +404,58 @@ def test_two_beats_firing_one_schedule_period_submit_one_task() -> None:
     assert len({first.id, third.id, fourth.id}) == 3
     assert len(set(loose)) == 2
     assert first.result_ttl == timedelta(0)
+
+
+def _usage_overflows_then_fails(ctx: Any, payload: Any) -> None:
+    # Each amount is finite; their sum is not.
+    ctx.record_usage(cpu_seconds=1e308)
+    ctx.record_usage(cpu_seconds=1e308)
+    raise RuntimeError("a transient error after the work was counted")
+
+
+def _usage_grows_past_json_digits(ctx: Any, payload: Any) -> dict[str, int]:
+    # Each amount is 4,300 digits, which JSON encodes; their sum has 4,301, which it refuses.
+    ctx.record_usage(units=9 * 10**4299)
+    ctx.record_usage(units=9 * 10**4299)
+    return {"ok": 1}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "handler", [_usage_overflows_then_fails, _usage_grows_past_json_digits], ids=["float sum", "int sum"]
+)
+def test_usage_that_only_overflows_when_summed_never_leaves_the_task_running(handler: Any, task_types: Any) -> None:
+    # given a handler whose recorded usage adds up to a value the usage column cannot hold
+    task_types("t.usage", handler, max_attempts=3)
+    task = submit("t.usage", {})
+
+    # when it runs
+    outcome = execute(task.id, worker="w")
+
+    # then the attempt ends (a retry or a failure with a message), not left running to be
+    # found by recovery and run again as "worker lost"
+    row = Task.objects.get(pk=task.pk)
+    assert outcome == row.status
+    assert row.status in (TaskStatus.SCHEDULED, TaskStatus.FAILED)
+    assert row.lease_expires_at is None
+
+
+@pytest.mark.django_db
+def test_a_policy_result_ttl_too_long_for_a_date_does_not_lose_the_result(task_types: Any) -> None:
+    # given a policy whose result TTL (about 8,200 years) reaches past the last date Python holds
+    policy = RetentionPolicy(task_type="t.big", result_ttl=timedelta(days=3_000_000))
+    try:
+        policy.full_clean()
+    except ValidationError:
+        return  # refused where the operator types it: the promise holds
+    policy.save()
+    task_types("t.big", lambda ctx, payload: {"answer": 42}, max_attempts=3)
+    task = submit("t.big", {})
+
+    # when the task runs and its handler succeeds
+    outcome = execute(task.id, worker="w")
+
+    # then it ends succeeded with its result, after one run
+    row = Task.objects.get(pk=task.pk)
+    assert (outcome, row.status, row.attempts) == (TaskStatus.SUCCEEDED, TaskStatus.SUCCEEDED, 1)
+    assert TaskResult.objects.get(task=task).data == {"answer": 42}

@@ -1,5 +1,6 @@
 """Executor edges an adversarial review found: outputs the database refuses, a failing lease renewal,
-a handler writing the input, and a late writer racing recovery. Real PostgreSQL and S3."""
+a handler writing the input, a late writer racing recovery, an upload slower than the database lets
+a transaction idle, and the hand-composed take and finish on edge values. Real PostgreSQL and S3."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ import math
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
+from django.db import connection
 from django.utils import timezone
 
-from tasks_app import recovery
+from tasks_app import executor, recovery, statements
 from tasks_app.executor import LeaseLost, TaskContext, execute, take
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
-from tasks_app.services import submit
+from tasks_app.services import cancel, submit
+from tests.embedded import run_embedded
+from tests.tasks_app.slow_storage import _slow_uploads
+from tests.tasks_app.statement_cases import run_cases
 from tests.threads import in_thread
 
 pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
@@ -196,3 +202,149 @@ def test_a_writer_that_lost_its_task_writes_nothing(lost: str, bucket_keys: Any)
 
     assert not StoredObject.objects.filter(task=task).exists()
     assert bucket_keys(f"tasks/{task.pk}/") == set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ctx_save_file_slower_than_the_idle_transaction_timeout_is_still_recorded(
+    make_task: Any, monkeypatch: pytest.MonkeyPatch, bucket_keys: Any,
+    idle_transactions_killed_after_one_second: None,
+) -> None:  # fmt: skip
+    from tasks_app.executor import TaskContext
+
+    # given a running task, a database that ends transactions idle for 1 s (as production does),
+    # and a store that takes 2 s to upload a file
+    task = make_task("demo.report", status=TaskStatus.RUNNING, attempts=1, finished_at=None)
+    _slow_uploads(monkeypatch, 2.0)
+    ctx = TaskContext(Task.objects.get(pk=task.pk))
+
+    # when the handler saves a file through ctx.save_file
+    error: BaseException | None = None
+    try:
+        ctx.save_file("page-1.png", b"png", kind="page_image")
+    except BaseException as exc:  # noqa: BLE001 - the failure is what the test reports
+        error = exc
+    connection.close()
+
+    # then the file is uploaded AND in the manifest (so the purge deletes it): the upload must not
+    # run inside the transaction that holds the manifest row and the task's share lock
+    assert error is None, f"ctx.save_file failed: the upload ran inside a transaction the server ended ({error!r})"
+    assert StoredObject.objects.filter(task_id=task.pk, kind="page_image").count() == 1
+    assert bucket_keys(f"tasks/{task.pk}/") == {f"tasks/{task.pk}/page_image/page-1.png"}
+
+
+# --- Take and finish (statements.py) on edge values, on PostgreSQL and SQLite ------------------------
+
+# Edge values (far-future dates, another time zone, odd worker names), an expired or cancelled
+# task racing a take, a lost lease racing the finish, and the expiry the finish reads back for the
+# finished signal. The same cases run on the embedded SQLite mode in a subprocess.
+
+
+def _check(out: dict[str, Any]) -> None:
+    assert out["echo"] == TaskStatus.SUCCEEDED
+    assert out["echo_expiry_matches"] is True
+    assert out["echo_expiry_aware"] is True
+    assert out["echo_result"] == {"x": "ü\u2028🚀"}
+    assert out["erase"] == TaskStatus.SUCCEEDED
+    assert out["erase_expiry_matches"] is True
+    assert out["erase_expiry_passed"] is True
+    assert out["far_run_at_taken"] is False
+    assert out["far_expiry"] == TaskStatus.SUCCEEDED
+    assert out["far_expiry_read_back"] is True
+    assert out["expired_taken"] is False
+    assert out["unexpired_taken_in_other_zone"] is True
+    assert out["first"] == "superseded"
+    assert out["second"] == TaskStatus.SUCCEEDED
+    assert out["superseded_row"] == [TaskStatus.SUCCEEDED, 2, "second"]
+    assert out["superseded_result"] == {"attempt": 2}
+    assert out["superseded_signals"] == 1
+    assert out["take_row_matches"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_take_and_finish_handle_edge_values_on_postgresql() -> None:
+    # given / when: every case of statement_cases on PostgreSQL
+    out = run_cases()
+
+    # then each behaves as the ORM statements did
+    _check(out)
+
+
+def test_take_and_finish_handle_edge_values_on_sqlite(tmp_path: Path) -> None:
+    # given the embedded mode's database (SQLite, local files, file-system broker)
+    # when every case runs there
+    outcome = run_embedded("tests.tasks_app.statement_cases", tmp_path, timeout=180)
+
+    # then each behaves as on PostgreSQL
+    _check(outcome)
+
+
+@pytest.mark.django_db
+def test_a_worker_name_the_text_column_cannot_hold_still_takes_and_runs_the_task(task_types: Any) -> None:
+    # given a queued task, and a worker whose name has a NUL, a lone surrogate and 300 characters
+    task_types("t.ok", lambda ctx, payload: {"ok": 1})
+    task = submit("t.ok", {})
+
+    # when that worker runs the delivery
+    outcome = executor.execute(task.pk, worker="wörker-🚀\x00\udcff" + "x" * 300)
+
+    # then the task ran (not refused at every take on that worker), under a readable name
+    row = Task.objects.get(pk=task.pk)
+    assert outcome == row.status == TaskStatus.SUCCEEDED
+    assert row.worker.startswith("wörker-🚀\\x00\\udcff")
+    assert len(row.worker) == 255
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_take_racing_a_cancel_either_runs_the_task_or_cancels_it_never_both(task_types: Any) -> None:
+    # given a handler that counts its runs, and queued tasks
+    ran: list[str] = []
+    task_types("t.count", lambda ctx, payload: ran.append(str(ctx.task.pk)) or {"ok": 1})
+    tasks = [submit("t.count", {}) for _ in range(20)]
+    out: dict[str, Any] = {}
+
+    # when a delivery and a cancel race for each
+    for task in tasks:
+        runner = in_thread(lambda t=task: executor.execute(t.pk, worker="w"), out, f"run-{task.pk}")
+        canceller = in_thread(lambda t=task: cancel(t.pk), out, f"cancel-{task.pk}")
+        runner.join(timeout=30)
+        canceller.join(timeout=30)
+
+    # then each task either ran once and was not cancelled, or was cancelled and never ran
+    for task in tasks:
+        row = Task.objects.get(pk=task.pk)
+        cancelled = out[f"cancel-{task.pk}"]
+        assert cancelled is (row.status == TaskStatus.CANCELLED)
+        assert ran.count(str(task.pk)) == (0 if cancelled else 1)
+        assert (out[f"run-{task.pk}"] == "ignored") is cancelled
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finish_racing_recovery_of_its_lapsed_lease_is_the_only_outcome_or_none(task_types: Any) -> None:
+    # given running attempts whose leases lapsed, and recovery requeueing them as they finish
+    task_types("t.ok", lambda ctx, payload: {"ok": 1})
+    out: dict[str, Any] = {}
+    for n in range(20):
+        task = submit("t.ok", {})
+        taken = executor.take(task.pk, worker="w", now=timezone.now())
+        assert taken is not None
+        stored = TaskResult(task=taken, data={"n": n}, created_at=timezone.now(), expires_at=None)
+        outcome = {"status": TaskStatus.SUCCEEDED, "finished_at": timezone.now(), "error": ""}
+
+        # when the finish and recovery's requeue race
+        finisher = in_thread(lambda t=taken, s=stored, o=outcome: statements.finish_with_result(t, o, s), out, "f")
+        requeue = in_thread(
+            lambda t=taken: Task.objects.filter(pk=t.pk, status=TaskStatus.RUNNING, attempts=t.attempts).update(
+                status=TaskStatus.QUEUED, lease_expires_at=None
+            ),
+            out,
+            "r",
+        )
+        finisher.join(timeout=30)
+        requeue.join(timeout=30)
+
+        # then exactly one of them won, and a result exists only if the finish won
+        written = out["f"][0]
+        assert written != bool(out["r"])
+        row = Task.objects.get(pk=task.pk)
+        assert row.status == (TaskStatus.SUCCEEDED if written else TaskStatus.QUEUED)
+        assert TaskResult.objects.filter(task=task).exists() is written

@@ -1,4 +1,5 @@
-"""submit(): validation writes nothing; idempotency under concurrency; input files in the bucket."""
+"""submit(): validation writes nothing; idempotency under concurrency; input files in the bucket, also
+when the upload is slower than the database lets a transaction idle."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from django.utils import timezone
 
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.services import cancel, submit
+from tests.tasks_app.slow_storage import _slow_uploads
 
 NOW = timezone.now()
 
@@ -169,6 +171,17 @@ def test_concurrent_submits_with_same_key_get_one_task(with_owner: bool, make_us
 
 
 @pytest.mark.django_db
+def test_submit_refuses_a_nul_in_the_idempotency_key_naming_it(task_types: Any) -> None:
+    task_types("t.key", lambda ctx, payload: None)
+
+    with pytest.raises(ValidationError) as raised:
+        submit("t.key", {}, idempotency_key="order-1\x00")
+
+    assert "idempotency_key" in raised.value.error_dict
+    assert not Task.objects.exists()
+
+
+@pytest.mark.django_db
 def test_input_file_lands_in_bucket_under_task_prefix(bucket_keys: Any) -> None:
     task = submit("demo.echo", {}, input_file=ContentFile(b"hello world", name="report.pdf"))
     obj = StoredObject.objects.get(task=task)
@@ -197,6 +210,32 @@ def test_input_file_name_cannot_escape_the_prefix(name: str, bucket_keys: Any) -
 def test_input_file_as_bytes() -> None:
     task = submit("demo.echo", {}, input_file=b"raw bytes")
     assert StoredObject.objects.get(task=task).key == f"tasks/{task.id}/input/input"
+
+
+@pytest.mark.pgbouncer
+@pytest.mark.django_db(transaction=True)
+def test_submit_with_an_input_file_slower_than_the_idle_transaction_timeout_succeeds(
+    monkeypatch: pytest.MonkeyPatch, bucket_keys: Any, idle_transactions_killed_after_one_second: None
+) -> None:
+    from tasks_app.services import submit
+
+    # given a database that ends transactions idle for 1 s and a store that takes 2 s per upload
+    _slow_uploads(monkeypatch, 2.0)
+
+    # when a client submits a task with an input file (the API's multipart POST does this)
+    error: BaseException | None = None
+    try:
+        submit("demo.echo", {"n": 1}, input_file=ContentFile(b"input", name="in.bin"))
+    except BaseException as exc:  # noqa: BLE001
+        error = exc
+    connection.close()
+
+    # then the task and its input are recorded; nothing is left in the bucket without a manifest row
+    assert error is None, f"submit(input_file=…) failed: the upload ran inside a transaction ({error!r})"
+    assert Task.objects.count() == 1
+    task = Task.objects.get()
+    assert StoredObject.objects.filter(task=task, kind="input").count() == 1
+    assert len(bucket_keys(f"tasks/{task.pk}/")) == 1
 
 
 @pytest.mark.django_db

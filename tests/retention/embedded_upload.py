@@ -1,5 +1,6 @@
 """Run in a subprocess on SQLite (the embedded mode): a legal hold saved while a handler's
-``ctx.save_file`` uploads a file to a slow store. Prints one JSON line with what happened.
+``ctx.save_file`` uploads a file to a slow store. Prints one JSON line with what happened
+(test_deletion_correctness.py).
 
 Threads have their own SQLite connections, so they exclude each other as web, worker and beat
 processes do (see embedded_fence.py).

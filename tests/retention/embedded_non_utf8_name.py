@@ -1,5 +1,5 @@
 """Run in a subprocess in the embedded mode (SQLite, local files): the orphan sweep meets a file
-name that is not UTF-8. Prints one JSON line with what happened (test_review_protocol_2.py)."""
+name that is not UTF-8. Prints one JSON line with what happened (test_orphan_safety.py)."""
 
 from __future__ import annotations
 
