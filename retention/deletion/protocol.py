@@ -31,10 +31,10 @@ from uuid import UUID
 from django.db.models import QuerySet
 
 from retention.deletion import claims, fence, ledger
+from retention.deletion.counts import PurgeCounts
 from retention.deletion.ledger import among
 from retention.rules.holds import active_hold_exists
 from retention.storage import objects
-from retention.sweeping.runs import PurgeCounts
 
 logger = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from django.db.models.functions import Now
 from retention.audit import records as audit
 from retention.choices import SweepKind
 from retention.deletion import claims, ledger, protocol
+from retention.deletion.counts import PurgeCounts
 from retention.deletion.ledger import among
 from retention.models import AuditRecord
 from retention.rules import policies
 from retention.storage import objects
-from retention.sweeping.runs import PurgeCounts
 from tasks_app.models import PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
 
 logger = logging.getLogger(__name__)

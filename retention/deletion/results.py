@@ -28,12 +28,12 @@ from django.db.models.expressions import RawSQL
 from retention.audit import records as audit
 from retention.choices import Reason, SweepKind
 from retention.deletion import fence, ledger, protocol
+from retention.deletion.counts import PurgeCounts
 from retention.deletion.ledger import among
 from retention.models import AuditRecord
 from retention.rules import policies
 from retention.rules.holds import active_hold_exists
 from retention.storage import objects
-from retention.sweeping.runs import PurgeCounts
 from tasks_app.models import GONE_STATUSES, StoredObject, Task, TaskResult
 
 logger = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from django.db import transaction
 from retention.audit import records as audit
 from retention.choices import SweepKind
 from retention.deletion import ledger
+from retention.deletion.counts import PurgeCounts
 from retention.models import AuditRecord, PendingDeletion
 from retention.storage import objects
-from retention.sweeping.runs import PurgeCounts
 from tasks_app.models import StoredObject, Task, TaskStatus
 from tasks_app.storage import PREFIX
 

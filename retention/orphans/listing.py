@@ -34,12 +34,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from retention import conf
+from retention.deletion.counts import PurgeCounts
 from retention.models import ListingCursor
 from retention.orphans.decide import candidates, database_now, position_after, record_intents, storable
 from retention.orphans.delete import finish_pending, settle
 from retention.orphans.report import missing_objects
 from retention.storage import objects
-from retention.sweeping.runs import PurgeCounts
 from tasks_app.storage import PREFIX
 
 logger = logging.getLogger(__name__)

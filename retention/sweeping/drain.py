@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from retention import conf
+from retention.deletion.counts import PurgeCounts
 from retention.models import SweepRun
 from retention.sweeping.fanout import Fanout
-from retention.sweeping.runs import PurgeCounts, add_part, record
+from retention.sweeping.runs import add_part, record
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from retention.choices import SWEEP_TASK_NAMES, SweepKind, TaskName
 from retention.deletion import purge, results
-from retention.sweeping.runs import PurgeCounts, record
+from retention.deletion.counts import PurgeCounts
+from retention.sweeping.runs import record
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Sweep-run bookkeeping: what each part of a run did (``PurgeCounts``) and the ``SweepRun`` row.
+"""Sweep-run bookkeeping: the ``SweepRun`` row that adds up what each part of a run did (``PurgeCounts``).
 
 A run is finished when all its parts are done: the sweep itself plus one part per chunk it
 handed out. The counter names are declared once, as ``PurgeCounts``' fields; ``SweepRun``
@@ -8,51 +8,22 @@ has a column of the same name for each.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 
 from retention import conf
+from retention.deletion.counts import MAX_ERRORS, PurgeCounts
 from retention.models import AuditRecord, SweepRun
 
 logger = logging.getLogger(__name__)
 
-# Error messages kept per part and per run (the first ones: later ones repeat them).
-MAX_ERRORS = 50
 # A run still open this long after it started lost a chunk (no sweep runs for hours).
 ABANDONED_AFTER = timedelta(hours=6)
 # Runs that did nothing are kept this long (for "last runs"), then pruned by the policies sweep.
 EMPTY_RUN_KEEP = timedelta(days=30)
-
-
-@dataclass
-class PurgeCounts:
-    """What one batch (or a whole run) did."""
-
-    claimed: int = 0
-    purged: int = 0
-    failed: int = 0
-    shadow: int = 0
-    objects_deleted: int = 0
-    bytes_freed: int = 0
-    missing_objects: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, other: PurgeCounts) -> PurgeCounts:
-        for name in ("claimed", "purged", "failed", "shadow", "objects_deleted", "bytes_freed", "missing_objects"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.errors = (self.errors + other.errors)[:MAX_ERRORS]
-        return self
-
-    def error(self, message: str) -> None:
-        if len(self.errors) < MAX_ERRORS:
-            self.errors.append(message[:500])
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 COUNTERS = tuple(f.name for f in fields(PurgeCounts) if f.name != "errors")

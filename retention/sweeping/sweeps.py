@@ -23,12 +23,13 @@ from retention import conf
 from retention.audit import records as audit
 from retention.choices import Reason, SweepKind
 from retention.deletion import claims, results, shadow
+from retention.deletion.counts import PurgeCounts
 from retention.models import RetentionPolicy, SweepRun
 from retention.orphans import listing as orphans
 from retention.rules import policies
 from retention.sweeping.drain import Budget, Step, drain
 from retention.sweeping.fanout import FLEET, Fanout, InProcess
-from retention.sweeping.runs import PurgeCounts, close_abandoned_runs, prune_empty_runs, record, start_run
+from retention.sweeping.runs import close_abandoned_runs, prune_empty_runs, record, start_run
 from tasks_app.models import Task
 
 __all__ = ["FLEET", "SWEEPS", "InProcess", "sweep", "sweep_orphans", "sweep_policies", "sweep_results", "sweep_tasks"]

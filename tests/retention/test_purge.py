@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from retention import services
 from retention.deletion import claims, purge
-from retention.deletion.purge import PurgeCounts
+from retention.deletion.counts import PurgeCounts
 from retention.models import AuditAction, AuditRecord, LegalHold, SweepKind, SweepRun
 from retention.storage import objects
 from retention.sweeping import runs, sweeps
