@@ -29,12 +29,14 @@ class Task(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # No database constraint: a billing tombstone keeps its owner id after the user is deleted.
+    # No index of its own: task_owner_created_idx (owner, created_at) answers every owner lookup.
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
         on_delete=models.DO_NOTHING,
         db_constraint=False,
+        db_index=False,
         related_name="tasks",
         help_text="Tenant the task belongs to; empty for system tasks.",
     )

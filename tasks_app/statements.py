@@ -8,7 +8,11 @@ SQL is written here once, from the model's own columns; a call only prepares its
 the fields' ``get_db_prep_save`` (what the ORM does), and reads the row back as the ORM would.
 
 Both are conditional ``UPDATE … RETURNING`` (PostgreSQL, SQLite ≥ 3.35): the row comes back
-only if the condition held, in the same round trip.
+only if the condition held, in the same round trip. Both find the row by its key: the status is
+compared as an expression (``status || ''``), which no status index can answer. Compared as a
+column, PostgreSQL planned them on ``task_status_fin_idx`` (status, finished_at) once its
+statistics said few tasks are queued or running, and then walked every queued or running row's
+index entry for each take and finish: a burst of n tasks cost n² index reads.
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ def _column(name: str) -> str:
     return connection.ops.quote_name(column)
 
 
+def _held_by_key() -> str:
+    """The condition "this row, in this status", found by the primary key (see the module's note)."""
+    return f"{_column('id')} = %s AND {_column('status')} || '' = %s"
+
+
 def _value(name: str, value: Any) -> Any:
     return _field(name).get_db_prep_save(value, connection)
 
@@ -67,7 +76,7 @@ def _take_sql() -> str:
         f"UPDATE {connection.ops.quote_name(Task._meta.db_table)} SET {c('status')} = %s, "  # noqa: S608
         f"{c('attempts')} = {c('attempts')} + 1, {c('started_at')} = %s, {c('status_changed_at')} = %s, "
         f"{c('lease_expires_at')} = %s, {c('worker')} = %s "
-        f"WHERE {c('id')} = %s AND {c('status')} = %s "
+        f"WHERE {_held_by_key()} "
         f"AND ({c('run_at')} IS NULL OR {c('run_at')} <= %s) "
         f"AND ({c('expires_at')} IS NULL OR {c('expires_at')} > %s) "
         f"RETURNING {_row_reader()[2]}"
@@ -109,7 +118,7 @@ def _finish_sql(fields: tuple[str, ...]) -> str:
     changes = ", ".join(f"{_column(name)} = %s" for name in fields)
     return (
         f"UPDATE {connection.ops.quote_name(Task._meta.db_table)} SET {changes} "  # noqa: S608 - as above
-        f"WHERE {_column('id')} = %s AND {_column('status')} = %s AND {_column('attempts')} = %s"
+        f"WHERE {_held_by_key()} AND {_column('attempts')} = %s"
     )
 
 

@@ -279,6 +279,43 @@ def test_take_and_finish_handle_edge_values_on_sqlite(tmp_path: Path) -> None:
 
 
 @pytest.mark.django_db
+def test_take_and_finish_find_their_row_by_key_when_statistics_say_few_tasks_are_queued_or_running() -> None:
+    """Both were planned on task_status_fin_idx (status, finished_at) once ANALYZE saw few queued or
+    running tasks: each take and finish then walked every queued or running row's index entry."""
+    # given 20,000 finished tasks, one queued and one running, and fresh statistics
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO tasks_app_task (id, task_type, status, attempts, max_attempts, timeout, created_at, "
+            "status_changed_at, finished_at, usage, error, worker, purge_reason, final_status, purge_attempts) "
+            "SELECT gen_random_uuid(), 'demo.echo', 'succeeded', 1, 3, interval '1 hour', now(), now(), "
+            "now() - g * interval '1 second', '{}', '', '', '', '', 0 FROM generate_series(1, 20000) g"
+        )
+    queued = Task.objects.create(task_type="demo.echo", status=TaskStatus.QUEUED, timeout=timedelta(hours=1))
+    running = Task.objects.create(
+        task_type="demo.echo", status=TaskStatus.RUNNING, attempts=1, timeout=timedelta(hours=1)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE tasks_app_task")
+
+    # when PostgreSQL plans the take and the finish
+    take_params = [TaskStatus.RUNNING, now, now, now, "w", queued.pk, TaskStatus.QUEUED, now, now]
+    finish_sql, finish_params = statements.finish_sql(running, {"status": TaskStatus.SUCCEEDED, "finished_at": now})
+    plans = {}
+    with connection.cursor() as cursor:
+        for name, sql, params in (
+            ("take", statements._take_sql(), take_params),
+            ("finish", finish_sql, finish_params),
+        ):
+            cursor.execute(f"EXPLAIN {sql}", params)
+            plans[name] = "\n".join(row[0] for row in cursor.fetchall())
+
+    # then both look the row up by its primary key
+    for name, plan in plans.items():
+        assert "tasks_app_task_pkey" in plan, f"{name} is not planned on the primary key:\n{plan}"
+
+
+@pytest.mark.django_db
 def test_a_worker_name_the_text_column_cannot_hold_still_takes_and_runs_the_task(task_types: Any) -> None:
     # given a queued task, and a worker whose name has a NUL, a lone surrogate and 300 characters
     task_types("t.ok", lambda ctx, payload: {"ok": 1})
