@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_IMPORTS = "bench.celery_tasks"
@@ -26,17 +28,61 @@ def sized(quick: int, full: int) -> int:
     return quick if QUICK else full
 
 
+PASS, FAIL, INFO = "pass", "FAIL", "info"
+
+
+def judge(ratio: float | None, target: float | None) -> str:
+    """``pass`` when ``ratio`` reaches ``target``; ``FAIL`` when it does not or there is no ratio to judge;
+    ``info`` for a row without a target."""
+    if target is None:
+        return INFO
+    if ratio is None:
+        return FAIL
+    return PASS if ratio >= target else FAIL
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of repeated measurements and their range."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        if not values:
+            raise ValueError("no measurements")
+        return cls(statistics.median(values), min(values), max(values))
+
+    def text(self) -> str:
+        return f"{_number(self.low)}–{_number(self.high)}"
+
+
 @dataclass
 class Row:
-    """One line of the table and of the JSON: ``ratio`` is oriented so that higher is better."""
+    """One line of the table and of the JSON: ``ratio`` is oriented so that higher is better.
+
+    ``value`` is None when ours produced no number (a run that never finished); ``target`` is the
+    least ratio that passes (None: the row informs, it is not judged); ``verdict`` is computed from
+    them unless a row passes its own (a row judged on more than its ratio).
+    """
 
     name: str
-    value: float
+    value: float | None
     unit: str
     baseline: str
     baseline_value: float | None
     ratio: float | None
     note: str = ""
+    target: float | None = None
+    spread: Spread | None = None
+    baseline_spread: Spread | None = None
+    verdict: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            self.verdict = judge(self.ratio, self.target)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -44,13 +90,21 @@ class Row:
         return data
 
 
-def ratio(ours: float, theirs: float | None, *, higher_is_better: bool = True) -> float | None:
+def ratio(ours: float | None, theirs: float | None, *, higher_is_better: bool = True) -> float | None:
     """ours ÷ theirs when more is better, theirs ÷ ours when less is better (None if undefined)."""
-    if theirs is None:
+    if ours is None or theirs is None:
         return None
     if higher_is_better:
         return ours / theirs if theirs else None
     return theirs / ours if ours else None
+
+
+T = TypeVar("T")
+
+
+def turns(repetitions: int, first: T, second: T) -> list[tuple[T, T]]:
+    """The order of each repetition, alternating who goes first: (a, b), (b, a), (a, b), …"""
+    return [(first, second) if i % 2 == 0 else (second, first) for i in range(repetitions)]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -104,10 +158,18 @@ def setup_django() -> None:
     import django
 
     django.setup()
-    # This process submits and purges at volume: keep its own log to warnings (the fleet's
-    # processes keep LOG_LEVEL, INFO by default, as in production).
-    for name in ("tasks_app", "retention"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # The product logs at LOG_LEVEL (INFO by default) here too, as in production, so its logging
+    # costs what it costs there; its lines go to a file so stderr keeps the bench's progress.
+    path = product_log_path()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setStream(path.open("a"))
+
+
+def product_log_path() -> Path:
+    """Where the product's log lines go in this run (the services' folder, else the temporary one)."""
+    folder = Path(os.environ.get("TEST_SERVICES_DIR") or tempfile.gettempdir())
+    return folder / "bench-product.log"
 
 
 def migrate() -> None:
@@ -216,7 +278,7 @@ def format_table(header: list[str], rows: list[list[str]], left: frozenset[int] 
 
 
 def rows_table(rows: list[Row]) -> str:
-    header = ["name", "value", "unit", "baseline", "baseline value", "ratio", "note"]
+    header = ["name", "value", "unit", "baseline", "baseline value", "ratio", "target", "verdict", "spread", "note"]
     cells = [
         [
             row.name,
@@ -225,11 +287,23 @@ def rows_table(rows: list[Row]) -> str:
             row.baseline,
             _number(row.baseline_value),
             "-" if row.ratio is None else f"{row.ratio:.2f}×",
+            "-" if row.target is None else f"≥ {row.target:g}×",
+            row.verdict,
+            _spreads(row),
             row.note,
         ]
         for row in rows
     ]
-    return format_table(header, cells, left=frozenset({0, 2, 3, 6}))
+    return format_table(header, cells, left=frozenset({0, 2, 3, 7, 8, 9}))
+
+
+def _spreads(row: Row) -> str:
+    """min–max of ours; of the baseline's (only repeated rows have them)."""
+    if row.spread is None and row.baseline_spread is None:
+        return ""
+    ours = row.spread.text() if row.spread else "-"
+    theirs = row.baseline_spread.text() if row.baseline_spread else "-"
+    return f"{ours}; {theirs}"
 
 
 def write_json(rows: list[Row], path: str) -> None:

@@ -25,9 +25,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from bench.common import Row, aware, format_table, load, migrate, percentile, ratio, setup_django, wait_for
+from bench.common import aware, format_table, load, migrate, percentile, setup_django, wait_for
 
 BASELINE = "celery-eta"
 OURS = "ours"
@@ -49,6 +49,7 @@ class Outcome:
     lateness_ms: list[float]
     delivery_ms: list[float]  # Celery hands the message to a pool process − intended start
     in_task_ms: list[float]  # recorded start − that hand-over (our executor's own overhead)
+    starts: list[float]  # when each body started (epoch seconds), the same clock for both mechanisms
     slack_s: float  # how long before the first due time the last task was submitted
     connections: int = 0  # PostgreSQL sessions opened while the run went on (all processes)
     notes: list[str] = field(default_factory=list)
@@ -100,14 +101,14 @@ class Baseline:
     def done(self, run: str) -> int:
         return _count_rows(run)
 
-    def collect(self, run: str, due: list[float]) -> tuple[list[float], list[float], list[float]]:
+    def collect(self, run: str, due: list[float]) -> Timings:
         rows = _rows(run)
         lateness, delivery, in_task = [], [], []
         for seq, prerun, body in rows:
             lateness.append((body - due[seq]) * 1000)
             delivery.append((prerun - due[seq]) * 1000)
             in_task.append((body - prerun) * 1000)
-        return lateness, delivery, in_task
+        return Timings(lateness, delivery, in_task, [body for _, _, body in rows])
 
 
 class Ours:
@@ -131,10 +132,11 @@ class Ours:
 
         return Task.objects.filter(pk__in=self.ids[run], finished_at__isnull=False).count()
 
-    def collect(self, run: str, due: list[float]) -> tuple[list[float], list[float], list[float]]:
+    def collect(self, run: str, due: list[float]) -> Timings:
         from tasks_app.models import Task
 
-        prerun_by_seq = {seq: prerun for seq, prerun, _ in _rows(run)}
+        rows = _rows(run)
+        prerun_by_seq = {seq: prerun for seq, prerun, _ in rows}
         tasks = Task.objects.filter(pk__in=self.ids[run]).values_list("payload", "run_at", "started_at", "status")
         lateness, delivery, in_task = [], [], []
         for payload, run_at, started_at, status in tasks:
@@ -145,7 +147,16 @@ class Ours:
             lateness.append((started_at - run_at).total_seconds() * 1000)
             delivery.append((prerun - run_at.timestamp()) * 1000)
             in_task.append((started - prerun) * 1000)
-        return lateness, delivery, in_task
+        return Timings(lateness, delivery, in_task, [body for _, _, body in rows])
+
+
+class Timings(NamedTuple):
+    """What one run's tasks recorded (see ``Outcome``)."""
+
+    lateness_ms: list[float]
+    delivery_ms: list[float]
+    in_task_ms: list[float]
+    starts: list[float]
 
 
 def _count_rows(run: str) -> int:
@@ -183,8 +194,7 @@ def run_one(mechanism: Baseline | Ours, workload: Workload, per_submit: float) -
     slack = first_due - time.time()
     timeout = lead + max(workload.offsets) + 60 + n * 0.1
     wait_for(lambda: mechanism.done(run) >= n, timeout, f"{n} {workload.name} tasks through {mechanism.name}")
-    lateness, delivery, in_task = mechanism.collect(run, due)
-    outcome = Outcome(workload.name, mechanism.name, lateness, delivery, in_task, slack)
+    outcome = Outcome(workload.name, mechanism.name, *mechanism.collect(run, due), slack_s=slack)
     if slack < MIN_SLACK_SECONDS:
         outcome.notes.append(f"submitted only {slack:.2f} s ahead: lateness includes submission")
     time.sleep(1.0)  # let the fleet settle (acks, lease threads) before the next run
@@ -273,38 +283,9 @@ def breakdown(outcomes: list[Outcome]) -> str:
 
 
 def starts_per_s(o: Outcome) -> float:
-    """A spike's throughput: every task is due at once, so the last start drains them all."""
-    return len(o.lateness_ms) / max(max(o.lateness_ms) / 1000, 1e-3)
-
-
-def spike_rows(baseline: Outcome, ours: Outcome) -> list[Row]:
-    """``task_starts_per_s`` and ``delayed_lateness_p99_ms`` of one spike through both mechanisms."""
-    n = len(ours.lateness_ms)
-    ours_rate, celery_rate = starts_per_s(ours), starts_per_s(baseline)
-    ours_p99, celery_p99 = percentile(ours.lateness_ms, 0.99), percentile(baseline.lateness_ms, 0.99)
-    early = sum(1 for value in ours.lateness_ms if value < 0)
-    return [
-        Row(
-            "task_starts_per_s",
-            ours_rate,
-            "tasks/s",
-            "plain Celery task, same worker and Redis",
-            celery_rate,
-            ratio(ours_rate, celery_rate),
-            f"{n} due at once, {os.environ.get('BENCH_WORKERS', '1')} worker(s), "
-            f"concurrency {os.environ.get('WORKER_CONCURRENCY', '2')}; target ≥ 0.5×",
-        ),
-        Row(
-            "delayed_lateness_p99_ms",
-            ours_p99,
-            "ms",
-            "plain Celery eta=",
-            celery_p99,
-            ratio(ours_p99, celery_p99, higher_is_better=False),
-            f"same spike; p50 ours {statistics.median(ours.lateness_ms):.0f} ms, Celery "
-            f"{statistics.median(baseline.lateness_ms):.0f} ms; started early (ours): {early}",
-        ),
-    ]
+    """Throughput of a spike: (n − 1) starts between the first start and the last."""
+    span = max(o.starts) - min(o.starts)
+    return (len(o.starts) - 1) / span if span > 0 else float("inf")
 
 
 # --- Main -----------------------------------------------------------------------------------
@@ -361,7 +342,7 @@ def main() -> int:
     print()
     print("Where the time went: 'to pool' = Celery handed the message to a pool process − intended start;")
     print("'in task' = recorded start − that hand-over (our executor before Task.started_at, ~0 for plain Celery);")
-    print("'starts/s' = spike size / last start's lateness; 'db connections opened' = PostgreSQL sessions in the run")
+    print("'starts/s' = (n − 1) / (last start − first start); 'db connections opened' = PostgreSQL sessions in the run")
     print(breakdown(outcomes))
     for o in outcomes:
         for note in o.notes:

@@ -81,4 +81,4 @@ def rows() -> list[Row]:
     if pending:
         note += f"; {pending} never purged (counted as lag so far: a lower bound)"
     ratio = target / p99 if p99 else None
-    return [Row("retention_lag_p99_s", p99, "s", "target: interval + 60 s", target, ratio, note)]
+    return [Row("retention_lag_p99_s", p99, "s", "target: interval + 60 s", target, ratio, note, target=1.0)]

@@ -66,18 +66,44 @@ def insert_results(task_type: str) -> None:
     execute(sql, [task_type])
 
 
-def insert_manifest(task_type: str, per_task: int, size: int = 1024) -> None:
-    """``per_task`` manifest rows (kind ``file``) for every task of ``task_type``."""
+def insert_manifest(
+    task_type: str, per_task: int, size: int = 1024, *, kind: str = "file", where: str = "TRUE"
+) -> None:
+    """``per_task`` manifest rows of ``kind`` for every task of ``task_type`` matching ``where`` (SQL on ``t``)."""
     execute(
-        "INSERT INTO tasks_app_storedobject (task_id, kind, key, size, created_at) "
-        "SELECT t.id, 'file', 'tasks/' || t.id || '/file/' || k || '.bin', %s, t.finished_at "
-        "FROM tasks_app_task t CROSS JOIN generate_series(1, %s) AS k WHERE t.task_type = %s",
-        [size, per_task, task_type],
+        "INSERT INTO tasks_app_storedobject (task_id, kind, key, size, created_at) "  # noqa: S608 - our constants
+        "SELECT t.id, %s, 'tasks/' || t.id || '/' || %s || '/' || k || '.bin', %s, t.finished_at "
+        f"FROM tasks_app_task t CROSS JOIN generate_series(1, %s) AS k WHERE t.task_type = %s AND ({where})",
+        [kind, kind, size, per_task, task_type],
     )
 
 
+def insert_holds(task_type: str, *, where: str, every: int, others: int = 5) -> int:
+    """Active legal holds none of the due tasks falls under, so a hold check has rows to look at: one on
+    every ``every``-th task of ``task_type`` matching ``where``, and ``others`` on owners and on task types
+    no seeded task has. Return how many."""
+    held = execute(
+        "INSERT INTO retention_legalhold (task_id, task_type, reason, created_at) "  # noqa: S608 - our constants
+        "SELECT id, '', 'bench: a hold the sweep must check', now() FROM ("
+        "  SELECT id, row_number() OVER (ORDER BY id) AS n FROM tasks_app_task "
+        f"  WHERE task_type = %s AND ({where})) AS t WHERE n %% %s = 0",
+        [task_type, every],
+    )
+    held += execute(
+        "INSERT INTO retention_legalhold (owner_id, task_type, reason, created_at) "
+        "SELECT 1000000 + i, '', 'bench: an owner with no seeded task', now() FROM generate_series(1, %s) AS i",
+        [others],
+    )
+    held += execute(
+        "INSERT INTO retention_legalhold (task_type, reason, created_at) "
+        "SELECT 'bench.unseeded.' || i, 'bench: a type with no seeded task', now() FROM generate_series(1, %s) AS i",
+        [others],
+    )
+    return held
+
+
 def analyze() -> None:
-    execute("ANALYZE tasks_app_task, tasks_app_taskresult, tasks_app_storedobject")
+    execute("ANALYZE tasks_app_task, tasks_app_taskresult, tasks_app_storedobject, retention_legalhold")
 
 
 def keys(task_type: str, *, where: str = "TRUE") -> list[str]:
