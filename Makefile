@@ -39,7 +39,7 @@ chaos: $(VENV)/.dev
 	CHAOS_SCALE=$${CHAOS_SCALE:-5} $(BIN)/python -m tests.real_services -- $(BIN)/python -m pytest -m "chaos or fleet" $(PYTEST_ARGS)
 
 ## bench: every speed claim against its alternative (plain Celery, raw SQL, django-celery-results), one
-## table; BENCH_QUICK=1 (under 5 min), BENCH_JSON=path (rows as JSON), BENCH_ONLY=purge,results,… (see bench/).
+## table; BENCH_QUICK=1 (about 10 min; a full run about 35), BENCH_JSON=path (rows as JSON), BENCH_ONLY=purge,results,… (see bench/).
 bench: $(VENV)/.dev
 	@scripts/system-deps.sh
 	$(BIN)/python -m tests.real_services -- $(BIN)/python -m bench
