@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from django.db import models
-from django.db.models import OuterRef, Q
+from django.db.models import Q
 
 from retention.choices import PolicyMode
 from retention.exceptions import AppendOnlyError
@@ -27,17 +27,6 @@ class LegalHoldQuerySet(models.QuerySet):
 
     def active(self) -> LegalHoldQuerySet:
         return self.filter(released_at__isnull=True)
-
-    def covering_outer_task(self, task_path: str = "") -> LegalHoldQuerySet:
-        """Holds matching the enclosing query's task (for ``Exists``): every field a hold sets matches.
-
-        ``task_path`` leads from the enclosing query's rows to the task (``"task__"`` for results).
-        """
-        return self.filter(
-            Q(task__isnull=True) | Q(task=OuterRef(f"{task_path}pk")),
-            Q(owner__isnull=True) | Q(owner=OuterRef(f"{task_path}owner_id")),
-            Q(task_type="") | Q(task_type=OuterRef(f"{task_path}task_type")),
-        )
 
     def covering(self, task: Any) -> LegalHoldQuerySet:
         """Holds matching one task."""

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db.models import QuerySet
+from django.db.models import BooleanField, ExpressionWrapper, QuerySet
 
 from retention.deletion import claims, fence, ledger
 from retention.deletion.counts import PurgeCounts
@@ -84,7 +84,7 @@ def step(
         # The holds are read here, after the fence was taken: a hold written since waits for us.
         rows = list(
             among(purge.tasks.select_for_update(skip_locked=True, no_key=True), "id", window)
-            .annotate(held=active_hold_exists())
+            .annotate(held=ExpressionWrapper(active_hold_exists(), BooleanField()))
             .order_by("pk")
             .values("pk", "held", *purge.fields)
         )

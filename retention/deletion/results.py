@@ -22,7 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import BooleanField, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, ExpressionWrapper, F, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from retention.audit import records as audit
@@ -134,13 +134,7 @@ def purge_result_rows(
     # scanned row, as a column rather than a filter: the scan stays one walk of the expiry index
     # that probes each task by its key (a join the planner could turn into a scan of every task
     # past its result expiry, which only grows), and still counts the rows it passes over.
-    files = StoredObject.objects.filter(task=OuterRef("task_id")).exclude(kind=StoredObject.INPUT_KIND)
-    due = (
-        Q(task__result_expires_at__lte=now)
-        & ~Q(task__status__in=GONE_STATUSES)
-        & ~active_hold_exists("task__")
-        & ~Exists(files)
-    )
+    due = Q(task__result_expires_at__lte=now) & ~Q(task__status__in=GONE_STATUSES) & ~active_hold_exists("task__")
     rows = (
         scan.annotate(
             row=RawSQL(f"{results}.ctid", ()),  # noqa: S611 - our table's name
@@ -152,18 +146,27 @@ def purge_result_rows(
         .select_for_update(skip_locked=True, of=("self",))
         .values("row", "task_id", "expires_at", "owner_id", "task_type", "due")[:limit]
     )
+    # Tasks of the batch that own result files are left to purge_results: found with one probe of
+    # the files' (task, kind) index for the whole batch, not a hash of every file per statement.
+    stored = StoredObject._meta.db_table
     with fence.deciding():
         scan_sql, scan_params = _compiled(rows)
         insert_sql, insert_params = audit.result_records_from("gone", now, run_id)
         with connection.cursor() as cursor:
-            # Compiled ORM SQL and a table name are interpolated; the values are parameters. The
+            # Compiled ORM SQL and table names are interpolated; the values are parameters. The
             # delete finds each row by the ctid the scan locked (it cannot move while locked).
             cursor.execute(
                 f"""
                 WITH scan AS MATERIALIZED ({scan_sql}),
+                filed AS (
+                    SELECT DISTINCT task_id FROM {stored}
+                    WHERE task_id = ANY(ARRAY(SELECT task_id FROM scan WHERE due)) AND kind <> %s
+                ),
                 deleted AS (
                     DELETE FROM {results}
-                    WHERE ctid = ANY(ARRAY(SELECT row FROM scan WHERE due))
+                    WHERE ctid = ANY(ARRAY(
+                        SELECT row FROM scan WHERE due AND task_id NOT IN (SELECT task_id FROM filed)
+                    ))
                     RETURNING task_id
                 ),
                 gone AS (SELECT scan.task_id AS id, owner_id, task_type FROM deleted JOIN scan USING (task_id)),
@@ -172,7 +175,7 @@ def purge_result_rows(
                 SELECT (SELECT count(*) FROM scan), (SELECT count(*) FROM audited),
                        (SELECT expires_at FROM last), (SELECT task_id FROM last)
                 """,  # noqa: S608
-                [*scan_params, *insert_params],
+                [*scan_params, StoredObject.INPUT_KIND, *insert_params],
             )
             scanned, purged, last_at, last_id = cursor.fetchone()
     return scanned, purged, (last_at, str(last_id)) if last_id is not None else None
