@@ -44,6 +44,7 @@ IN_PROCESS: dict[str, Callable[[], list[Row]]] = {
 }
 ORDER = [
     "submit_per_s",
+    "submit_many_per_s",
     "task_starts_per_s",
     "task_starts_per_s_durable",
     "delayed_lateness_p99_ms_sparse",
