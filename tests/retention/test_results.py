@@ -369,3 +369,34 @@ def test_a_result_file_uploaded_late_by_a_zombie_attempt_does_not_outlive_the_re
         f"result purged and audited, yet {sorted(left)} is still stored ({len(unmanifested)} with no manifest "
         f"row, which no sweep will delete while the task lives; zombie: {out.get('zombie')!r}; sweeps: {errors})"
     )
+
+
+@pytest.mark.django_db
+def test_the_set_based_statement_purges_input_only_and_ownerless_results_and_leaves_filed_and_held_ones(
+    make_user: Any, make_task: Any
+) -> None:
+    # given results past their TTL: plain, of a task with only an input file, with an input and a
+    # result file, with a result file only, of no owner, and of a deleted owner under a hold
+    from retention.models import LegalHold
+
+    now = timezone.now()
+    past = now - timedelta(hours=1)
+    gone = make_user("gone")
+    plain = make_task(result_expires_at=past, result={"n": 1}, owner=make_user("alice"))
+    input_only = make_task(result_expires_at=past, result={"n": 1}, input_file=b"in")
+    both = make_task(result_expires_at=past, result={"n": 1}, input_file=b"in", files={"out/a.txt": b"a"})
+    result_file = make_task(result_expires_at=past, result={"n": 1}, files={"out/a.txt": b"a"})
+    held = make_task(result_expires_at=past, result={"n": 1}, owner=gone)
+    gone_id = gone.pk
+    gone.delete()
+    LegalHold.objects.create(owner_id=gone_id, reason="case 9")
+
+    # when one set-based statement runs over them
+    scanned, purged, _ = results.purge_result_rows(now, after=None, limit=100, run_id=None)
+
+    # then the results without result files went (an input file is not one), audited once each; the
+    # results of tasks owning result files and the held one stay
+    assert (scanned, purged) == (5, 2)
+    assert set(TaskResult.objects.values_list("task_id", flat=True)) == {both.pk, result_file.pk, held.pk}
+    audited = AuditRecord.objects.filter(action=AuditAction.RESULT_PURGED).values_list("task_id", flat=True)
+    assert sorted(audited) == sorted([plain.pk, input_only.pk])
