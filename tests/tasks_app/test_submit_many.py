@@ -14,6 +14,8 @@ from tasks_app import dispatch
 from tasks_app.models import Task, TaskStatus
 from tasks_app.services import submit, submit_many
 
+pytestmark = pytest.mark.pgbouncer  # also run through PgBouncer (make test's second pass)
+
 
 @pytest.mark.django_db
 def test_many_tasks_are_inserted_in_one_statement_and_published_together(
