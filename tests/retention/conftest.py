@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -152,3 +154,41 @@ def refusing_storage(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], None]:
         monkeypatch.setattr(objects, "delete_keys", refusing)
 
     return patch
+
+
+@dataclass
+class PausedPurge:
+    """A claimed task whose purge waits inside its final deciding transaction (audit, tombstone)."""
+
+    task: Any
+    go: threading.Event  # set it to let the purge finish
+    purger: threading.Thread
+
+
+@pytest.fixture
+def purge_paused_at_close(make_task: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[PausedPurge]:
+    """A task of type ``t.case`` claimed for expiry, its purge paused in the transaction that audits and
+    tombstones it (the fence's deciding side is held): what a hold written meanwhile must wait for."""
+    from django.utils import timezone
+
+    from retention.deletion import claims, purge
+    from tasks_app.models import Task
+    from tests.threads import in_thread
+
+    now = timezone.now()
+    task = make_task("t.case", expires_at=now, payload={"secret": "kept"})
+    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
+    closing, go = threading.Event(), threading.Event()
+    real_close = purge._close
+
+    def paused_close(*args: Any, **kwargs: Any) -> Any:
+        closing.set()
+        assert go.wait(timeout=60)
+        return real_close(*args, **kwargs)
+
+    monkeypatch.setattr(purge, "_close", paused_close)
+    purger = in_thread(lambda: purge.purge_claimed([task.pk], now=now))
+    assert closing.wait(timeout=30), "the purge never reached its closing transaction"
+    yield PausedPurge(task, go, purger)
+    go.set()
+    purger.join(timeout=60)

@@ -18,7 +18,6 @@ from django.utils import timezone
 
 from retention.admin import dashboard
 from retention.admin.task import hold_tasks, purge_tasks
-from retention.deletion import claims, purge
 from retention.models import AuditAction, AuditRecord, LegalHold, RetentionPolicy, SweepRun
 from retention.monitoring import reports
 from retention.sweeping import sweeps
@@ -393,25 +392,12 @@ def test_the_admin_hold_on_a_task_whose_result_files_are_being_deleted_says_some
 @pytest.mark.pgbouncer
 @pytest.mark.django_db(transaction=True)
 def test_the_admin_hold_that_waited_for_a_finishing_purge_does_not_report_the_data_kept(
-    admin_client: Any, make_task: Any, monkeypatch: pytest.MonkeyPatch
+    admin_client: Any, purge_paused_at_close: Any
 ) -> None:
     from django.urls import reverse
 
     # given a task being purged whose last deciding transaction (audit + tombstone) is under way
-    now = timezone.now()
-    task = make_task("t.case", expires_at=now, payload={"secret": "x"})
-    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
-    closing, go = threading.Event(), threading.Event()
-    real_close = purge._close
-
-    def paused_close(*args: Any, **kwargs: Any) -> Any:
-        closing.set()
-        assert go.wait(timeout=60)
-        return real_close(*args, **kwargs)
-
-    monkeypatch.setattr(purge, "_close", paused_close)
-    purger = in_thread(lambda: purge.purge_claimed([task.pk], now=now))
-    assert closing.wait(timeout=30)
+    task, go, purger = purge_paused_at_close.task, purge_paused_at_close.go, purge_paused_at_close.purger
 
     # when the operator places a legal hold on it from the admin (the hold waits for that
     # transaction, as the fence promises, and commits after the task was tombstoned)

@@ -574,23 +574,10 @@ def test_a_policy_disabled_from_a_replica_role_session_still_stops_claims_under_
 
 @pytest.mark.django_db(transaction=True)
 def test_a_hold_written_from_a_replica_role_session_waits_for_the_decision_under_way(
-    make_task: Any, monkeypatch: pytest.MonkeyPatch
+    purge_paused_at_close: Any,
 ) -> None:
     # given a claimed task whose purge is in its final deciding transaction (audit, tombstone)
-    now = timezone.now()
-    task = make_task("t.case", expires_at=now, payload={"secret": "kept"})
-    claims.claim(Task.objects.filter(pk=task.pk), reason="expires_at", now=now, limit=1)
-    closing, go = threading.Event(), threading.Event()
-    real_close = purge._close
-
-    def paused_close(*args: Any, **kwargs: Any) -> Any:
-        closing.set()
-        assert go.wait(timeout=60)
-        return real_close(*args, **kwargs)
-
-    monkeypatch.setattr(purge, "_close", paused_close)
-    purger = in_thread(lambda: purge.purge_claimed([task.pk], now=now))
-    assert closing.wait(timeout=30)
+    task, go, purger = purge_paused_at_close.task, purge_paused_at_close.go, purge_paused_at_close.purger
 
     # when a hold covering it is inserted by SQL from a session with session_replication_role = replica
     release = threading.Timer(2.0, go.set)
