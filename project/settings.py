@@ -202,13 +202,19 @@ TASKS_QUEUED_TIMEOUT = envconf.read_seconds("TASKS_QUEUED_TIMEOUT", timedelta(se
 CELERY_VISIBILITY_TIMEOUT = envconf.read_seconds("CELERY_VISIBILITY_TIMEOUT", timedelta(hours=2), allow_zero=False)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # The embedded broker is two folders; kombu does not create them itself.
-    for _folder in ("messages", "processed", "control"):
+    # kombu's own transport lets a reader take a half-written message (kombu #1551); this one
+    # writes whole messages and takes them by atomic rename (project/filesystem_broker.py).
+    CELERY_BROKER_TRANSPORT = "project.filesystem_broker:Transport"
+    for _folder in ("messages", "processed", "control", "staging", "claimed", "rejected"):
         (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_BROKER_DIR / "messages"),
         "data_folder_out": str(_BROKER_DIR / "messages"),
         "processed_folder": str(_BROKER_DIR / "processed"),
         "control_folder": str(_BROKER_DIR / "control"),
+        "staging_folder": str(_BROKER_DIR / "staging"),
+        "claim_folder": str(_BROKER_DIR / "claimed"),
+        "rejected_folder": str(_BROKER_DIR / "rejected"),
         "store_processed": False,
         "polling_interval": 0.05,
     }

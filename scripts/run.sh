@@ -16,5 +16,8 @@ export HOST="${HOST:-127.0.0.1}"
 python manage.py migrate --noinput -v0
 python manage.py seed_demo --url "http://$HOST:$PORT/admin/"
 echo "  Starting web, worker and beat (Ctrl-C stops them all)."
+# Each Procfile line runs under scripts/keepalive.py, so a process that crashes is started again
+# instead of honcho stopping the whole fleet with it.
+sed -E 's#^([a-z]+): (.*)$#\1: exec python scripts/keepalive.py \1 -- \2#' Procfile > "$VAR_DIR/Procfile.run"
 # honcho gives the first process type (web) $PORT; the others get PORT+100, +200.
-exec honcho start --port "$PORT"
+exec honcho start --procfile "$VAR_DIR/Procfile.run" --app-root "$PWD" --port "$PORT"
