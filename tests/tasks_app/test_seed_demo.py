@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -27,6 +28,9 @@ def test_seed_demo_prints_working_credentials(settings: Any, tmp_path: Any) -> N
     assert user.is_staff
     assert user.is_superuser
     assert Task.objects.filter(owner=user, expires_at__isnull=False).count() == 5
+    # the admin still has data when one logs in; one task shows a deletion within the demo
+    lifetimes = sorted(t.expires_at - t.created_at for t in Task.objects.filter(owner=user))
+    assert lifetimes == [timedelta(minutes=5)] + [timedelta(hours=1)] * 4
     schedule = PeriodicTask.objects.get(name="demo: echo every minute")
     assert schedule.task == "tasks_app.submit_scheduled"
     assert json.loads(schedule.kwargs)["task_type"] == "demo.echo"

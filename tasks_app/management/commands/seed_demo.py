@@ -1,4 +1,4 @@
-"""Create the demo admin user and a few demo tasks with a short expiry (for ``make run``)."""
+"""Create the demo admin user and a few demo tasks (for ``make run``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from tasks_app.services import submit
 
+DELETED_DURING_DEMO = timedelta(minutes=5)
+
 
 class Command(BaseCommand):
     help = "Create the demo admin user and demo tasks, then print the admin URL and credentials."
@@ -22,7 +24,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--url", default="http://127.0.0.1:8000/admin/", help="Admin URL to print.")
         parser.add_argument("--username", default="admin")
-        parser.add_argument("--expires-in", type=int, default=120, help="Demo tasks' data lifetime, seconds.")
+        parser.add_argument(
+            "--expires-in",
+            type=int,
+            default=3600,
+            help="Demo tasks' data lifetime, seconds (one of them always expires after five minutes).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         username = options["username"]
@@ -40,15 +47,18 @@ class Command(BaseCommand):
         user.save()
 
         lifetime = timedelta(seconds=options["expires_in"])
+        # Long enough to look around the admin after logging in; one task expires after five
+        # minutes so a sweep's deletion (audit record, tombstone) shows up during the demo.
+        soon = min(lifetime, DELETED_DURING_DEMO)
         demo = [
-            ("demo.echo", {"hello": "world"}, None),
-            ("demo.report", {"customer": "ACME", "lines": 5}, None),
-            ("demo.report", {"customer": "Initech", "lines": 2}, timedelta(seconds=10)),
-            ("demo.flaky", {"succeed_on": 2}, None),
-            ("demo.sleep", {"seconds": 3}, timedelta(seconds=5)),
+            ("demo.echo", {"hello": "world"}, None, lifetime),
+            ("demo.report", {"customer": "ACME", "lines": 5}, None, lifetime),
+            ("demo.report", {"customer": "Initech", "lines": 2}, timedelta(seconds=10), soon),
+            ("demo.flaky", {"succeed_on": 2}, None, lifetime),
+            ("demo.sleep", {"seconds": 3}, timedelta(seconds=5), lifetime),
         ]
-        for task_type, payload, delay in demo:
-            submit(task_type, payload, owner=user, delay=delay, expires_in=lifetime)
+        for task_type, payload, delay, expires_in in demo:
+            submit(task_type, payload, owner=user, delay=delay, expires_in=expires_in)
 
         # A recurring schedule, editable in the admin (Periodic tasks): results not stored.
         every_minute, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.MINUTES)
@@ -68,6 +78,7 @@ class Command(BaseCommand):
                 f"\n  Admin:    {options['url']}\n"
                 f"  Username: {username}\n"
                 f"  Password: {password}\n"
-                f"  Created {len(demo)} demo tasks and a schedule; their data expires in {options['expires_in']} s.\n"
+                f"  Created {len(demo)} demo tasks and a schedule; their data expires in {options['expires_in']} s"
+                f" (one task's in {soon.total_seconds():.0f} s).\n"
             )
         )
