@@ -271,6 +271,15 @@ RETENTION_RESULT_BATCH_SIZE = envconf.read_int("RETENTION_RESULT_BATCH_SIZE", 50
 RETENTION_ORPHAN_GRACE = envconf.read_seconds("RETENTION_ORPHAN_GRACE", timedelta(hours=1))
 RETENTION_LAG_ALERT = envconf.read_seconds("RETENTION_LAG_ALERT", timedelta(hours=1), allow_zero=False)
 RETENTION_CLAIM_TIMEOUT = envconf.read_seconds("RETENTION_CLAIM_TIMEOUT", timedelta(seconds=300), allow_zero=False)
+# Audit seals (retention/audit/seals.py): the signing key as KEY_ID:SECRET, keys retired by rotation.
+RETENTION_SEAL_KEY = envconf.read_str("RETENTION_SEAL_KEY", "")
+RETENTION_SEAL_PREVIOUS_KEYS = envconf.read_list("RETENTION_SEAL_PREVIOUS_KEYS", [])
+for _name, _spec in [("RETENTION_SEAL_KEY", RETENTION_SEAL_KEY)] + [
+    ("RETENTION_SEAL_PREVIOUS_KEYS", key) for key in RETENTION_SEAL_PREVIOUS_KEYS
+]:
+    if _spec and not all(_spec.partition(":")[0::2]):
+        raise ImproperlyConfigured(f"Environment variable {_name} must be KEY_ID:SECRET (e.g. seal-2026:<random>).")
+RETENTION_SEAL_INTERVAL = envconf.read_seconds("RETENTION_SEAL_INTERVAL", timedelta(seconds=60), allow_zero=False)
 
 for _name, _value in (("TASK_EXPIRES_IN", TASK_EXPIRES_IN), ("RESULT_TTL", RESULT_TTL)):
     if _value is not None and TASKS_MAX_EXPIRES_IN is not None and _value > TASKS_MAX_EXPIRES_IN:

@@ -61,6 +61,7 @@ class TaskName:
     PURGE_RESULTS_CHUNK = "retention.purge_results_chunk"
     PURGE_EXPIRED_TASK = "retention.purge_expired_task"
     CHECK_ALERTS = "retention.check_alerts"
+    SEAL_AUDIT_TRAIL = "retention.seal_audit_trail"
 
 
 # The Celery task that runs (and continues) each sweep.

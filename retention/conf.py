@@ -44,3 +44,36 @@ def lag_alert() -> timedelta:
 def claim_timeout() -> timedelta:
     """Age after which a purge claim is taken over by the next tasks sweep (RETENTION_CLAIM_TIMEOUT, seconds)."""
     return getattr(settings, "RETENTION_CLAIM_TIMEOUT", timedelta(minutes=5))
+
+
+# The key id of the seal key derived from SECRET_KEY when RETENTION_SEAL_KEY is not set.
+DERIVED_SEAL_KEY_ID = "secret-key"
+
+
+def seal_keys() -> tuple[str, dict[str, bytes]]:
+    """The key id that signs new audit seals, and every key id → secret that verifies them.
+
+    RETENTION_SEAL_KEY is ``KEY_ID:SECRET``; RETENTION_SEAL_PREVIOUS_KEYS lists the keys retired
+    by rotation (same form), kept so older seals still verify. Without RETENTION_SEAL_KEY the key is
+    derived from SECRET_KEY (id ``secret-key``): rotating SECRET_KEY then needs the old derived key
+    kept as a previous key, so production sets RETENTION_SEAL_KEY.
+    """
+    import hashlib
+    import hmac
+
+    from retention.audit.chain import parse_keys
+
+    current = getattr(settings, "RETENTION_SEAL_KEY", "")
+    keys = parse_keys(getattr(settings, "RETENTION_SEAL_PREVIOUS_KEYS", []))
+    if current:
+        ((key_id, secret),) = parse_keys([current]).items()
+    else:
+        key_id = DERIVED_SEAL_KEY_ID
+        secret = hmac.new(settings.SECRET_KEY.encode(), b"retention-audit-seal", hashlib.sha256).hexdigest().encode()
+    keys[key_id] = secret
+    return key_id, keys
+
+
+def seal_interval() -> timedelta:
+    """How often beat seals the audit trail (RETENTION_SEAL_INTERVAL, seconds); also sealed at each run's end."""
+    return getattr(settings, "RETENTION_SEAL_INTERVAL", timedelta(seconds=60))

@@ -20,7 +20,7 @@ from retention.choices import (
     SweepKind,
 )
 from retention.exceptions import AppendOnlyError
-from retention.querysets import AuditRecordQuerySet, LegalHoldQuerySet, RetentionPolicyQuerySet
+from retention.querysets import AuditRecordQuerySet, AuditSealQuerySet, LegalHoldQuerySet, RetentionPolicyQuerySet
 from retention.state import AlertState, ListingCursor, PendingDeletion, PolicyVersion, SweepRun
 from tasks_app import conf as tasks_conf
 from tasks_app.models import Task
@@ -30,6 +30,7 @@ __all__ = [
     "AppendOnlyError",
     "AuditAction",
     "AuditRecord",
+    "AuditSeal",
     "LegalHold",
     "ListingCursor",
     "PendingDeletion",
@@ -304,3 +305,47 @@ class AuditRecord(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
         raise AppendOnlyError("Audit records are append-only: they cannot be deleted.")
+
+
+class AuditSeal(models.Model):
+    """A commitment to every audit record written since the previous seal; append-only.
+
+    It covers the records with ``previous seal's last_record_id < id <= last_record_id``: its
+    ``leaves`` are their leaf hashes in id order (32 bytes each), ``merkle_root`` their RFC 6962
+    tree hash, ``seal_hash`` the hash of its fields (the previous seal's hash among them), and
+    ``signature`` an HMAC of that hash under the key ``key_id``. retention/audit/chain.py has the
+    algorithm; docs/audit-seals.md the format.
+    """
+
+    seq = models.PositiveBigIntegerField(unique=True, help_text="1, 2, 3, … in the order sealed.")
+    first_record_id = models.BigIntegerField(null=True, blank=True, help_text="The first record covered.")
+    last_record_id = models.BigIntegerField(
+        help_text="Every record up to this id is covered by this or an earlier seal."
+    )
+    record_count = models.PositiveIntegerField()
+    leaves = models.BinaryField(help_text="The covered records' leaf hashes, 32 bytes each, in id order.")
+    merkle_root = models.CharField(max_length=64)
+    previous_hash = models.CharField(max_length=64, blank=True)
+    seal_hash = models.CharField(max_length=64, unique=True)
+    key_id = models.CharField(max_length=64)
+    signature = models.CharField(max_length=128)
+    sealed_at = models.DateTimeField()
+    reason = models.CharField(max_length=64, help_text="interval, or sweep_run:<id> for a sweep run's end.")
+
+    objects = AuditSealQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "audit seal"
+        ordering = ["seq"]
+
+    def __str__(self) -> str:
+        return f"seal {self.seq} (records to {self.last_record_id})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("Audit seals are append-only: an existing seal cannot be changed.")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise AppendOnlyError("Audit seals are append-only: they cannot be deleted.")

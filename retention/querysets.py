@@ -70,3 +70,19 @@ class SweepRunQuerySet(models.QuerySet):
 
     def of_kind(self, kind: str) -> SweepRunQuerySet:
         return self.filter(kind=kind)
+
+
+class AuditSealQuerySet(models.QuerySet):
+    """Audit seals: readable and insertable; every bulk change or delete raises."""
+
+    def update(self, **kwargs: Any) -> NoReturn:
+        raise AppendOnlyError("Audit seals are append-only: they cannot be updated.")
+
+    def bulk_update(self, objs: Any, fields: Any, batch_size: int | None = None) -> NoReturn:
+        raise AppendOnlyError("Audit seals are append-only: they cannot be updated.")
+
+    def delete(self) -> NoReturn:
+        raise AppendOnlyError("Audit seals are append-only: they cannot be deleted.")
+
+    def _raw_delete(self, using: Any) -> NoReturn:
+        raise AppendOnlyError("Audit seals are append-only: they cannot be deleted.")

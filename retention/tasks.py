@@ -8,6 +8,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from retention import services
+from retention.audit import seals
 from retention.choices import SweepKind, TaskName
 from retention.monitoring import alerts
 from retention.sweeping import fanout, sweeps
@@ -63,3 +64,10 @@ def purge_expired_task(task_id: str) -> bool:
 def check_alerts() -> list[str]:
     """Tell the admins of retention lag or repeated sweep failures, and of their clearing."""
     return [f"{notice.condition} {notice.state}" for notice in alerts.check(timezone.now())]
+
+
+@shared_task(name=TaskName.SEAL_AUDIT_TRAIL, ignore_result=True)
+def seal_audit_trail(reason: str = "interval") -> int | None:
+    """Seal the audit records written since the last seal; return the new seal's number."""
+    made = seals.seal(timezone.now(), reason=reason)
+    return made.seq if made else None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from retention.api.views import AuditExportView
+from retention.api.views import AuditExportView, DeletionReceiptView
 
-urlpatterns = [path("audit/", AuditExportView.as_view(), name="audit-export")]
+urlpatterns = [
+    path("audit/", AuditExportView.as_view(), name="audit-export"),
+    path("tasks/<uuid:task_id>/receipt/", DeletionReceiptView.as_view(), name="task-receipt"),
+]

@@ -7,6 +7,7 @@ import io
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from django.http import Http404, StreamingHttpResponse
 from django.utils import timezone
@@ -17,10 +18,11 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from retention.api.serializers import AuditQuerySerializer
-from retention.audit import export
+from retention.audit import export, receipts
 
 # Before the first record anything could have: the default of ``since``.
 BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
@@ -124,3 +126,35 @@ class AuditExportView(APIView):
         response["Content-Disposition"] = f'attachment; filename="audit-{_stamp(since)}-{_stamp(until)}.csv"'
         response["Cache-Control"] = "no-store"
         return response
+
+
+class DeletionReceiptView(APIView):
+    """``GET /api/v1/tasks/<id>/receipt/``: the deletion receipt of a purged task (retention/audit/receipts.py)."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        summary="A purged task's deletion receipt",
+        description=(
+            "The task's audit records, the seal covering each with an RFC 6962 inclusion proof, and a listing of "
+            "the task's storage prefix taken now (objects; on a versioned bucket also versions and delete "
+            "markers). For the task's owner, or staff with retention.view_auditrecord. 409 while its data is not "
+            "deleted yet; 404 for an unknown task or another owner's."
+        ),
+        responses={
+            200: OpenApiResponse(OpenApiTypes.OBJECT, description="The receipt."),
+            404: OpenApiResponse(_DETAIL, description="No such task (or not yours)."),
+            409: OpenApiResponse(_DETAIL, description="The task's data is not deleted yet."),
+        },
+    )
+    def get(self, request: Request, task_id: UUID) -> Response:
+        user = request.user
+        auditor = user.is_staff and user.has_perm("retention.view_auditrecord")
+        if not auditor and receipts.receipt_owner_id(task_id) != user.pk:
+            raise Http404
+        try:
+            return Response(receipts.build(task_id, now=timezone.now()))
+        except receipts.NoSuchDeletion as exc:
+            raise Http404 from exc
+        except receipts.NotDeletedYet as exc:
+            return Response({"detail": str(exc)}, status=409)

@@ -274,3 +274,21 @@ def iter_objects(prefix: str, *, start_after: str = "") -> Iterator[ListedObject
 def list_objects(prefix: str, *, start_after: str = "", limit: int) -> list[ListedObject]:
     """At most ``limit`` objects under ``prefix`` after ``start_after``, in key order."""
     return list(islice(iter_objects(prefix, start_after=start_after), limit))
+
+
+def prefix_listing(prefix: str) -> dict[str, Any]:
+    """What storage holds under ``prefix`` right now: objects, and in a versioned bucket versions and delete markers."""
+    storage = default_storage
+    listing: dict[str, Any] = {"prefix": prefix, "objects": sum(1 for _ in iter_objects(prefix))}
+    if is_s3(storage):
+        client = storage.bucket.meta.client  # type: ignore[attr-defined]
+        name = storage.bucket_name  # type: ignore[attr-defined]
+        if bucket.versioning(client, name).versioned:
+            versions = markers = 0
+            for page in client.get_paginator("list_object_versions").paginate(
+                Bucket=name, Prefix=_s3_key(storage, prefix)
+            ):
+                versions += len(page.get("Versions", []))
+                markers += len(page.get("DeleteMarkers", []))
+            listing.update(versions=versions, delete_markers=markers)
+    return listing

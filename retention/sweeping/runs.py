@@ -11,10 +11,12 @@ import logging
 from dataclasses import fields
 from datetime import datetime, timedelta
 
+from celery import current_app
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 
 from retention import conf
+from retention.choices import TaskName
 from retention.deletion.counts import MAX_ERRORS, PurgeCounts
 from retention.models import AuditRecord, SweepRun
 
@@ -54,9 +56,19 @@ def record(run_id: int, counts: PurgeCounts, *, now: datetime, part_done: bool =
             run.pending_parts -= 1
             if run.pending_parts <= 0 and run.finished_at is None:
                 run.finished_at = max(now, run.started_at)
+                if run.purged or run.shadow or run.objects_deleted:
+                    transaction.on_commit(lambda: _seal_soon(run_id))
         run.save()
     if counts.errors:
         logger.error("sweep errors", extra={"sweep_run": run_id, "kind": run.kind, "errors": counts.errors[:5]})
+
+
+def _seal_soon(run_id: int) -> None:
+    """Ask a worker to seal the run's audit records, off the sweep's path (the interval seal catches up)."""
+    try:
+        current_app.signature(TaskName.SEAL_AUDIT_TRAIL, args=[f"sweep_run:{run_id}"]).apply_async()
+    except Exception:
+        logger.warning("could not enqueue the audit seal; the interval seal covers the run", exc_info=True)
 
 
 def close_abandoned_runs(now: datetime) -> int:

@@ -24,7 +24,7 @@ from django.utils import timezone
 from retention import services
 from retention.deletion import claims, purge
 from retention.deletion.counts import PurgeCounts
-from retention.models import AuditAction, AuditRecord, LegalHold, SweepKind, SweepRun
+from retention.models import AuditAction, AuditRecord, AuditSeal, LegalHold, SweepKind, SweepRun
 from retention.storage import objects
 from retention.sweeping import runs, sweeps
 from tasks_app.executor import execute
@@ -219,7 +219,8 @@ def test_fleet_sweep_fans_out_chunks_and_re_enqueues_while_more_remains(
 
     # then the one run claimed 2 + 2 + 1 through three chunks and three sweep messages, and finished
     (run,) = SweepRun.objects.filter(kind=SweepKind.TASKS)
-    assert len(callbacks) == 3 + 2  # three chunks, two continuations
+    assert len(callbacks) == 3 + 2 + 1  # three chunks, two continuations, and the finished run's seal
+    assert AuditSeal.objects.get().record_count == 5
     assert (run.claimed, run.purged, run.objects_deleted, run.pending_parts) == (5, 5, 5, 0)
     assert run.finished_at is not None
     assert Task.objects.filter(status=TaskStatus.EXPIRED).count() == 5

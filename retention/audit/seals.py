@@ -1,0 +1,246 @@
+"""Sealing the audit trail and verifying the seals (the algorithm: chain.py; the format: docs/audit-seals.md).
+
+A seal covers every record with an id above the previous seal's ``last_record_id`` up to its own.
+To know that no transaction can still commit a record below that id, it takes the sealing fence
+(migration 0012) exclusively for a moment: every statement that inserts audit records holds it
+shared until its transaction ends, so once the seal has it, every record up to the highest id it
+reads is committed (or rolled back, leaving a gap). Records inserted after that wait for the next
+seal. No record is ever changed to say it is sealed: the ranges do it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Max
+
+from retention import conf
+from retention.audit.chain import (
+    Problem,
+    check_seal_chain,
+    compare_leaves,
+    inclusion_proof,
+    leaf_hash,
+    merkle_root,
+    seal_hash,
+    sign,
+)
+from retention.audit.export import CSV_COLUMNS, csv_row
+from retention.models import AuditRecord, AuditSeal
+
+logger = logging.getLogger(__name__)
+
+SEAL_LOCK_KEY = 0x5345_414C  # "SEAL": the fence the audit insert trigger takes shared (migration 0012)
+# Audit inserts queue behind a waiting seal: it waits this long at most, then tries at the next tick.
+SEAL_LOCK_WAIT = "2s"
+LEAF_CHUNK = 5000
+# A record this much older than two seal intervals and still in no seal is reported by verify.
+UNSEALED_GRACE = timedelta(minutes=1)
+
+
+def sealed_at_text(moment: datetime) -> str:
+    """A seal's time as it enters its hash: UTC, microseconds, ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _highest_committed_record_id() -> int | None:
+    """The highest record id below which no transaction can still commit a record."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"SET LOCAL lock_timeout = '{SEAL_LOCK_WAIT}'")
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEAL_LOCK_KEY])
+        # SQLite commits one writer at a time, in id order: what it shows is final.
+        cursor.execute("SELECT max(id) FROM retention_auditrecord")
+        (highest,) = cursor.fetchone()
+    return highest
+
+
+def _records(after: int, upto: int) -> Iterator[AuditRecord]:
+    """Records with ``after < id <= upto`` in id order, a page per query."""
+    while True:
+        page = list(AuditRecord.objects.filter(pk__gt=after, pk__lte=upto).order_by("pk")[:LEAF_CHUNK])
+        yield from page
+        if len(page) < LEAF_CHUNK:
+            return
+        after = page[-1].pk
+
+
+def covered_records(seal_row: AuditSeal) -> Iterator[AuditRecord]:
+    """The records a seal covers: above the previous seal's last id, up to its own."""
+    before = AuditSeal.objects.filter(seq=seal_row.seq - 1).values_list("last_record_id", flat=True).first()
+    return _records(before or 0, seal_row.last_record_id)
+
+
+def seal(now: datetime, *, reason: str = "interval") -> AuditSeal | None:
+    """Seal every record committed since the last seal; None when there are none (or another seal won)."""
+    highest = _highest_committed_record_id()
+    last = AuditSeal.objects.order_by("-seq").first()
+    after = last.last_record_id if last else 0
+    if highest is None or highest <= after:
+        return None
+    records = list(_records(after, highest))
+    leaves = [leaf_hash(csv_row(record)) for record in records]
+    key_id, keys = conf.seal_keys()
+    fields: dict[str, Any] = {
+        "seq": (last.seq if last else 0) + 1,
+        "first_record_id": records[0].pk if records else None,
+        "last_record_id": highest,
+        "record_count": len(records),
+        "merkle_root": merkle_root(leaves).hex(),
+        "previous_hash": last.seal_hash if last else "",
+        "sealed_at": sealed_at_text(now),
+        "key_id": key_id,
+    }
+    digest = seal_hash(fields)
+    try:
+        with transaction.atomic():
+            made = AuditSeal.objects.create(
+                **{**fields, "sealed_at": now},
+                leaves=b"".join(leaves),
+                seal_hash=digest,
+                signature=sign(keys[key_id], digest),
+                reason=reason,
+            )
+    except IntegrityError:
+        # Another sealer took this sequence number first; its seal covers these records.
+        return None
+    logger.info("audit trail sealed", extra={"seq": made.seq, "records": made.record_count})
+    return made
+
+
+def seal_fields(seal: AuditSeal) -> dict[str, Any]:
+    """A seal as its hash and the export see it."""
+    return {
+        "seq": seal.seq,
+        "first_record_id": seal.first_record_id,
+        "last_record_id": seal.last_record_id,
+        "record_count": seal.record_count,
+        "merkle_root": seal.merkle_root,
+        "previous_hash": seal.previous_hash,
+        "sealed_at": sealed_at_text(seal.sealed_at),
+        "key_id": seal.key_id,
+        "seal_hash": seal.seal_hash,
+        "signature": seal.signature,
+    }
+
+
+def stored_leaves(seal: AuditSeal) -> list[bytes]:
+    data = bytes(seal.leaves)
+    return [data[i : i + 32] for i in range(0, len(data), 32)]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What ``verify`` checked, and the first problem found (None when all holds)."""
+
+    seals: int
+    records: int
+    problem: Problem | None
+
+
+def verify(since: datetime | None = None, until: datetime | None = None, *, now: datetime) -> Verification:
+    """Recompute every seal sealed in ``[since, until)`` against the records, the chain and the keys."""
+    _, keys = conf.seal_keys()
+    chosen = AuditSeal.objects.order_by("seq")
+    if since is not None:
+        chosen = chosen.filter(sealed_at__gte=since)
+    if until is not None:
+        chosen = chosen.filter(sealed_at__lt=until)
+    seals = list(chosen)
+    if not seals:
+        return Verification(0, 0, _unsealed_since(0, now) if since is None and until is None else None)
+    before = AuditSeal.objects.filter(seq=seals[0].seq - 1).first()
+    if seals[0].seq > 1 and before is None:
+        return Verification(0, 0, Problem(f"seal {seals[0].seq - 1}", "missing (removed)"))
+    previous = before.seal_hash if before else ""
+    expected_seq = seals[0].seq
+    records = 0
+    after = before.last_record_id if before else 0
+    for seal_row in seals:
+        if seal_row.seq != expected_seq:
+            return Verification(0, records, Problem(f"seal {expected_seq}", "missing (removed)"))
+        problem = check_seal_chain([seal_fields(seal_row)], keys, previous)
+        if problem:
+            return Verification(0, records, problem)
+        leaves = stored_leaves(seal_row)
+        if merkle_root(leaves).hex() != seal_row.merkle_root or len(leaves) != seal_row.record_count:
+            return Verification(0, records, Problem(f"seal {seal_row.seq}", "its leaves do not match its Merkle root"))
+        found = list(_records(after, seal_row.last_record_id))
+        labels = [f"record {record.pk} (task {record.task_id or '-'}, {record.action})" for record in found]
+        difference = compare_leaves(leaves, [leaf_hash(csv_row(record)) for record in found], labels)
+        if difference:
+            return Verification(0, records, Problem(f"seal {seal_row.seq}", difference))
+        records += len(found)
+        previous, after, expected_seq = seal_row.seal_hash, seal_row.last_record_id, expected_seq + 1
+    last_seal = AuditSeal.objects.aggregate(top=Max("seq"))["top"]
+    problem = _unsealed_since(after, now) if until is None and seals[-1].seq == last_seal else None
+    return Verification(len(seals), records, problem)
+
+
+def _unsealed_since(after: int, now: datetime) -> Problem | None:
+    """Records past the last seal that a seal should already cover (two intervals and a minute old)."""
+    overdue = now - 2 * conf.seal_interval() - UNSEALED_GRACE
+    late = AuditRecord.objects.filter(pk__gt=after, occurred_at__lt=overdue).order_by("pk").first()
+    if late is None:
+        return None
+    return Problem(
+        f"record {late.pk} (task {late.task_id or '-'}, {late.action})",
+        "older than two seal intervals but in no seal (the seal covering it was removed, or sealing stopped)",
+    )
+
+
+def receipt_proofs(records: list[AuditRecord]) -> list[dict[str, Any]]:
+    """For each record: the seal that covers it and its inclusion proof (None while unsealed)."""
+    proofs: list[dict[str, Any]] = []
+    for record in records:
+        covering = AuditSeal.objects.filter(last_record_id__gte=record.pk).order_by("seq").first()
+        index = (
+            None
+            if covering is None
+            else next((i for i, r in enumerate(covered_records(covering)) if r.pk == record.pk), None)
+        )
+        if covering is None or index is None:
+            proofs.append({"record_id": record.pk, "seal": None})
+            continue
+        leaves = stored_leaves(covering)
+        leaf = leaf_hash(csv_row(record))
+        proofs.append(
+            {
+                "record_id": record.pk,
+                "leaf_hash": leaf.hex(),
+                "seal": seal_fields(covering),
+                "leaf_index": index,
+                "tree_size": len(leaves),
+                "inclusion_proof": [h.hex() for h in inclusion_proof(index, leaves)],
+            }
+        )
+    return proofs
+
+
+def export(folder: str, since: datetime | None, until: datetime | None) -> int:
+    """Write the seals sealed in ``[since, until)`` and their records for chain.py; return how many seals."""
+    chosen = AuditSeal.objects.order_by("seq")
+    if since is not None:
+        chosen = chosen.filter(sealed_at__gte=since)
+    if until is not None:
+        chosen = chosen.filter(sealed_at__lt=until)
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with (target / "seals.jsonl").open("w") as seal_file, (target / "audit.csv").open("w", newline="") as csv_file:
+        rows = csv.writer(csv_file, lineterminator="\r\n")
+        rows.writerow(CSV_COLUMNS)
+        for seal_row in chosen:
+            rows.writerows(csv_row(record) for record in covered_records(seal_row))
+            line = {**seal_fields(seal_row), "leaves": [leaf.hex() for leaf in stored_leaves(seal_row)]}
+            seal_file.write(json.dumps(line) + "\n")
+            written += 1
+    return written
