@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from retention.admin import audit, hold, policy
+from retention.admin import audit, hold, policy, seal
 from retention.admin.task import RetentionTaskAdmin
 from tasks_app.models import Task
 
-__all__ = ["audit", "hold", "policy"]
+__all__ = ["audit", "hold", "policy", "seal"]
 
 # The admin index links the dashboard; a project with its own index template keeps it.
 if admin.site.index_template is None:

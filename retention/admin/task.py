@@ -26,6 +26,7 @@ from django.utils.safestring import mark_safe
 
 from retention import services
 from retention.admin.filters import DueByPolicyFilter, ExpiringFilter, OwnerFilter, TaskTypeFilter
+from retention.admin.seal import receipt_link
 from retention.exceptions import TaskOnLegalHold
 from retention.models import LegalHold, PendingDeletion
 from retention.monitoring import reports
@@ -161,9 +162,10 @@ def retention_html(task: Task, now: datetime) -> str:
     deadline = reports.deadline(task, now)
     if task.status in GONE_STATUSES:
         return format_html(
-            "Data {} ({}); this task is read-only.",
+            "Data {} ({}); this task is read-only.{}",
             f"deleted at {_when(deadline.at)}" if deadline.at else "being purged",
             deadline.reason or "no reason recorded",
+            format_html(" Its {}.", receipt_link(task.pk)) if task.status == TaskStatus.EXPIRED else "",
         )
     if deadline.held:
         return format_html("Never while held: blocked by {}.", holds_html(task))

@@ -320,3 +320,39 @@ def test_the_dashboard_draws_its_charts(admin_page: Page, live_server: Any, shot
     expect(page.locator("#chart-lag .figure")).to_contain_text("2 h")
     expect(page.locator("#recent-failures")).to_contain_text("S3 timeout")
     shot(page, "14-dashboard")
+
+
+def test_a_purged_tasks_deletion_receipt_page_shows_its_sealed_records_and_an_empty_prefix(
+    admin_page: Page, live_server: Any, shot: Any
+) -> None:
+    from retention import services
+    from retention.audit import seals
+
+    # given a task with a stored file, purged at its owner's request, and the audit trail sealed
+    task = _task(files={"a.txt": b"abc"})
+    services.purge_now(task)
+    seals.seal(timezone.now())
+
+    # when the operator follows the tombstone's receipt link
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/tasks_app/task/{task.pk}/change/")
+    page.click("text=deletion receipt")
+
+    # then the receipt names the erasure, the seal that covers it, and an empty storage prefix
+    expect(page.locator("h1")).to_contain_text(f"Deletion receipt for task {task.pk}")
+    expect(page.locator(".receipt")).to_contain_text("0 object(s)")
+    row = page.locator(".receipt tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("user_erasure")
+    expect(row).to_contain_text("seal 1")
+    assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    shot(page, "20-deletion-receipt")
+    with page.expect_download() as download:
+        page.click("text=Download as JSON")
+    assert download.value.suggested_filename == f"receipt-{task.pk}.json"
+
+    # and the seal list shows the seal
+    page.goto(f"{live_server.url}/admin/retention/auditseal/")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    shot(page, "21-audit-seals")
+    assert _fits(page)
