@@ -127,6 +127,13 @@ def test_malformed_environment_variable_names_itself_and_its_value(variable: str
     assert_refused(result, variable, repr(value))
 
 
+@pytest.mark.parametrize("variable", ["RETENTION_SEAL_KEY", "RETENTION_SEAL_PREVIOUS_KEYS"])
+def test_a_seal_key_without_its_id_is_refused_without_echoing_the_secret(variable: str) -> None:
+    result = manage("check", **{variable: "s3cret-without-an-id"})
+    assert_refused(result, variable, "KEY_ID:SECRET")
+    assert "s3cret-without-an-id" not in result.stderr + result.stdout
+
+
 def test_a_command_under_malformed_environment_writes_nothing(due_task: Task) -> None:
     before = state()
     result = manage("retention_sweep", RETENTION_BATCH_SIZE="abc")
