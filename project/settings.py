@@ -279,6 +279,8 @@ for _name, _spec in [("RETENTION_SEAL_KEY", RETENTION_SEAL_KEY)] + [
 ]:
     if _spec and not all(_spec.partition(":")[0::2]):
         raise ImproperlyConfigured(f"Environment variable {_name} must be KEY_ID:SECRET (e.g. seal-2026:<random>).")
+RETENTION_SEAL_LOCK_MODE = envconf.read_choice("RETENTION_SEAL_LOCK_MODE", "COMPLIANCE", ("COMPLIANCE", "GOVERNANCE"))
+RETENTION_SEAL_LOCK_FOR = envconf.read_seconds("RETENTION_SEAL_LOCK_FOR", timedelta(days=7 * 365), allow_zero=False)
 RETENTION_SEAL_INTERVAL = envconf.read_seconds("RETENTION_SEAL_INTERVAL", timedelta(seconds=60), allow_zero=False)
 
 for _name, _value in (("TASK_EXPIRES_IN", TASK_EXPIRES_IN), ("RESULT_TTL", RESULT_TTL)):

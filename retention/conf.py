@@ -77,3 +77,13 @@ def seal_keys() -> tuple[str, dict[str, bytes]]:
 def seal_interval() -> timedelta:
     """How often beat seals the audit trail (RETENTION_SEAL_INTERVAL, seconds); also sealed at each run's end."""
     return getattr(settings, "RETENTION_SEAL_INTERVAL", timedelta(seconds=60))
+
+
+def seal_lock_mode() -> str:
+    """Object Lock mode of the seals' copies in the bucket (RETENTION_SEAL_LOCK_MODE: COMPLIANCE or GOVERNANCE)."""
+    return getattr(settings, "RETENTION_SEAL_LOCK_MODE", "COMPLIANCE")
+
+
+def seal_lock_for() -> timedelta:
+    """How long each seal's copy is locked in the bucket (RETENTION_SEAL_LOCK_FOR, seconds; default 7 years)."""
+    return getattr(settings, "RETENTION_SEAL_LOCK_FOR", timedelta(days=7 * 365))

@@ -35,6 +35,7 @@ from retention.audit.chain import (
 )
 from retention.audit.export import CSV_COLUMNS, csv_row
 from retention.models import AuditRecord, AuditSeal
+from retention.storage import objects
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ SEAL_LOCK_KEY = 0x5345_414C  # "SEAL": the fence the audit insert trigger takes 
 # Audit inserts queue behind a waiting seal: it waits this long at most, then tries at the next tick.
 SEAL_LOCK_WAIT = "2s"
 LEAF_CHUNK = 5000
+COPY_PREFIX = "audit-seals/"
 # A record this much older than two seal intervals and still in no seal is reported by verify.
 UNSEALED_GRACE = timedelta(minutes=1)
 
@@ -113,7 +115,35 @@ def seal(now: datetime, *, reason: str = "interval") -> AuditSeal | None:
         # Another sealer took this sequence number first; its seal covers these records.
         return None
     logger.info("audit trail sealed", extra={"seq": made.seq, "records": made.record_count})
+    store_copy(made, now=now)
     return made
+
+
+def copy_name(seq: int) -> str:
+    """Where a seal's object-locked copy lives in the bucket (outside tasks/, so no sweep lists it)."""
+    return f"{COPY_PREFIX}{seq:012d}.json"
+
+
+def copy_body(seal_row: AuditSeal) -> bytes:
+    return json.dumps({**seal_fields(seal_row), "leaves": [leaf.hex() for leaf in stored_leaves(seal_row)]}).encode()
+
+
+def store_copy(seal_row: AuditSeal, *, now: datetime) -> bool:
+    """Also write the seal to the bucket under Object Lock, where the bucket has it; True when written.
+
+    Runs after the seal committed, with no transaction open. A failure is logged, not raised: the seal
+    stands without its copy, and verification compares the copies that exist.
+    """
+    try:
+        if not objects.object_lock_enabled():
+            return False
+        objects.put_locked(
+            copy_name(seal_row.seq), copy_body(seal_row), mode=conf.seal_lock_mode(), until=now + conf.seal_lock_for()
+        )
+    except objects.STORAGE_ERRORS:
+        logger.warning("could not write the seal's object-locked copy", extra={"seq": seal_row.seq}, exc_info=True)
+        return False
+    return True
 
 
 def seal_fields(seal: AuditSeal) -> dict[str, Any]:
@@ -162,6 +192,7 @@ def verify(since: datetime | None = None, until: datetime | None = None, *, now:
         return Verification(0, 0, Problem(f"seal {seals[0].seq - 1}", "missing (removed)"))
     previous = before.seal_hash if before else ""
     expected_seq = seals[0].seq
+    locked = objects.object_lock_enabled()
     records = 0
     after = before.last_record_id if before else 0
     for seal_row in seals:
@@ -178,6 +209,10 @@ def verify(since: datetime | None = None, until: datetime | None = None, *, now:
         difference = compare_leaves(leaves, [leaf_hash(csv_row(record)) for record in found], labels)
         if difference:
             return Verification(0, records, Problem(f"seal {seal_row.seq}", difference))
+        if locked:
+            copy = objects.read_locked(copy_name(seal_row.seq))
+            if copy is not None and copy != copy_body(seal_row):
+                return Verification(0, records, Problem(f"seal {seal_row.seq}", "differs from its object-locked copy"))
         records += len(found)
         previous, after, expected_seq = seal_row.seal_hash, seal_row.last_record_id, expected_seq + 1
     last_seal = AuditSeal.objects.aggregate(top=Max("seq"))["top"]

@@ -9,6 +9,8 @@ attempt are returned so the caller keeps their task for a later run.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 import random
@@ -292,3 +294,46 @@ def prefix_listing(prefix: str) -> dict[str, Any]:
                 markers += len(page.get("DeleteMarkers", []))
             listing.update(versions=versions, delete_markers=markers)
     return listing
+
+
+def object_lock_enabled() -> bool:
+    """Whether the default storage is an S3 bucket with Object Lock enabled."""
+    storage = default_storage
+    if not is_s3(storage):
+        return False
+    client = storage.bucket.meta.client  # type: ignore[attr-defined]
+    try:
+        answer = client.get_object_lock_configuration(Bucket=storage.bucket_name)  # type: ignore[attr-defined]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ObjectLockConfigurationNotFoundError":
+            return False
+        raise
+    return bool(answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")
+
+
+def put_locked(name: str, body: bytes, *, mode: str, until: datetime) -> None:
+    """Write ``body`` under ``name`` with an Object Lock retention (the bucket must have Object Lock)."""
+    refuse_inside_transaction()
+    storage = default_storage
+    client = storage.bucket.meta.client  # type: ignore[attr-defined]
+    client.put_object(
+        Bucket=storage.bucket_name,  # type: ignore[attr-defined]
+        Key=_s3_key(storage, name),
+        Body=body,
+        ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),  # noqa: S324 - S3's integrity header
+        ObjectLockMode=mode,
+        ObjectLockRetainUntilDate=until,
+    )
+
+
+def read_locked(name: str) -> bytes | None:
+    """The bytes ``put_locked`` stored under ``name``, or None when there is no such object."""
+    storage = default_storage
+    client = storage.bucket.meta.client  # type: ignore[attr-defined]
+    try:
+        answer = client.get_object(Bucket=storage.bucket_name, Key=_s3_key(storage, name))  # type: ignore[attr-defined]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return bytes(answer["Body"].read())

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
+from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 from django.utils import timezone
 
 from retention import conf
 from retention.audit import chain, seals
+from retention.audit.export import csv_row
 from retention.models import AppendOnlyError, AuditAction, AuditRecord, AuditSeal
 from tests.threads import in_thread
 
@@ -325,3 +328,57 @@ def test_a_seal_hash_covers_every_field() -> None:
 
 def test_sealed_at_text_is_fixed_width_utc() -> None:
     assert seals.sealed_at_text(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000000Z"
+
+
+@pytest.fixture
+def object_lock_bucket(settings: Any, s3_client: Any) -> str:
+    """The default storage switched to a bucket created with S3 Object Lock."""
+    name = f"seal-lock-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    default = settings.STORAGES["default"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {**default, "OPTIONS": {**default["OPTIONS"], "bucket_name": name}},
+    }
+    return name
+
+
+@pytest.mark.django_db
+def test_each_seal_is_copied_under_object_lock_and_a_re_signed_rewrite_shows(
+    object_lock_bucket: str, s3_client: Any, settings: Any
+) -> None:
+    settings.RETENTION_SEAL_KEY = "seal-2026:held-by-the-owner-too"
+    made = _sealed_trail(4, 2)
+    copy = s3_client.get_object(Bucket=object_lock_bucket, Key=seals.copy_name(2))
+    assert copy["ObjectLockMode"] == "COMPLIANCE"
+    assert copy["ObjectLockRetainUntilDate"] > timezone.now() + timedelta(days=365 * 6)
+    assert json.loads(copy["Body"].read())["seal_hash"] == AuditSeal.objects.get(seq=2).seal_hash
+
+    # when someone who owns the database AND holds the key rewrites a record and re-seals from there on
+    _as_owner("UPDATE retention_auditrecord SET bytes_freed = 1 WHERE id = %s", [made[3].pk])
+    _, keys = conf.seal_keys()
+    second = AuditSeal.objects.get(seq=2)
+    leaves = seals.stored_leaves(second)
+    leaves[-1] = chain.leaf_hash(csv_row(AuditRecord.objects.get(pk=made[3].pk)))
+    fields = {**seals.seal_fields(second), "merkle_root": chain.merkle_root(leaves).hex()}
+    forged = chain.seal_hash(fields)
+    _as_owner(
+        "UPDATE retention_auditseal SET leaves = %s, merkle_root = %s, seal_hash = %s, signature = %s WHERE seq = 2",
+        [b"".join(leaves), fields["merkle_root"], forged, chain.sign(keys["seal-2026"], forged)],
+        table="retention_auditseal",
+    )
+
+    # then the database alone verifies, but the copy in the bucket does not match
+    with pytest.raises(CommandError, match="seal 2: differs from its object-locked copy"):
+        _verify()
+    # and the copy cannot be deleted while its retention lasts
+    version = copy["VersionId"]
+    with pytest.raises(ClientError):
+        s3_client.delete_object(Bucket=object_lock_bucket, Key=seals.copy_name(2), VersionId=version)
+
+
+@pytest.mark.django_db
+def test_without_object_lock_no_copy_is_written(s3_client: Any, empty_bucket: None) -> None:
+    _sealed_trail(2, 1)
+    bucket = default_storage.bucket_name
+    assert s3_client.list_objects_v2(Bucket=bucket, Prefix=seals.COPY_PREFIX).get("KeyCount", 0) == 0
