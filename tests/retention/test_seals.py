@@ -24,6 +24,7 @@ from retention import conf
 from retention.audit import chain, seals
 from retention.audit.export import csv_row
 from retention.models import AppendOnlyError, AuditAction, AuditRecord, AuditSeal
+from tests.embedded import run_embedded
 from tests.threads import in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -382,3 +383,13 @@ def test_without_object_lock_no_copy_is_written(s3_client: Any, empty_bucket: No
     _sealed_trail(2, 1)
     bucket = default_storage.bucket_name
     assert s3_client.list_objects_v2(Bucket=bucket, Prefix=seals.COPY_PREFIX).get("KeyCount", 0) == 0
+
+
+def test_the_embedded_mode_seals_every_record_once(tmp_path: Path) -> None:
+    # SQLite commits one writer at a time, in id order: no fence, the same promise
+    outcome = run_embedded("tests.retention.embedded_seal", tmp_path, timeout=240)
+    assert outcome["errors"] == [], outcome
+    assert outcome["records"] > 0
+    assert outcome["sealed_records"] == outcome["records"], outcome
+    assert outcome["seals_while_writing"] > 3, outcome
+    assert outcome["problem"] is None, outcome
