@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
+from retention.audit import receipts
 from retention.models import AuditRecord, PendingDeletion
 from retention.storage import bucket, objects
 from retention.sweeping import sweeps
@@ -246,6 +247,16 @@ def test_purge_in_a_versioned_bucket_deletes_every_version_and_leaves_no_marker(
     assert (run.purged, run.failed) == (1, 0)
     assert stored_versions(versioned_bucket, task_prefix(task.pk)) == []
     assert AuditRecord.objects.get(task_id=task.pk).objects_deleted == 2
+
+    # and its deletion receipt lists no object, no version and no delete marker under its prefix
+    listing = receipts.build(task.pk, now=timezone.now())["storage_listing"]
+    assert (listing["objects"], listing["versions"], listing["delete_markers"]) == (0, 0, 0)
+
+    # (while a plain delete's marker hides a version there, the receipt shows both)
+    left = default_storage.save(f"{task_prefix(task.pk)}out/left.txt", ContentFile(b"x"))
+    direct_client().delete_object(Bucket=versioned_bucket, Key=left)
+    listing = receipts.build(task.pk, now=timezone.now())["storage_listing"]
+    assert (listing["objects"], listing["versions"], listing["delete_markers"]) == (0, 1, 1)
 
 
 def test_versioning_enabled_after_the_check_is_caught_by_the_delete_marker(
