@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 
 from retention import conf
 from retention.audit.chain import (
@@ -167,6 +167,16 @@ def stored_leaves(seal: AuditSeal) -> list[bytes]:
     return [data[i : i + 32] for i in range(0, len(data), 32)]
 
 
+def sealed_between(since: datetime | None, until: datetime | None) -> QuerySet[AuditSeal]:
+    """Seals sealed in ``[since, until)`` (either end open when None), in order."""
+    chosen = AuditSeal.objects.order_by("seq")
+    if since is not None:
+        chosen = chosen.filter(sealed_at__gte=since)
+    if until is not None:
+        chosen = chosen.filter(sealed_at__lt=until)
+    return chosen
+
+
 @dataclass(frozen=True)
 class Verification:
     """What ``verify`` checked, and the first problem found (None when all holds)."""
@@ -179,12 +189,7 @@ class Verification:
 def verify(since: datetime | None = None, until: datetime | None = None, *, now: datetime) -> Verification:
     """Recompute every seal sealed in ``[since, until)`` against the records, the chain and the keys."""
     _, keys = conf.seal_keys()
-    chosen = AuditSeal.objects.order_by("seq")
-    if since is not None:
-        chosen = chosen.filter(sealed_at__gte=since)
-    if until is not None:
-        chosen = chosen.filter(sealed_at__lt=until)
-    seals = list(chosen)
+    seals = list(sealed_between(since, until))
     if not seals:
         return Verification(0, 0, _unsealed_since(0, now) if since is None and until is None else None)
     before = AuditSeal.objects.filter(seq=seals[0].seq - 1).first()
@@ -262,11 +267,7 @@ def receipt_proofs(records: list[AuditRecord]) -> list[dict[str, Any]]:
 
 def export(folder: str, since: datetime | None, until: datetime | None) -> int:
     """Write the seals sealed in ``[since, until)`` and their records for chain.py; return how many seals."""
-    chosen = AuditSeal.objects.order_by("seq")
-    if since is not None:
-        chosen = chosen.filter(sealed_at__gte=since)
-    if until is not None:
-        chosen = chosen.filter(sealed_at__lt=until)
+    chosen = sealed_between(since, until)
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     written = 0

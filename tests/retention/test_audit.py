@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import threading
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,23 +14,11 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from retention.audit import export
 from retention.audit import records as audit
-from retention.models import AppendOnlyError, AuditAction, AuditRecord, SweepRun
+from retention.models import AppendOnlyError, AuditRecord, SweepRun
+from tests.retention.records import make_record
 from tests.threads import in_thread
 
-
-def _record(**fields: Any) -> AuditRecord:
-    values = {
-        "task_id": uuid.uuid4(),
-        "owner_id": 7,
-        "task_type": "ocr.page",
-        "action": AuditAction.TASK_PURGED,
-        "reason": "expires_at",
-        "objects_deleted": 2,
-        "bytes_freed": 300,
-        "occurred_at": datetime(2026, 3, 1, 12, 30, 15, tzinfo=UTC),
-    }
-    values.update(fields)
-    return AuditRecord.objects.create(**values)
+_record = make_record
 
 
 @pytest.mark.django_db

@@ -23,26 +23,16 @@ from django.utils import timezone
 from retention import conf
 from retention.audit import chain, seals
 from retention.audit.export import csv_row
-from retention.models import AppendOnlyError, AuditAction, AuditRecord, AuditSeal
+from retention.models import AppendOnlyError, AuditRecord, AuditSeal
 from tests.embedded import run_embedded
+from tests.retention.records import make_record
 from tests.threads import in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _record(**fields: Any) -> AuditRecord:
-    values = {
-        "task_id": uuid.uuid4(),
-        "owner_id": 7,
-        "task_type": "ocr.page",
-        "action": AuditAction.TASK_PURGED,
-        "reason": "expires_at",
-        "objects_deleted": 2,
-        "bytes_freed": 300,
-        "occurred_at": timezone.now(),
-    }
-    values.update(fields)
-    return AuditRecord.objects.create(**values)
+    return make_record(**{"occurred_at": timezone.now(), **fields})
 
 
 def _sealed_trail(records: int = 6, seals_: int = 3) -> list[AuditRecord]:
