@@ -44,6 +44,8 @@ SEAL_LOCK_KEY = 0x5345_414C  # "SEAL": the fence the audit insert trigger takes 
 SEAL_LOCK_WAIT = "2s"
 LEAF_CHUNK = 5000
 COPY_PREFIX = "audit-seals/"
+# One seal's records at most (its leaves are one row: 32 bytes each, 1.6 MB at this size).
+MAX_SEAL_RECORDS = 50_000
 # A record this much older than two seal intervals and still in no seal is reported by verify.
 UNSEALED_GRACE = timedelta(minutes=1)
 
@@ -82,20 +84,28 @@ def covered_records(seal_row: AuditSeal) -> Iterator[AuditRecord]:
 
 
 def seal(now: datetime, *, reason: str = "interval") -> AuditSeal | None:
-    """Seal every record committed since the last seal; None when there are none (or another seal won)."""
+    """Seal the records committed since the last seal (at most MAX_SEAL_RECORDS of them); None when there
+    are none, or another sealer took this seal's number first (its seal covers them)."""
     highest = _highest_committed_record_id()
     last = AuditSeal.objects.order_by("-seq").first()
     after = last.last_record_id if last else 0
     if highest is None or highest <= after:
         return None
-    records = list(_records(after, highest))
-    leaves = [leaf_hash(csv_row(record)) for record in records]
+    # Only leaves are kept (32 bytes a record); a backlog is sealed MAX_SEAL_RECORDS at a time.
+    leaves: list[bytes] = []
+    first_id, upto = None, highest
+    for record in _records(after, highest):
+        if len(leaves) == MAX_SEAL_RECORDS:
+            break
+        first_id = first_id or record.pk
+        leaves.append(leaf_hash(csv_row(record)))
+        upto = record.pk if len(leaves) == MAX_SEAL_RECORDS else highest
     key_id, keys = conf.seal_keys()
     fields: dict[str, Any] = {
         "seq": (last.seq if last else 0) + 1,
-        "first_record_id": records[0].pk if records else None,
-        "last_record_id": highest,
-        "record_count": len(records),
+        "first_record_id": first_id,
+        "last_record_id": upto,
+        "record_count": len(leaves),
         "merkle_root": merkle_root(leaves).hex(),
         "previous_hash": last.seal_hash if last else "",
         "sealed_at": sealed_at_text(now),
@@ -235,6 +245,14 @@ def _unsealed_since(after: int, now: datetime) -> Problem | None:
         f"record {late.pk} (task {late.task_id or '-'}, {late.action})",
         "older than two seal intervals but in no seal (the seal covering it was removed, or sealing stopped)",
     )
+
+
+def seal_all(now: datetime, *, reason: str = "interval", limit: int = 100) -> int:
+    """Seal until every committed record is sealed (at most ``limit`` seals); return how many were made."""
+    made = 0
+    while made < limit and seal(now, reason=reason) is not None:
+        made += 1
+    return made
 
 
 def receipt_proofs(records: list[AuditRecord]) -> list[dict[str, Any]]:

@@ -383,3 +383,20 @@ def test_the_embedded_mode_seals_every_record_once(tmp_path: Path) -> None:
     assert outcome["sealed_records"] == outcome["records"], outcome
     assert outcome["seals_while_writing"] > 3, outcome
     assert outcome["problem"] is None, outcome
+
+
+@pytest.mark.django_db
+def test_a_backlog_is_sealed_in_bounded_seals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(seals, "MAX_SEAL_RECORDS", 3)
+    made = [_record() for _ in range(7)]
+    with transaction.atomic():
+        _record()
+        transaction.set_rollback(True)  # a gap after the last record
+    assert seals.seal_all(timezone.now()) == 3
+    assert [(s.record_count, s.first_record_id) for s in AuditSeal.objects.all()] == [
+        (3, made[0].pk),
+        (3, made[3].pk),
+        (1, made[6].pk),
+    ]
+    assert [s.last_record_id for s in AuditSeal.objects.all()][:2] == [made[2].pk, made[5].pk]
+    assert seals.verify(now=timezone.now()).problem is None
