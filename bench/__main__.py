@@ -54,8 +54,10 @@ ORDER = [
     "purge_tasks_per_s",
     "purge_tasks_per_s_durable",
     "purge_vs_naive",
+    "purge_seal_overhead",
     "result_sweep_rows_per_s",
     "result_sweep_longest_txn_ms",
+    "result_sweep_seal_overhead",
     "idle_sweep_ms_1m_live",
     "sweep_peak_rss_growth",
 ]

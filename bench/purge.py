@@ -16,11 +16,17 @@ same way before it is timed (the boto3 client built, the bucket's versioning rea
 Ours and the floor run ``REPETITIONS`` times, alternating which goes first; the row shows the
 medians (judged: ours ÷ floor ≥ ``FLOOR_TARGET``) and each side's min–max. N is 10,000 (1,000 under
 BENCH_QUICK); the naive comparison 2,000 (200).
+
+``purge_seal_overhead``: ours alone on the floor row's N, with audit sealing off and on
+(bench/sealing.py).
 """
 
 from __future__ import annotations
 
-from bench import seed
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+from bench import sealing, seed
 from bench.common import Row, Spread, log, ratio, sized, timed, turns
 
 OURS = "bench.purge.ours"
@@ -51,8 +57,8 @@ def _check(task_type: str, what: str) -> None:
         raise RuntimeError(f"{what}: tasks left unpurged")
 
 
-def run_ours(n: int) -> float:
-    """Seconds the in-process tasks sweep takes to purge ``n`` expired tasks."""
+def run_ours(n: int, around: Callable[[], AbstractContextManager[object]] = nullcontext) -> float:
+    """Seconds the in-process tasks sweep takes to purge ``n`` expired tasks (``around`` wraps the timed region)."""
     from django.utils import timezone
 
     from retention.models import AuditRecord
@@ -62,7 +68,7 @@ def run_ours(n: int) -> float:
     _warm_up()
     audits_before = AuditRecord.objects.count()
     now = timezone.now()
-    with timed() as elapsed:
+    with around(), timed() as elapsed:
         run = sweeps.sweep("tasks", now, fanout=sweeps.InProcess(now))
     assert run is not None
     if run.purged != n or AuditRecord.objects.count() - audits_before != n:
@@ -198,5 +204,24 @@ def naive_rows() -> list[Row]:
     ]
 
 
+def seal_rows() -> list[Row]:
+    """Ours with audit sealing off against on (bench/sealing.py), alternated, same N as the floor row."""
+    n = sized(1000, 10_000)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    seals: list[sealing.Seals] = []
+    with sealing.restored():
+        for first, second in turns(sealing.REPETITIONS, False, True):
+            for on in (first, second):
+                log(f"purge: ours, sealing {'on' if on else 'off'}, {n} expired tasks")
+                side = sealing.Side(on)
+                rates[on].append(n / run_ours(n, around=side.during))
+                if side.seals is not None:
+                    seals.append(side.seals)
+                log(f"  {rates[on][-1]:,.0f} tasks/s; {side.seals or 'no sealer'}")
+    seed.reset()
+    data = f"N={n}, 3 keys/task (1 real object), as purge_tasks_per_s"
+    return [sealing.overhead_row("purge_seal_overhead", "tasks/s", rates[False], rates[True], seals, data)]
+
+
 def rows() -> list[Row]:
-    return floor_rows() + naive_rows()
+    return floor_rows() + naive_rows() + seal_rows()

@@ -20,6 +20,9 @@ deletes the same N rows.
 Both audit tables are emptied before each run. Ours and the floor run ``REPETITIONS`` times,
 alternating which goes first (medians and min–max). The longest open transaction of each is
 sampled from ``pg_stat_activity`` every ~2 ms and reported as its own row.
+
+``result_sweep_seal_overhead``: ours alone on the same N, with audit sealing off and on
+(bench/sealing.py).
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from bench import seed
+from bench import sealing, seed
 from bench.common import ROOT, LongestTransaction, Row, Spread, backend_pid, execute, log, ratio, sized, timed, turns
 
 TASK_TYPE = "bench.results"
@@ -94,8 +99,9 @@ def _left() -> int:
     return TaskResult.objects.count()
 
 
-def run_ours(n: int) -> tuple[float, float]:
-    """(seconds, longest transaction in seconds) of the results sweep over ``n`` expired results."""
+def run_ours(n: int, around: Callable[[], AbstractContextManager[object]] = nullcontext) -> tuple[float, float]:
+    """(seconds, longest transaction in seconds) of the results sweep over ``n`` expired results
+    (``around`` wraps the timed region)."""
     from django.utils import timezone
 
     from retention.models import AuditRecord
@@ -106,7 +112,7 @@ def run_ours(n: int) -> tuple[float, float]:
     watcher = LongestTransaction({backend_pid()})
     watcher.start()
     now = timezone.now()
-    with timed() as elapsed:
+    with around(), timed() as elapsed:
         run = sweeps.sweep("results", now, fanout=sweeps.InProcess(now))
     longest = watcher.stop()
     assert run is not None
@@ -191,6 +197,7 @@ def rows() -> list[Row]:
             rates[side].append(n / seconds)
             longest[side].append(txn * 1000)
     seed.reset()
+    seal_row = seal_overhead_row(n)
     log(f"results: django-celery-results delete_expired(), {n} expired among {n} live")
     dcr = run_baseline(n)
     dcr_rate = n / dcr["seconds"]
@@ -224,4 +231,24 @@ def rows() -> list[Row]:
             spread=ours_ms,
             baseline_spread=floor_ms,
         ),
+        seal_row,
     ]
+
+
+def seal_overhead_row(n: int) -> Row:
+    """Ours with audit sealing off against on (bench/sealing.py), alternated, on the same N."""
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    seals: list[sealing.Seals] = []
+    with sealing.restored():
+        for first, second in turns(sealing.REPETITIONS, False, True):
+            for on in (first, second):
+                log(f"results: ours, sealing {'on' if on else 'off'}, {n} expired among {n} live")
+                side = sealing.Side(on)
+                seconds, _ = run_ours(n, around=side.during)
+                rates[on].append(n / seconds)
+                if side.seals is not None:
+                    seals.append(side.seals)
+                log(f"  {rates[on][-1]:,.0f} rows/s; {side.seals or 'no sealer'}")
+    seed.reset()
+    data = f"{n:,} expired among {n:,} live, as result_sweep_rows_per_s"
+    return sealing.overhead_row("result_sweep_seal_overhead", "rows/s", rates[False], rates[True], seals, data)

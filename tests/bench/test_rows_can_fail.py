@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import kill, starts
+from bench import kill, sealing, starts
 from bench.common import FAIL, INFO, PASS, Row, Spread, judge, ratio, rows_table, turns
 from bench.durable import durable_argv
 
@@ -133,3 +133,53 @@ def test_the_durability_pass_turns_every_setting_on() -> None:
     assert durable_argv(argv) == [
         "postgres", "-D", "x", "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "max_connections=300",
     ]  # fmt: skip
+
+
+def _sealed(count: int) -> list[sealing.Seals]:
+    return [sealing.Seals(attempts=5, made=4, records=800) for _ in range(count)]
+
+
+def test_seal_overhead_fails_when_sealing_on_is_more_than_10_percent_slower() -> None:
+    # given the purge at 1,000 tasks/s with sealing off and 880 with a sealer running (12 % slower)
+    off, on = [1000.0, 990.0, 1010.0], [880.0, 870.0, 890.0]
+
+    # when the row is built
+    row = sealing.overhead_row("purge_seal_overhead", "tasks/s", off, on, _sealed(3), "N=1000")
+
+    # then it fails, with sealing on as ours and sealing off as the baseline
+    assert row.verdict == FAIL
+    assert row.value == 880.0
+    assert row.baseline_value == 1000.0
+    assert row.ratio == pytest.approx(0.88)
+    assert row.spread == Spread(880.0, 870.0, 890.0)
+
+
+def test_seal_overhead_passes_within_10_percent() -> None:
+    row = sealing.overhead_row("result_sweep_seal_overhead", "rows/s", [1000.0] * 3, [920.0] * 3, _sealed(3), "")
+
+    assert row.verdict == PASS
+
+
+def test_seal_overhead_fails_when_no_seal_ran_during_a_timed_run() -> None:
+    # A run that met no seal shows nothing about sealing's cost, however fast it was.
+    seals = [*_sealed(2), sealing.Seals()]
+
+    row = sealing.overhead_row("purge_seal_overhead", "tasks/s", [1000.0] * 3, [1000.0] * 3, seals, "")
+
+    assert row.verdict == FAIL
+    assert "sealing not exercised in 1 run(s)" in row.note
+
+
+def test_only_seal_attempts_overlapping_the_timed_region_count() -> None:
+    attempts = [
+        [0.0, 0.5, 100, ""],  # the backlog seal, before the region
+        [1.8, 2.1, 40, ""],  # overlaps its start
+        [2.5, 2.6, 0, ""],  # took the fence, nothing to seal
+        [2.9, 4.9, None, "OperationalError: lock timeout"],
+        [5.5, 5.6, 10, ""],  # after the region
+    ]
+
+    seals = sealing.in_window(attempts, 2.0, 5.0)
+
+    assert (seals.attempts, seals.made, seals.records) == (3, 1, 40)
+    assert seals.errors == ["OperationalError: lock timeout"]
