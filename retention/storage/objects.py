@@ -296,19 +296,29 @@ def prefix_listing(prefix: str) -> dict[str, Any]:
     return listing
 
 
+_object_lock: dict[str, tuple[float, bool]] = {}
+
+
 def object_lock_enabled() -> bool:
-    """Whether the default storage is an S3 bucket with Object Lock enabled."""
+    """Whether the default storage is an S3 bucket with Object Lock enabled (asked at most every
+    VERSIONING_RECHECK seconds per process: Object Lock, once enabled, cannot be turned off)."""
     storage = default_storage
     if not is_s3(storage):
         return False
+    name = storage.bucket_name  # type: ignore[attr-defined]
+    known = _object_lock.get(name)
+    if known is not None and (known[1] or time.monotonic() - known[0] < bucket.VERSIONING_RECHECK):
+        return known[1]
     client = storage.bucket.meta.client  # type: ignore[attr-defined]
     try:
-        answer = client.get_object_lock_configuration(Bucket=storage.bucket_name)  # type: ignore[attr-defined]
+        answer = client.get_object_lock_configuration(Bucket=name)
+        enabled = answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ObjectLockConfigurationNotFoundError":
-            return False
-        raise
-    return bool(answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")
+        if exc.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
+            raise
+        enabled = False
+    _object_lock[name] = (time.monotonic(), enabled)
+    return enabled
 
 
 def put_locked(name: str, body: bytes, *, mode: str, until: datetime) -> None:

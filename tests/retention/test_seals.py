@@ -400,3 +400,50 @@ def test_a_backlog_is_sealed_in_bounded_seals(monkeypatch: pytest.MonkeyPatch) -
     ]
     assert [s.last_record_id for s in AuditSeal.objects.all()][:2] == [made[2].pk, made[5].pk]
     assert seals.verify(now=timezone.now()).problem is None
+
+
+AWKWARD = [
+    "plain",
+    'a "quoted", comma',
+    "back\\slash",
+    "new\nline",
+    "\ttab first",
+    "\rreturn first",
+    "=cmd|' /C calc'!A0",
+    "+1",
+    "-1",
+    "@SUM(1)",
+    "'=already quoted",
+    "ctl\x01\x1f\x7f",
+    "é 中 😀 \u2028 \u2029",
+    "",
+]
+
+
+@pytest.mark.django_db
+def test_postgresql_hashes_each_record_exactly_as_chain_py_does() -> None:
+    # given records with every awkward value a cell can hold, timestamps with and without microseconds
+    base = datetime(2026, 3, 1, 12, 30, 15, tzinfo=UTC)
+    records = [
+        _record(task_type=text, reason=text[::-1], occurred_at=base + timedelta(microseconds=i % 3))
+        for i, text in enumerate(AWKWARD)
+    ]
+    records += [
+        _record(task_id=None, owner_id=None, occurred_at=datetime(1, 1, 1, tzinfo=UTC)),
+        _record(
+            owner_id=-5,
+            objects_deleted=0,
+            bytes_freed=2**62,
+            occurred_at=datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        ),
+    ]
+
+    # when PostgreSQL computes their leaves (what a seal stores)
+    leaves = seals._leaves(0, records[-1].pk, 1000)
+
+    # then each is the leaf Python computes from the record's CSV cells (what verification recomputes)
+    assert [pk for pk, _ in leaves] == [r.pk for r in records]
+    for (_, leaf), record in zip(leaves, records, strict=True):
+        assert leaf == chain.leaf_hash(csv_row(AuditRecord.objects.get(pk=record.pk))), csv_row(record)
+    seals.seal(timezone.now())
+    assert seals.verify(now=timezone.now()).problem is None
