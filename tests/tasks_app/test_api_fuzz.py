@@ -116,7 +116,13 @@ def four_xx_says_what_is_wrong(ctx: Any, response: Any, case: Any) -> bool | Non
     if code == 400:
         assert body, "400 with an empty body"
         allowed = _request_fields(case) | {"non_field_errors", "detail"}
+        sent = set(case.query or {}) | (set(case.body) if isinstance(case.body, dict) else set())
         for key, messages in body.items():
+            if key in sent and key not in allowed:
+                # A name the endpoint does not know is refused by name (a typo must not be ignored).
+                assert messages, f"400 for {key!r}: {body!r}"
+                assert messages[0].startswith("Unknown field."), f"400 for {key!r}: {body!r}"
+                continue
             assert key in allowed, f"400 names {key!r}, not a request field of {case.operation.label}: {body!r}"
             assert _messages(messages), f"400 with an empty message for {key!r}: {body!r}"
     else:
@@ -268,6 +274,8 @@ def test_the_audit_export_with_an_auditors_token(case: Any, in_process: None, se
         ("fuzzer", "/api/v1/tasks/?page_size=null", 400, "page_size"),  # was ignored silently
         ("fuzzer", "/api/v1/tasks/?page_size=%C2%B2", 400, "page_size"),  # "²" is a digit to str.isdigit
         ("fuzzer", "/api/v1/tasks/?page_size=0", 400, "page_size"),
+        ("fuzzer", "/api/v1/tasks/?page_size=501", 400, "page_size"),  # was clamped to 500 silently
+        ("fuzzer", "/api/v1/tasks/?stauts=queued", 400, "stauts"),  # was ignored: every task listed
         ("auditor", "/api/v1/audit/?format=AAA", 400, "format"),  # was a bare, undocumented 404
     ],
 )
