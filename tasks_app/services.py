@@ -190,7 +190,8 @@ def _submit_built(task: Task, index: int) -> Task:
 def _new_task(request: Submission, valid: Valid, now: datetime, given: fingerprint.Fingerprint | None) -> Task:
     """The (unsaved) task a validated submission makes: queued if due now, else scheduled."""
     run_at, delay, expires_in = request.run_at, request.delay, request.expires_in
-    due_at = run_at if run_at is not None else now + (delay or timedelta(0))
+    # A run_at in the past means now: the task becomes due when it is submitted, not before it existed.
+    due_at = max(run_at, now) if run_at is not None else now + (delay or timedelta(0))
     lifetime = expires_in if expires_in is not None else conf.task_expires_in()
     runs_now = due_at <= now
     return Task(

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks_app.models import Task, TaskResult, TaskStatus
@@ -243,6 +244,7 @@ class GoneSerializer(serializers.ModelSerializer):
     """410 Gone: what is left of an expired task (the billing tombstone's public part)."""
 
     detail = serializers.CharField(read_only=True)
+    final_status = serializers.SerializerMethodField(help_text="The status the task had when its data expired.")
 
     class Meta:
         model = Task
@@ -257,6 +259,11 @@ class GoneSerializer(serializers.ModelSerializer):
             "expired_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=TaskStatus.choices))
+    def get_final_status(self, task: Task) -> str:
+        # Set when the purge claims the task; before the sweep has come, the status it has now.
+        return task.final_status or task.status
 
 
 class ResultSerializer(serializers.ModelSerializer):
