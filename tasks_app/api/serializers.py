@@ -14,10 +14,13 @@ from typing import Any
 
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tasks_app.models import Task, TaskResult, TaskStatus
+from tasks_app import downloads
+from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 
 # submit() argument → request field, for the ones whose names differ (units in request names).
 FIELD_FOR_ARGUMENT = {
@@ -230,14 +233,47 @@ class TaskSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class StoredFileSerializer(serializers.ModelSerializer):
+    """One file of a task: its input, or a file its result wrote."""
+
+    name = serializers.SerializerMethodField(help_text="The file's name (the last part of its key).")
+    download_url = serializers.SerializerMethodField(
+        help_text="GET it with your token: a redirect to a short-lived link (S3) or the file itself (local storage)."
+    )
+
+    class Meta:
+        model = StoredObject
+        fields = ["id", "kind", "name", "key", "size", "created_at", "download_url"]
+        read_only_fields = fields
+
+    def get_name(self, stored: StoredObject) -> str:
+        return downloads.name_of(stored)
+
+    def get_download_url(self, stored: StoredObject) -> str:
+        path = reverse("task-file", args=[stored.task_id, stored.pk])
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path
+
+
 class TaskDetailSerializer(TaskSerializer):
-    """A task with its payload (submit and retrieve)."""
+    """A task with its payload and files (submit and retrieve)."""
 
     payload = serializers.JSONField(read_only=True)
+    files = serializers.SerializerMethodField(
+        help_text="Its input file and its result's files, while they may be read (result files go with the result)."
+    )
 
     class Meta(TaskSerializer.Meta):
-        fields = [*TaskSerializer.Meta.fields, "payload"]
+        fields = [*TaskSerializer.Meta.fields, "payload", "files"]
         read_only_fields = fields
+
+    @extend_schema_field(StoredFileSerializer(many=True))
+    def get_files(self, task: Task) -> Any:
+        # A task just submitted without a file has none: no query for it.
+        files = self.context.get("files")
+        if files is None:
+            files = downloads.listed(task, now=timezone.now())
+        return StoredFileSerializer(files, many=True, context=self.context).data
 
 
 class GoneSerializer(serializers.ModelSerializer):

@@ -12,6 +12,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import FileResponse, HttpResponseRedirect
+from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -24,7 +26,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tasks_app import hooks, services
+from tasks_app import downloads, hooks, services
 from tasks_app.api.serializers import (
     FIELD_FOR_ARGUMENT,
     ConflictSerializer,
@@ -182,12 +184,17 @@ class TaskViewSet(viewsets.GenericViewSet):
         task = outcome.task
         location = request.build_absolute_uri(reverse("task-detail", args=[task.pk]))
         if outcome.created:
+            # Only an uploaded input makes a file at submission: without one, no query for the list.
+            context = {"request": request, **({} if "input_file" in submission.validated_data else {"files": []})}
             return Response(
-                TaskDetailSerializer(task).data, status=status.HTTP_201_CREATED, headers={"Location": location}
+                TaskDetailSerializer(task, context=context).data,
+                status=status.HTTP_201_CREATED,
+                headers={"Location": location},
             )
         if services.data_gone(task, now=timezone.now()):
             return _gone(task, "This idempotency_key's task expired: its data is deleted.")
-        return Response(TaskDetailSerializer(task).data, status=status.HTTP_200_OK, headers={"Location": location})
+        body = TaskDetailSerializer(task, context={"request": request}).data
+        return Response(body, status=status.HTTP_200_OK, headers={"Location": location})
 
     @extend_schema(
         summary="List your tasks",
@@ -222,7 +229,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         task = self.get_object()
         if services.data_gone(task, now=timezone.now()):
             return _gone(task, "This task's data has expired and is deleted.")
-        return Response(TaskDetailSerializer(task).data)
+        return Response(TaskDetailSerializer(task, context={"request": request}).data)
 
     @extend_schema(
         summary="Read a task's result",
@@ -245,6 +252,42 @@ class TaskViewSet(viewsets.GenericViewSet):
             raise NotFound(f"This task has no result (status: {task.status}).")
         result.task = task
         return Response(ResultSerializer(result).data)
+
+    @extend_schema(
+        summary="Download one of a task's files",
+        parameters=[OpenApiParameter("file_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="A file's id.")],
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="The file (local storage), as an attachment."
+            ),
+            302: OpenApiResponse(description="S3: a redirect to a presigned link, valid TASKS_DOWNLOAD_URL_TTL."),
+            404: OpenApiResponse(DetailSerializer, description="No such task of yours, or no such file of it."),
+            410: OpenApiResponse(GoneSerializer, description="The file expired with the task or its result."),
+            **COMMON_RESPONSES,
+        },
+    )
+    @action(detail=True, methods=["get"], url_path=r"files/(?P<file_id>[^/]+)", url_name="file")
+    def file(self, request: Request, pk: str, file_id: str) -> HttpResponseBase:
+        """Download a file the task's representation lists; only its owner may."""
+        task = self.get_object()
+        now = timezone.now()
+        if services.data_gone(task, now=now):
+            return _gone(task, "This task's data has expired and is deleted.")
+        try:
+            stored = downloads.readable(task, file_id, now=now)
+        except ResultGone:
+            return _gone(task, "This file belonged to the task's result, which has expired and is deleted.")
+        if stored is None:
+            raise NotFound("This task has no such file.")
+        url = downloads.presigned_url(stored)
+        if url is not None:
+            return HttpResponseRedirect(url)
+        try:
+            handle = downloads.open_local(stored)
+        except FileNotFoundError:
+            # Deleted since the row was read (a purge under way): as good as expired.
+            return _gone(task, "This file has been deleted.")
+        return FileResponse(handle, as_attachment=True, filename=downloads.name_of(stored))
 
     @extend_schema(
         summary="Erase a task's data",
