@@ -20,6 +20,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks_app import downloads
+from tasks_app.api import schema as _schema  # noqa: F401 - registers the OpenAPI field extensions
 from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 
 # submit() argument → request field, for the ones whose names differ (units in request names).
@@ -34,7 +35,14 @@ _MAX_SECONDS = int(timedelta.max.total_seconds())
 
 
 class SecondsField(serializers.IntegerField):
-    """Whole seconds in the request, a timedelta for submit() (which judges sign and size)."""
+    """Whole seconds in the request, a timedelta for submit() (which judges sign and size).
+
+    ``least`` is the smallest value submit() accepts, for the schema (tasks_app.api.schema).
+    """
+
+    def __init__(self, *, least: int = 0, **kwargs: Any) -> None:
+        self.least = least
+        super().__init__(**kwargs)
 
     # IntegerField parses and checks the number; this field hands submit() a timedelta.
     def to_internal_value(self, data: Any) -> timedelta:  # type: ignore[override]
@@ -70,8 +78,20 @@ class PayloadField(serializers.JSONField):
         return value
 
 
+class TaskTypeField(serializers.CharField):
+    """A task type name; the schema lists the registered ones (tasks_app.api.schema)."""
+
+
+class UploadField(serializers.FileField):
+    """A multipart file part (its schema: tasks_app.api.schema)."""
+
+
 class KeyField(serializers.CharField):
-    """An idempotency key; blank (as an empty form field sends it) means no key."""
+    """An idempotency key; blank (as an empty form field sends it) means no key.
+
+    Blank is taken here, before CharField's own blank check (so no ``allow_blank``, which would
+    split the schema into a oneOf that "" matches twice).
+    """
 
     def run_validation(self, data: Any = serializers.empty) -> Any:
         if data == "":
@@ -123,7 +143,7 @@ class RefusesUnknownFields(serializers.Serializer):
 class TaskSubmitSerializer(RefusesUnknownFields):
     """The body of ``POST /api/v1/tasks/`` (JSON, or multipart with ``input_file``)."""
 
-    task_type = serializers.CharField(min_length=1, max_length=200, help_text="A registered task type, e.g. demo.echo.")
+    task_type = TaskTypeField(min_length=1, max_length=200, help_text="A registered task type, e.g. demo.echo.")
     payload = PayloadField(
         required=False, allow_null=True, help_text="Any JSON value (a JSON document in a form or multipart body)."
     )
@@ -137,7 +157,7 @@ class TaskSubmitSerializer(RefusesUnknownFields):
     )
     delay_seconds = SecondsField(required=False, allow_null=True, help_text="Run after this many seconds.")
     expires_in_seconds = SecondsField(
-        required=False, allow_null=True, help_text="Delete the task's data this long after submission."
+        least=1, required=False, allow_null=True, help_text="Delete the task's data this long after submission."
     )
     result_ttl_seconds = SecondsField(
         required=False, allow_null=True, help_text="Keep the result this long after the task finishes; 0 = do not."
@@ -145,7 +165,6 @@ class TaskSubmitSerializer(RefusesUnknownFields):
     idempotency_key = KeyField(
         required=False,
         allow_null=True,
-        allow_blank=True,
         max_length=255,
         trim_whitespace=False,
         help_text=(
@@ -182,19 +201,15 @@ class TaskSubmitMultipartSerializer(TaskSubmitSerializer):
     run_at = serializers.DateTimeField(  # type: ignore[assignment]
         required=False, help_text="When to run, ISO 8601; without an offset it is read as UTC. Not with delay_seconds."
     )
-    delay_seconds = serializers.IntegerField(  # type: ignore[assignment]
-        required=False, min_value=0, help_text="Run after this many seconds."
+    delay_seconds = SecondsField(required=False, help_text="Run after this many seconds.")
+    expires_in_seconds = SecondsField(
+        least=1, required=False, help_text="Delete the task's data this long after submission."
     )
-    expires_in_seconds = serializers.IntegerField(  # type: ignore[assignment]
-        required=False, min_value=1, help_text="Delete the task's data this long after submission."
+    result_ttl_seconds = SecondsField(
+        required=False, help_text="Keep the result this long after the task finishes; 0 = do not."
     )
-    result_ttl_seconds = serializers.IntegerField(  # type: ignore[assignment]
-        required=False, min_value=0, help_text="Keep the result this long after the task finishes; 0 = do not."
-    )
-    idempotency_key = serializers.CharField(  # type: ignore[assignment]
-        required=False, allow_blank=True, max_length=255, help_text="Blank = no key; see the JSON body."
-    )
-    input_file = serializers.FileField(required=False, help_text="Stored as the task's input under tasks/<id>/input/.")
+    idempotency_key = KeyField(required=False, max_length=255, help_text="Blank = no key; see the JSON body.")
+    input_file = UploadField(required=False, help_text="Stored as the task's input under tasks/<id>/input/.")
 
 
 _ARGUMENT_NAMES = re.compile(r"\b(" + "|".join(FIELD_FOR_ARGUMENT) + r")\b")
