@@ -177,3 +177,15 @@ def test_a_submission_without_a_file_lists_none_without_asking(client_for: Any, 
 
     assert (response.status_code, response.json()["files"]) == (201, [])
     assert not [query for query in queries.captured_queries if "tasks_app_storedobject" in query["sql"]]
+
+
+def test_the_link_lives_as_long_as_tasks_download_url_ttl(
+    client_for: Any, alice: Any, report_of: Any, settings: Any
+) -> None:
+    settings.TASKS_DOWNLOAD_URL_TTL = timedelta(seconds=5)
+    task = report_of(alice)
+    report = _files(client_for(alice), task)["report"]
+
+    link = client_for(alice).get(report["download_url"])["Location"]
+
+    assert parse_qs(urlsplit(link).query)["X-Amz-Expires"] == ["5"]
