@@ -1,4 +1,4 @@
-"""The monitoring endpoints: ``/healthz`` (database, broker, storage) and ``/metrics`` (Prometheus).
+"""The monitoring endpoints: ``/healthz`` (database, broker, storage) and ``/metrics`` (Prometheus), GET or HEAD.
 
 ``/healthz`` checks each dependency in its own thread with HEALTHZ_TIMEOUT (seconds), all at
 once, so a hung dependency costs the timeout and never the whole request: 200 when all three
@@ -22,7 +22,7 @@ from django.core.files.storage import storages
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from retention.monitoring.metrics import RetentionCollector
@@ -127,7 +127,7 @@ def run_checks(limit: float | None = None) -> dict[str, dict[str, Any]]:
 
 
 @never_cache
-@require_GET
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     """200 when the database, the broker and the storage all answer; 503 naming those that did not."""
     checks = run_checks()
@@ -137,7 +137,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 @never_cache
-@require_GET
+@require_safe
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text exposition of tasks_app's and retention's metrics, read from the database now."""
     registry = CollectorRegistry(auto_describe=False)

@@ -59,3 +59,8 @@ def dispatch_horizon() -> timedelta:
 def imports() -> list[str]:
     """Modules that register task types, imported at start-up (TASKS_IMPORTS)."""
     return list(getattr(settings, "TASKS_IMPORTS", ()))
+
+
+def download_url_ttl() -> timedelta:
+    """How long a presigned S3 download link of a task's file stays valid (TASKS_DOWNLOAD_URL_TTL, seconds)."""
+    return getattr(settings, "TASKS_DOWNLOAD_URL_TTL", timedelta(seconds=60))

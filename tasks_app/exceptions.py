@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
 
 class PermanentFailure(Exception):
     """Raise from a handler to fail the task at once, without further attempts."""
@@ -21,3 +25,20 @@ class ResultGone(Exception):
 
 class ErasureRefused(Exception):
     """A user-requested erasure may not happen now (a legal hold covers the task)."""
+
+
+class IdempotencyConflict(ValidationError):
+    """An ``idempotency_key`` reused with different arguments: nothing was written.
+
+    A ValidationError keyed by each argument that differs from the first submission, so callers
+    that already catch submit()'s ValidationError see it; ``task`` is the task the key belongs to.
+    """
+
+    def __init__(self, task: Any, arguments: list[str], *, prefix: str = "") -> None:
+        message = (
+            f"differs from the task first submitted with this idempotency_key ({task.pk}); "
+            "use a new key for different arguments."
+        )
+        super().__init__({f"{prefix}{argument}": [message] for argument in arguments})
+        self.task = task
+        self.arguments = arguments

@@ -119,9 +119,14 @@ def observe_lateness(seconds: float) -> None:
 
 
 def observe_start(task: Task) -> None:
-    """Count the start of ``task`` (just taken: ``started_at`` set) in the lateness histogram."""
+    """Count the start of ``task`` (just taken: ``started_at`` set) in the lateness histogram.
+
+    Lateness counts from when the task could first have run: its ``run_at``, but never before it
+    existed (a ``run_at`` in the year 2000 is not 26 years of dispatch lateness).
+    """
     if task.started_at is not None and task.run_at is not None:
-        observe_lateness((task.started_at - task.run_at).total_seconds())
+        due = max(task.run_at, task.created_at) if task.created_at is not None else task.run_at
+        observe_lateness((task.started_at - due).total_seconds())
 
 
 def flush() -> int:

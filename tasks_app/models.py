@@ -71,6 +71,14 @@ class Task(models.Model):
     error = models.TextField(blank=True, help_text="Last error; cleared on expiry.")
     # NULL (not "") when absent, so the unique constraints ignore tasks without a key.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    # Only written with an idempotency_key (no cost on the common path); cleared on expiry with the
+    # payload, since a digest of a small payload would let its value be confirmed by guessing.
+    submit_fingerprint = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="SHA-256 of each submit() argument (canonical JSON): a reused idempotency_key must repeat them.",
+    )
     lease_expires_at = models.DateTimeField(
         null=True,
         blank=True,

@@ -5,20 +5,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile, File
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from tasks_app import conf, dispatch
-from tasks_app.exceptions import ResultGone
+from tasks_app import conf, dispatch, fingerprint
+from tasks_app.exceptions import IdempotencyConflict, ResultGone
 from tasks_app.models import GONE_STATUSES, PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
 from tasks_app.storage import object_key, upload
 from tasks_app.validation import ARGUMENTS, IDEMPOTENCY_KEY_MAX, Submission, Valid, validate
 
 logger = logging.getLogger(__name__)
+
+
+class Submitted(NamedTuple):
+    """What ``submit_outcome`` did: the task, and whether this call created it (False: the key's task)."""
+
+    task: Task
+    created: bool
 
 
 def submit(
@@ -38,16 +45,47 @@ def submit(
 
     Raises ValidationError keyed by argument name on bad input, writing nothing. With an
     ``idempotency_key`` the same owner gets the existing task back, even under concurrency
-    (a unique constraint decides, not a read-then-write).
+    (a unique constraint decides, not a read-then-write); the key reused with different
+    arguments raises ``IdempotencyConflict`` (a ValidationError keyed by the arguments that
+    differ), writing nothing.
     """
+    return submit_outcome(
+        task_type,
+        payload,
+        owner=owner,
+        run_at=run_at,
+        delay=delay,
+        expires_in=expires_in,
+        result_ttl=result_ttl,
+        idempotency_key=idempotency_key,
+        input_file=input_file,
+        now=now,
+    ).task
+
+
+def submit_outcome(
+    task_type: str,
+    payload: Any = None,
+    *,
+    owner: Any = None,
+    run_at: datetime | None = None,
+    delay: timedelta | None = None,
+    expires_in: timedelta | None = None,
+    result_ttl: timedelta | None = None,
+    idempotency_key: str | None = None,
+    input_file: File | bytes | None = None,
+    now: datetime | None = None,
+) -> Submitted:
+    """``submit()``, also telling whether the task was created now or is the key's existing task."""
     now = now or timezone.now()
     request = Submission(task_type, payload, owner, run_at, delay, expires_in, result_ttl, idempotency_key, input_file)
     valid = validate(request, now)
+    given = fingerprint.of(request, valid) if idempotency_key is not None else None
     if idempotency_key is not None:
         existing = _find_idempotent(owner, idempotency_key)
         if existing is not None:
-            return existing
-    task = _new_task(request, valid, now)
+            return _reused(existing, given)
+    task = _new_task(request, valid, now, given)
     # The input is uploaded before any row is written, with no transaction of ours open: a slow
     # upload holds no lock. Until the task commits, the object belongs to no task; the orphan sweep
     # leaves such objects alone for a while (retention.orphans.decide.MISSING_TASK_GRACE) and waits for open
@@ -64,9 +102,10 @@ def submit(
                     manifest_row.save(force_insert=True)
     except IntegrityError:
         if idempotency_key is not None:
+            # The unique constraint made this insert wait for the winner's commit: its row is visible now.
             existing = _find_idempotent(owner, idempotency_key)
             if existing is not None:
-                return existing
+                return _reused(existing, given)
         raise
     if task.status == TaskStatus.QUEUED:
         # Publish only once the row is visible to workers; if publishing fails the row stays
@@ -76,7 +115,15 @@ def submit(
         "task submitted",
         extra={"task_id": str(task.id), "task_type": task.task_type, "status": task.status},
     )
-    return task
+    return Submitted(task, created=True)
+
+
+def _reused(existing: Task, given: fingerprint.Fingerprint | None, *, prefix: str = "") -> Submitted:
+    """The key's task, if this submission repeats its arguments; else IdempotencyConflict."""
+    differ = fingerprint.differences(existing.submit_fingerprint, given or {})
+    if differ:
+        raise IdempotencyConflict(existing, differ, prefix=prefix)
+    return Submitted(existing, created=False)
 
 
 _MANY_ARGUMENTS = ARGUMENTS - {"input_file"}
@@ -87,7 +134,8 @@ def submit_many(requests: Iterable[Mapping[str, Any]], *, now: datetime | None =
 
     Each request is a mapping of ``submit()``'s arguments (no ``input_file``). All or nothing:
     a bad request raises ValidationError keyed ``"<index>.<argument>"`` and writes nothing. A
-    request whose ``idempotency_key`` its owner already used gets the existing task back.
+    request whose ``idempotency_key`` its owner already used gets the existing task back (with
+    other arguments: ``IdempotencyConflict`` keyed ``"<index>.<argument>"``).
     """
     now = now or timezone.now()
     errors: dict[str, list[str]] = {}
@@ -103,14 +151,15 @@ def submit_many(requests: Iterable[Mapping[str, Any]], *, now: datetime | None =
         except ValidationError as exc:
             errors.update({f"{index}.{field}": messages for field, messages in exc.message_dict.items()})
             continue
-        tasks.append(_new_task(submission, valid, now))
+        given = fingerprint.of(submission, valid) if submission.idempotency_key is not None else None
+        tasks.append(_new_task(submission, valid, now, given))
     if errors:
         raise ValidationError(errors)
     if any(task.idempotency_key is not None for task in tasks):
         # Rare in bulk: one at a time, so each key is decided by the unique constraint, all in
         # one transaction (each insert in a savepoint, so a lost key race can be looked up).
         with transaction.atomic():
-            return [_submit_built(task) for task in tasks]
+            return [_submit_built(task, index) for index, task in enumerate(tasks)]
     with transaction.atomic():
         Task.objects.bulk_create(tasks)
         due = [task for task in tasks if task.status == TaskStatus.QUEUED]
@@ -120,10 +169,10 @@ def submit_many(requests: Iterable[Mapping[str, Any]], *, now: datetime | None =
     return tasks
 
 
-def _submit_built(task: Task) -> Task:
+def _submit_built(task: Task, index: int) -> Task:
     existing = _find_idempotent(task.owner, task.idempotency_key) if task.idempotency_key else None
     if existing is not None:
-        return existing
+        return _reused(existing, task.submit_fingerprint, prefix=f"{index}.").task
     try:
         with transaction.atomic():
             task.save(force_insert=True)
@@ -132,16 +181,17 @@ def _submit_built(task: Task) -> Task:
         existing = _find_idempotent(task.owner, task.idempotency_key) if task.idempotency_key else None
         if existing is None:
             raise
-        return existing
+        return _reused(existing, task.submit_fingerprint, prefix=f"{index}.").task
     if task.status == TaskStatus.QUEUED:
         transaction.on_commit(lambda: dispatch.publish_safely([task]))
     return task
 
 
-def _new_task(request: Submission, valid: Valid, now: datetime) -> Task:
+def _new_task(request: Submission, valid: Valid, now: datetime, given: fingerprint.Fingerprint | None) -> Task:
     """The (unsaved) task a validated submission makes: queued if due now, else scheduled."""
     run_at, delay, expires_in = request.run_at, request.delay, request.expires_in
-    due_at = run_at if run_at is not None else now + (delay or timedelta(0))
+    # A run_at in the past means now: the task becomes due when it is submitted, not before it existed.
+    due_at = max(run_at, now) if run_at is not None else now + (delay or timedelta(0))
     lifetime = expires_in if expires_in is not None else conf.task_expires_in()
     runs_now = due_at <= now
     return Task(
@@ -158,6 +208,7 @@ def _new_task(request: Submission, valid: Valid, now: datetime) -> Task:
         expires_at=now + lifetime if lifetime is not None else None,
         result_ttl=request.result_ttl,
         idempotency_key=request.idempotency_key,
+        submit_fingerprint=given,
     )
 
 
@@ -214,7 +265,15 @@ def submit_scheduled(
     if fired_at and period and period > timedelta(0):
         bucket = int(fired_at.timestamp() // period.total_seconds())
         key = f"schedule:{schedule_name}:{bucket}"[:IDEMPOTENCY_KEY_MAX]
-    return submit(task_type, payload, result_ttl=result_ttl, expires_in=expires_in, idempotency_key=key, now=now)
+    try:
+        return submit(task_type, payload, result_ttl=result_ttl, expires_in=expires_in, idempotency_key=key, now=now)
+    except IdempotencyConflict as conflict:
+        # The entry was edited between two firings in one period: that period already has its run.
+        logger.warning(
+            "schedule period already submitted with other arguments",
+            extra={"schedule": schedule_name, "task_id": str(conflict.task.pk), "arguments": conflict.arguments},
+        )
+        return conflict.task
 
 
 def cancel(task: Task | str, *, now: datetime | None = None) -> bool:

@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 
 from retention.api.serializers import AuditQuerySerializer
 from retention.audit import export, receipts
+from tasks_app.api.serializers import unknown_field_errors
 
 # Before the first record anything could have: the default of ``since``.
 BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
@@ -62,6 +63,12 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
+# A datetime with its offset (RFC 3339 date-time), or a calendar date.
+_MOMENT = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}]}
+# The export's query parameters (DRF's ?format= among them): any other is refused by name.
+PARAMETERS = ("since", "until", "format")
+
+
 class AuditExportView(APIView):
     """GET /api/v1/audit/?since=&until= → every audit record in that window, as CSV."""
 
@@ -79,13 +86,12 @@ class AuditExportView(APIView):
     @extend_schema(
         summary="Export the audit trail as CSV",
         parameters=[
-            OpenApiParameter(
-                "since", OpenApiTypes.STR, description="ISO 8601 datetime with offset, or a date (inclusive)."
-            ),
+            OpenApiParameter("since", _MOMENT, description="ISO 8601 datetime with offset, or a date (inclusive)."),
             OpenApiParameter(
                 "until",
-                OpenApiTypes.STR,
-                description="ISO 8601 datetime with offset (exclusive), or a date (that whole day included).",
+                _MOMENT,
+                description="ISO 8601 datetime with offset (exclusive), or a date (that whole day included); "
+                "later than since.",
             ),
         ],
         responses={
@@ -117,6 +123,9 @@ class AuditExportView(APIView):
     )
     def get(self, request: Request) -> StreamingHttpResponse:
         """Stream the records with since <= occurred_at < until (default: from the start until now)."""
+        unknown = unknown_field_errors(request.query_params, PARAMETERS)
+        if unknown:
+            raise ValidationError(unknown)
         given = {name: value for name, value in request.query_params.items() if value != ""}
         query = AuditQuerySerializer(data={name: given[name] for name in ("since", "until") if name in given})
         query.is_valid(raise_exception=True)

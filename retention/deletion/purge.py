@@ -56,6 +56,8 @@ def tombstone_values(now: datetime) -> dict[str, Any]:
         # that clock to leave alone objects a purge deleted after they were listed.
         "status_changed_at": Now(),
         "payload": None,
+        # Digests of the payload and input: a small payload could be confirmed by guessing.
+        "submit_fingerprint": None,
         "error": "",
         "result_expires_at": None,
         "purge_reason": "",

@@ -6,15 +6,22 @@ serializers only turn request fields into its arguments and its errors back into
 
 from __future__ import annotations
 
+import difflib
 import re
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.urls import reverse
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tasks_app.models import Task, TaskResult, TaskStatus
+from tasks_app import downloads
+from tasks_app.api import schema as _schema  # noqa: F401 - registers the OpenAPI field extensions
+from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
 
 # submit() argument → request field, for the ones whose names differ (units in request names).
 FIELD_FOR_ARGUMENT = {
@@ -28,7 +35,14 @@ _MAX_SECONDS = int(timedelta.max.total_seconds())
 
 
 class SecondsField(serializers.IntegerField):
-    """Whole seconds in the request, a timedelta for submit() (which judges sign and size)."""
+    """Whole seconds in the request, a timedelta for submit() (which judges sign and size).
+
+    ``least`` is the smallest value submit() accepts, for the schema (tasks_app.api.schema).
+    """
+
+    def __init__(self, *, least: int = 0, **kwargs: Any) -> None:
+        self.least = least
+        super().__init__(**kwargs)
 
     # IntegerField parses and checks the number; this field hands submit() a timedelta.
     def to_internal_value(self, data: Any) -> timedelta:  # type: ignore[override]
@@ -42,35 +56,121 @@ class SecondsField(serializers.IntegerField):
 
 
 class MomentField(serializers.DateTimeField):
-    """An ISO 8601 datetime, passed on as given: submit() refuses one without a UTC offset."""
+    """An ISO 8601 datetime, passed on as given: submit() refuses one without a UTC offset.
+
+    Except from a form (multipart or urlencoded body, as the browsable API's date widget sends
+    one, which has no offset): there a naive value is read as UTC, as the form's help text says.
+    """
 
     def enforce_timezone(self, value: datetime) -> datetime:
+        if self.context.get("naive_is_utc") and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
         return value
 
 
-class TaskSubmitSerializer(serializers.Serializer):
+class PayloadField(serializers.JSONField):
+    """Any JSON value; from a form, a JSON document in a string, and a blank one means no payload."""
+
+    def get_value(self, dictionary: Any) -> Any:
+        value = super().get_value(dictionary)
+        if getattr(value, "is_json_string", False) and not value.strip():
+            return None
+        return value
+
+
+class TaskTypeField(serializers.CharField):
+    """A task type name; the schema lists the registered ones (tasks_app.api.schema)."""
+
+
+class UploadField(serializers.FileField):
+    """A multipart file part (its schema: tasks_app.api.schema)."""
+
+
+class KeyField(serializers.CharField):
+    """An idempotency key; blank (as an empty form field sends it) means no key.
+
+    Blank is taken here, before CharField's own blank check (so no ``allow_blank``, which would
+    split the schema into a oneOf that "" matches twice).
+    """
+
+    def run_validation(self, data: Any = serializers.empty) -> Any:
+        if data == "":
+            return None
+        if data is not None and data is not serializers.empty and not isinstance(data, str):
+            # CharField would take 42 as "42": a key is text, as the schema says.
+            self.fail("invalid")
+        return super().run_validation(data)
+
+
+# Sent by the browsable API's form (Django's CSRF token): not a field of the request.
+_FORM_NOISE = frozenset({"csrfmiddlewaretoken"})
+# The Python argument names people type, and the request field each is spelled as here.
+_PYTHON_SPELLINGS = {"delay": "delay_seconds", "expires_in": "expires_in_seconds", "result_ttl": "result_ttl_seconds"}
+
+
+def unknown_field_errors(given: Any, known: Any) -> dict[str, list[str]]:
+    """A 400 body naming each name in ``given`` that is not in ``known``, with the likely one meant."""
+    if not isinstance(given, Mapping):
+        return {}
+    known = list(known)
+    errors: dict[str, list[str]] = {}
+    for name in given:
+        if name in known or name in _FORM_NOISE:
+            continue
+        meant = _PYTHON_SPELLINGS.get(name) or next(iter(difflib.get_close_matches(str(name), known, n=1)), None)
+        hint = f" Did you mean {meant}?" if meant else f" Known fields: {', '.join(known)}."
+        errors[str(name)] = [f"Unknown field.{hint}"]
+    return errors
+
+
+class RefusesUnknownFields(serializers.Serializer):
+    """A serializer that answers 400 for a field it does not know, instead of ignoring it (a typo
+    such as ``expires_in`` would otherwise submit a task that never expires)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        unknown = unknown_field_errors(data, self.fields)
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if unknown and isinstance(exc.detail, dict):
+                raise serializers.ValidationError({**exc.detail, **unknown}) from None
+            raise
+        if unknown:
+            raise serializers.ValidationError(unknown)
+        return value
+
+
+class TaskSubmitSerializer(RefusesUnknownFields):
     """The body of ``POST /api/v1/tasks/`` (JSON, or multipart with ``input_file``)."""
 
-    task_type = serializers.CharField(help_text="A registered task type, e.g. demo.echo.")
-    payload = serializers.JSONField(
-        required=False, allow_null=True, help_text="Any JSON value (a JSON string in a multipart body)."
+    task_type = TaskTypeField(min_length=1, max_length=200, help_text="A registered task type, e.g. demo.echo.")
+    payload = PayloadField(
+        required=False, allow_null=True, help_text="Any JSON value (a JSON document in a form or multipart body)."
     )
     run_at = MomentField(
-        required=False, allow_null=True, help_text="When to run, ISO 8601 with a UTC offset; not with delay_seconds."
+        required=False,
+        allow_null=True,
+        help_text=(
+            "When to run, ISO 8601 with a UTC offset (JSON); not with delay_seconds. "
+            "In a form or multipart body a time without an offset is read as UTC."
+        ),
     )
     delay_seconds = SecondsField(required=False, allow_null=True, help_text="Run after this many seconds.")
     expires_in_seconds = SecondsField(
-        required=False, allow_null=True, help_text="Delete the task's data this long after submission."
+        least=1, required=False, allow_null=True, help_text="Delete the task's data this long after submission."
     )
     result_ttl_seconds = SecondsField(
         required=False, allow_null=True, help_text="Keep the result this long after the task finishes; 0 = do not."
     )
-    idempotency_key = serializers.CharField(
+    idempotency_key = KeyField(
         required=False,
         allow_null=True,
-        allow_blank=True,
+        max_length=255,
         trim_whitespace=False,
-        help_text="The same key from the same user returns the existing task.",
+        help_text=(
+            "The same key from the same user with the same fields returns the existing task (200); "
+            "with other fields it is refused (409). Blank = no key."
+        ),
     )
     input_file = serializers.FileField(
         required=False, allow_null=True, allow_empty_file=True, use_url=False, help_text="Multipart only."
@@ -81,12 +181,35 @@ class TaskSubmitSerializer(serializers.Serializer):
         return {ARGUMENT_FOR_FIELD.get(name, name): value for name, value in self.validated_data.items()}
 
 
+class TaskSubmitJsonSerializer(TaskSubmitSerializer):
+    """The JSON form of the submit body, as documented (a JSON body carries no file)."""
+
+    class Meta:
+        ref_name = "TaskSubmit"
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        fields.pop("input_file")
+        return fields
+
+
 class TaskSubmitMultipartSerializer(TaskSubmitSerializer):
-    """The multipart form of the submit body (documents ``payload`` as a JSON string)."""
+    """The multipart form of the submit body, as documented: strings and a file, never null."""
 
     # A multipart body carries the payload as a string (the JSON body's field is a JSONField).
     payload = serializers.CharField(required=False, help_text="The payload as a JSON document.")  # type: ignore[assignment]
-    input_file = serializers.FileField(required=False, help_text="Stored as the task's input under tasks/<id>/input/.")
+    run_at = serializers.DateTimeField(  # type: ignore[assignment]
+        required=False, help_text="When to run, ISO 8601; without an offset it is read as UTC. Not with delay_seconds."
+    )
+    delay_seconds = SecondsField(required=False, help_text="Run after this many seconds.")
+    expires_in_seconds = SecondsField(
+        least=1, required=False, help_text="Delete the task's data this long after submission."
+    )
+    result_ttl_seconds = SecondsField(
+        required=False, help_text="Keep the result this long after the task finishes; 0 = do not."
+    )
+    idempotency_key = KeyField(required=False, max_length=255, help_text="Blank = no key; see the JSON body.")
+    input_file = UploadField(required=False, help_text="Stored as the task's input under tasks/<id>/input/.")
 
 
 _ARGUMENT_NAMES = re.compile(r"\b(" + "|".join(FIELD_FOR_ARGUMENT) + r")\b")
@@ -125,20 +248,54 @@ class TaskSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class StoredFileSerializer(serializers.ModelSerializer):
+    """One file of a task: its input, or a file its result wrote."""
+
+    name = serializers.SerializerMethodField(help_text="The file's name (the last part of its key).")
+    download_url = serializers.SerializerMethodField(
+        help_text="GET it with your token: a redirect to a short-lived link (S3) or the file itself (local storage)."
+    )
+
+    class Meta:
+        model = StoredObject
+        fields = ["id", "kind", "name", "key", "size", "created_at", "download_url"]
+        read_only_fields = fields
+
+    def get_name(self, stored: StoredObject) -> str:
+        return downloads.name_of(stored)
+
+    def get_download_url(self, stored: StoredObject) -> str:
+        path = reverse("task-file", args=[stored.task_id, stored.pk])
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path
+
+
 class TaskDetailSerializer(TaskSerializer):
-    """A task with its payload (submit and retrieve)."""
+    """A task with its payload and files (submit and retrieve)."""
 
     payload = serializers.JSONField(read_only=True)
+    files = serializers.SerializerMethodField(
+        help_text="Its input file and its result's files, while they may be read (result files go with the result)."
+    )
 
     class Meta(TaskSerializer.Meta):
-        fields = [*TaskSerializer.Meta.fields, "payload"]
+        fields = [*TaskSerializer.Meta.fields, "payload", "files"]
         read_only_fields = fields
+
+    @extend_schema_field(StoredFileSerializer(many=True))
+    def get_files(self, task: Task) -> Any:
+        # A task just submitted without a file has none: no query for it.
+        files = self.context.get("files")
+        if files is None:
+            files = downloads.listed(task, now=timezone.now())
+        return StoredFileSerializer(files, many=True, context=self.context).data
 
 
 class GoneSerializer(serializers.ModelSerializer):
     """410 Gone: what is left of an expired task (the billing tombstone's public part)."""
 
     detail = serializers.CharField(read_only=True)
+    final_status = serializers.SerializerMethodField(help_text="The status the task had when its data expired.")
 
     class Meta:
         model = Task
@@ -153,6 +310,11 @@ class GoneSerializer(serializers.ModelSerializer):
             "expired_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=TaskStatus.choices))
+    def get_final_status(self, task: Task) -> str:
+        # Set when the purge claims the task; before the sweep has come, the status it has now.
+        return task.final_status or task.status
 
 
 class ResultSerializer(serializers.ModelSerializer):
@@ -179,7 +341,7 @@ class ErasureSerializer(serializers.Serializer):
 
 
 class TaskFilterSerializer(serializers.Serializer):
-    """The list's query parameters."""
+    """The list's filters (the view refuses query parameters it does not know)."""
 
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     task_type = serializers.CharField(required=False, max_length=200)
@@ -195,8 +357,19 @@ def _messages() -> serializers.ListField:
     return serializers.ListField(child=serializers.CharField(), required=False)
 
 
+class ConflictSerializer(serializers.Serializer):
+    """409: an idempotency_key reused with other fields; nothing was written."""
+
+    detail = serializers.CharField()
+    task_id = serializers.UUIDField(help_text="The task the key belongs to.")
+    conflicting_fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="Each request field that differs from the key's first submission, with a message.",
+    )
+
+
 class SubmitErrorsSerializer(serializers.Serializer):
-    """400: messages per request field, keyed by the field's name as sent."""
+    """400: messages per request field, keyed by the field's name as sent (also a field the endpoint does not know)."""
 
     task_type = _messages()
     payload = _messages()

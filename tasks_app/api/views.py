@@ -12,10 +12,12 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import FileResponse, HttpResponseRedirect
+from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -24,8 +26,10 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tasks_app import hooks, services
+from tasks_app import downloads, hooks, services
 from tasks_app.api.serializers import (
+    FIELD_FOR_ARGUMENT,
+    ConflictSerializer,
     DetailSerializer,
     ErasureSerializer,
     FilterErrorsSerializer,
@@ -35,11 +39,13 @@ from tasks_app.api.serializers import (
     TaskDetailSerializer,
     TaskFilterSerializer,
     TaskSerializer,
+    TaskSubmitJsonSerializer,
     TaskSubmitMultipartSerializer,
     TaskSubmitSerializer,
     request_errors,
+    unknown_field_errors,
 )
-from tasks_app.exceptions import ErasureRefused, ResultGone
+from tasks_app.exceptions import ErasureRefused, IdempotencyConflict, ResultGone
 from tasks_app.models import Task, TaskStatus
 
 COMMON_RESPONSES = {
@@ -48,6 +54,14 @@ COMMON_RESPONSES = {
 }
 NOT_FOUND = OpenApiResponse(DetailSerializer, description="No such task of yours (or not a task id).")
 GONE = OpenApiResponse(GoneSerializer, description="The task's data expired (or is being deleted).")
+
+
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+SUBMIT_EXAMPLE = OpenApiExample(
+    "Run demo.echo now, kept an hour",
+    value={"task_type": "demo.echo", "payload": {"hello": "world"}, "expires_in_seconds": 3600},
+    request_only=True,
+)
 
 
 class TaskCursorPagination(CursorPagination):
@@ -60,10 +74,18 @@ class TaskCursorPagination(CursorPagination):
 
     def get_page_size(self, request: Request) -> int | None:
         given = request.query_params.get(self.page_size_query_param, "")
-        if given and not (given.isascii() and given.isdigit() and int(given) > 0):
-            # DRF silently falls back to the default; say what is wrong instead.
-            raise ValidationError({self.page_size_query_param: ["A positive whole number (a page holds at most 500)."]})
+        if given and not (given.isascii() and given.isdigit() and 0 < int(given) <= self.max_page_size):
+            # DRF silently falls back to the default (or clamps to the maximum); say what is wrong instead.
+            raise ValidationError({self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]})
         return super().get_page_size(request)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": self.max_page_size}
+                parameter["description"] = f"Tasks per page, 1 to {self.max_page_size} (default {self.page_size})."
+        return parameters
 
     def decode_cursor(self, request: Request) -> Any:
         try:
@@ -72,8 +94,23 @@ class TaskCursorPagination(CursorPagination):
             raise ValidationError({self.cursor_query_param: [self.invalid_cursor_message]}) from None
 
 
+def _conflict(conflict: IdempotencyConflict) -> Response:
+    fields = {FIELD_FOR_ARGUMENT.get(name, name): messages for name, messages in conflict.message_dict.items()}
+    body = {
+        "detail": f"This idempotency_key was first used with other values of: {', '.join(fields)}. "
+        "Nothing was stored; send a new key for a different request.",
+        "task_id": conflict.task.pk,
+        "conflicting_fields": fields,
+    }
+    return Response(ConflictSerializer(body).data, status=status.HTTP_409_CONFLICT)
+
+
 def _gone(task: Task, detail: str) -> Response:
     return Response({"detail": detail, **GoneSerializer(task).data}, status=status.HTTP_410_GONE)
+
+
+# The list's query parameters: its filters, the cursor pagination's, and DRF's ?format=.
+LIST_PARAMETERS = ("status", "task_type", "cursor", "page_size", "format")
 
 
 class TaskViewSet(viewsets.GenericViewSet):
@@ -103,29 +140,61 @@ class TaskViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         summary="Submit a task",
-        request={"application/json": TaskSubmitSerializer, "multipart/form-data": TaskSubmitMultipartSerializer},
+        request={"application/json": TaskSubmitJsonSerializer, "multipart/form-data": TaskSubmitMultipartSerializer},
+        examples=[SUBMIT_EXAMPLE],
         responses={
+            200: OpenApiResponse(
+                TaskDetailSerializer, description="The idempotency_key's task, submitted before with the same fields."
+            ),
             201: TaskDetailSerializer,
-            400: OpenApiResponse(SubmitErrorsSerializer, description="Rejected; nothing was stored."),
+            400: OpenApiResponse(
+                SubmitErrorsSerializer, description="Rejected (a bad or unknown field); nothing was stored."
+            ),
+            409: OpenApiResponse(
+                ConflictSerializer, description="The idempotency_key was used with other fields; nothing was stored."
+            ),
+            410: OpenApiResponse(
+                GoneSerializer, description="The idempotency_key's task expired (its data is deleted)."
+            ),
             **COMMON_RESPONSES,
         },
     )
     def create(self, request: Request) -> Response:
-        """Submit a task to run now, at ``run_at`` or after ``delay_seconds``; 400 names each bad field."""
+        """Submit a task to run now, at ``run_at`` or after ``delay_seconds``; 400 names each bad or unknown field.
+
+        A repeated ``idempotency_key`` with the same fields answers 200 with the task it made; with
+        other fields, 409 naming them. Nothing is written either way.
+        """
         try:
             data = request.data
         except RequestDataTooBig:
             # Django refuses to read a body over DATA_UPLOAD_MAX_MEMORY_SIZE (files aside): the payload.
             limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
             raise ValidationError({"payload": [f"The request is over the server's limit of {limit} bytes."]}) from None
-        submission = TaskSubmitSerializer(data=data)
+        # A form's date widget has no offset: there (only) a naive run_at is read as UTC.
+        from_form = (request.content_type or "").startswith(_FORM_TYPES)
+        submission = TaskSubmitSerializer(data=data, context={"naive_is_utc": from_form})
         submission.is_valid(raise_exception=True)
         try:
-            task = services.submit(**submission.submit_arguments(), owner=request.user)
+            outcome = services.submit_outcome(**submission.submit_arguments(), owner=request.user)
+        except IdempotencyConflict as conflict:
+            return _conflict(conflict)
         except DjangoValidationError as exc:
             raise ValidationError(request_errors(exc)) from None
+        task = outcome.task
         location = request.build_absolute_uri(reverse("task-detail", args=[task.pk]))
-        return Response(TaskDetailSerializer(task).data, status=status.HTTP_201_CREATED, headers={"Location": location})
+        if outcome.created:
+            # Only an uploaded input makes a file at submission: without one, no query for the list.
+            context = {"request": request, **({} if "input_file" in submission.validated_data else {"files": []})}
+            return Response(
+                TaskDetailSerializer(task, context=context).data,
+                status=status.HTTP_201_CREATED,
+                headers={"Location": location},
+            )
+        if services.data_gone(task, now=timezone.now()):
+            return _gone(task, "This idempotency_key's task expired: its data is deleted.")
+        body = TaskDetailSerializer(task, context={"request": request}).data
+        return Response(body, status=status.HTTP_200_OK, headers={"Location": location})
 
     @extend_schema(
         summary="List your tasks",
@@ -141,6 +210,9 @@ class TaskViewSet(viewsets.GenericViewSet):
     )
     def list(self, request: Request) -> Response:
         """The caller's tasks, newest first, a page at a time (follow ``next``)."""
+        unknown = unknown_field_errors(request.query_params, LIST_PARAMETERS)
+        if unknown:
+            raise ValidationError(unknown)
         given = {name: value for name, value in request.query_params.items() if value != ""}
         filters = TaskFilterSerializer(data={name: given[name] for name in ("status", "task_type") if name in given})
         filters.is_valid(raise_exception=True)
@@ -157,7 +229,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         task = self.get_object()
         if services.data_gone(task, now=timezone.now()):
             return _gone(task, "This task's data has expired and is deleted.")
-        return Response(TaskDetailSerializer(task).data)
+        return Response(TaskDetailSerializer(task, context={"request": request}).data)
 
     @extend_schema(
         summary="Read a task's result",
@@ -180,6 +252,42 @@ class TaskViewSet(viewsets.GenericViewSet):
             raise NotFound(f"This task has no result (status: {task.status}).")
         result.task = task
         return Response(ResultSerializer(result).data)
+
+    @extend_schema(
+        summary="Download one of a task's files",
+        parameters=[OpenApiParameter("file_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="A file's id.")],
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="The file (local storage), as an attachment."
+            ),
+            302: OpenApiResponse(description="S3: a redirect to a presigned link, valid TASKS_DOWNLOAD_URL_TTL."),
+            404: OpenApiResponse(DetailSerializer, description="No such task of yours, or no such file of it."),
+            410: OpenApiResponse(GoneSerializer, description="The file expired with the task or its result."),
+            **COMMON_RESPONSES,
+        },
+    )
+    @action(detail=True, methods=["get"], url_path=r"files/(?P<file_id>[^/]+)", url_name="file")
+    def file(self, request: Request, pk: str, file_id: str) -> HttpResponseBase:
+        """Download a file the task's representation lists; only its owner may."""
+        task = self.get_object()
+        now = timezone.now()
+        if services.data_gone(task, now=now):
+            return _gone(task, "This task's data has expired and is deleted.")
+        try:
+            stored = downloads.readable(task, file_id, now=now)
+        except ResultGone:
+            return _gone(task, "This file belonged to the task's result, which has expired and is deleted.")
+        if stored is None:
+            raise NotFound("This task has no such file.")
+        url = downloads.presigned_url(stored)
+        if url is not None:
+            return HttpResponseRedirect(url)
+        try:
+            handle = downloads.open_local(stored)
+        except FileNotFoundError:
+            # Deleted since the row was read (a purge under way): as good as expired.
+            return _gone(task, "This file has been deleted.")
+        return FileResponse(handle, as_attachment=True, filename=downloads.name_of(stored))
 
     @extend_schema(
         summary="Erase a task's data",

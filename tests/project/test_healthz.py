@@ -51,6 +51,18 @@ def test_all_dependencies_up_is_200(client: Any) -> None:
 
 
 @pytest.mark.django_db
+def test_head_answers_as_get_does(client: Any, monkeypatch: pytest.MonkeyPatch, short_timeout: None) -> None:
+    # a load balancer's HEAD probe gets the status GET would (it was 405), with no body
+    up = client.head("/healthz")
+    assert (up.status_code, up.content) == (200, b"")
+    assert client.head("/metrics").status_code == 200
+
+    monkeypatch.setitem(connections.settings["default"], "PORT", str(free_port()))
+    assert client.head("/healthz").status_code == 503
+    assert client.post("/healthz").status_code == 405
+
+
+@pytest.mark.django_db
 def test_database_down_is_503_naming_it(client: Any, monkeypatch: pytest.MonkeyPatch, short_timeout: None) -> None:
     # given the database settings pointing at a port nothing listens on (new connections fail)
     monkeypatch.setitem(connections.settings["default"], "PORT", str(free_port()))

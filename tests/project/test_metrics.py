@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from retention.models import AuditRecord, SweepRun
 from retention.monitoring import metrics as retention_metrics
+from tasks_app import executor
 from tasks_app import metrics as task_metrics
 from tasks_app.models import MetricTotal, Task, TaskStatus
+from tasks_app.services import submit
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_SCRIPT = """
@@ -76,7 +78,7 @@ def queued_task(run_at: Any, **fields: Any) -> Task:
         payload={"n": 1},
         run_at=run_at,
         timeout=timedelta(seconds=30),
-        **fields,
+        **{"created_at": run_at, **fields},
     )
 
 
@@ -154,6 +156,25 @@ def test_exposition_passes_promtool_check_metrics(client: Any, tmp_path: Path) -
     result = subprocess.run([binary, "check", "metrics"], input=body, capture_output=True, check=False)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
     assert b"tasks_dispatch_lateness_seconds_bucket" in body
+
+
+@pytest.mark.django_db
+def test_a_run_at_long_past_is_not_counted_as_lateness() -> None:
+    # given tasks asking to run in the year 2000: one submitted, one row written directly
+    ancient = datetime(2000, 1, 1, tzinfo=UTC)
+    submitted = submit("demo.echo", {}, run_at=ancient)
+    written = queued_task(ancient, created_at=timezone.now())
+    task_metrics.flush()
+    _, before_total = task_metrics.lateness_totals()
+
+    # when both start
+    for task in (submitted, written):
+        executor.execute(task.pk, worker="test")
+    task_metrics.flush()
+
+    # then the submitted one became due at its submission, and neither adds more than a few seconds
+    assert submitted.run_at == submitted.created_at
+    assert 0 <= task_metrics.lateness_totals()[1] - before_total < 10
 
 
 @pytest.mark.django_db

@@ -354,6 +354,25 @@ def test_a_schedule_period_runs_once_even_after_its_run_was_purged() -> None:
 
 
 @pytest.mark.django_db
+def test_a_schedule_edited_within_a_period_keeps_that_periods_run() -> None:
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    from tasks_app.services import submit_scheduled
+
+    every_30s = IntervalSchedule.objects.create(every=30, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="nightly", task="tasks_app.submit_scheduled", interval=every_30s)
+    fired = datetime(2026, 1, 1, 12, 0, 10, tzinfo=UTC)
+    first = submit_scheduled("demo.echo", {"v": 1}, schedule_name="nightly", fired_at=fired)
+
+    # when a second beat fires the same period after the entry's payload was edited
+    again = submit_scheduled("demo.echo", {"v": 2}, schedule_name="nightly", fired_at=fired + timedelta(seconds=5))
+
+    # then the period keeps its one run (no IdempotencyConflict escapes into the beat task)
+    assert again.pk == first.pk
+    assert Task.objects.count() == 1
+
+
+@pytest.mark.django_db
 def test_retention_report_into_a_missing_folder_names_it(tmp_path: Any) -> None:
     target = tmp_path / "no-such-folder" / "audit.csv"
     with pytest.raises(CommandError, match="no-such-folder"):

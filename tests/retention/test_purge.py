@@ -55,7 +55,9 @@ def test_tasks_with_files_expire_completely_and_leave_a_billing_tombstone(make_u
             owner=owner,
             expires_in=timedelta(hours=1),
             input_file=ContentFile(b"input document", name="in.txt"),
+            idempotency_key=f"report-{customer}",
         )
+        assert task.submit_fingerprint is not None
         assert execute(task.id, worker="test") == TaskStatus.SUCCEEDED
         tasks.append(Task.objects.get(pk=task.pk))
     expected = {task.pk: _bytes_of(task) for task in tasks}
@@ -75,6 +77,8 @@ def test_tasks_with_files_expire_completely_and_leave_a_billing_tombstone(make_u
         assert task.status == TaskStatus.EXPIRED
         assert task.expired_at == later
         assert task.payload is None
+        assert task.submit_fingerprint is None  # digests of the payload and input go with them
+        assert task.idempotency_key == before.idempotency_key
         assert task.error == ""
         assert task.result_expires_at is None
         assert (task.owner_id, task.task_type, task.created_at, task.finished_at) == (

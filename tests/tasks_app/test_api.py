@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from datetime import timezone as timezone_of
 from typing import Any
 
@@ -65,9 +66,10 @@ def test_submit_json_answers_201_with_the_task(client_for: Any, alice: Any) -> N
         assert field in shown
     assert response["Location"].endswith(f"/api/v1/tasks/{task.pk}/")
 
-    # and the same key again returns the same task
+    # and the same key with the same fields again answers 200 with the same task
     again = client_for(alice).post(URL, body, format="json")
-    assert (again.status_code, again.json()["id"]) == (201, shown["id"])
+    assert (again.status_code, again.json()["id"]) == (200, shown["id"])
+    assert again["Location"] == response["Location"]
     assert Task.objects.count() == 1
 
 
@@ -116,7 +118,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     ("payload too large", {"payload": {"blob": "x" * 200}}, "payload", ("json", "multipart")),
     ("payload not JSON", {"payload": "{not json"}, "payload", ("multipart",)),
     ("run_at and delay", {"run_at": NOW_ISO, "delay_seconds": 5}, "delay_seconds", ("json", "multipart")),
-    ("naive run_at", {"run_at": "2030-01-01T12:00:00"}, "run_at", ("json", "multipart")),
+    ("naive run_at", {"run_at": "2030-01-01T12:00:00"}, "run_at", ("json",)),  # a form's is read as UTC
     ("run_at not a date", {"run_at": "tomorrow"}, "run_at", ("json", "multipart")),
     ("run_at too far", {"run_at": "9000-01-01T00:00:00Z"}, "run_at", ("json", "multipart")),
     ("negative delay", {"delay_seconds": -1}, "delay_seconds", ("json", "multipart")),
@@ -128,7 +130,9 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     ("expires_in overflows", {"expires_in_seconds": 10**30}, "expires_in_seconds", ("json", "multipart")),
     ("negative result_ttl", {"result_ttl_seconds": -5}, "result_ttl_seconds", ("json", "multipart")),
     ("result_ttl too long", {"result_ttl_seconds": 10**10}, "result_ttl_seconds", ("json", "multipart")),
-    ("empty idempotency_key", {"idempotency_key": ""}, "idempotency_key", ("json", "multipart")),
+    ("NUL in idempotency_key", {"idempotency_key": "k\u0000"}, "idempotency_key", ("json",)),
+    ("the Python spelling", {"expires_in": 60}, "expires_in", ("json", "multipart")),
+    ("a typo", {"paylod": "{}"}, "paylod", ("json", "multipart")),
     ("idempotency_key too long", {"idempotency_key": "k" * 256}, "idempotency_key", ("json", "multipart")),
     ("input_file not a file", {"input_file": "c2VjcmV0"}, "input_file", ("json",)),
     ("input_file too large", {"input_file": b"x" * 11}, "input_file", ("multipart",)),
@@ -167,10 +171,118 @@ def test_a_rejected_submission_names_the_field_as_sent_and_stores_nothing(
     errors = response.json()
     assert errors[field]
     assert all(isinstance(message, str) and message for message in errors[field])
-    assert not {"delay", "expires_in", "result_ttl"} & set(errors)
+    assert not {"delay", "expires_in", "result_ttl"} & set(errors) - set(fields)
     assert Task.objects.count() == 0
     assert StoredObject.objects.count() == 0
     assert bucket_keys("tasks/") == keys_before
+
+
+def test_unknown_fields_are_each_named_with_the_field_meant(client_for: Any, alice: Any) -> None:
+    # when a client sends the Python spellings, a typo and a valid field with a bad value
+    body = {"task_type": "demo.echo", "expires_in": 60, "delay": 5, "paylod": {}, "result_ttl_seconds": "soon"}
+    errors = client_for(alice).post(URL, body, format="json").json()
+
+    # then each unknown field is named with the one meant, beside the bad value's own message
+    assert errors["expires_in"] == ["Unknown field. Did you mean expires_in_seconds?"]
+    assert errors["delay"] == ["Unknown field. Did you mean delay_seconds?"]
+    assert errors["paylod"] == ["Unknown field. Did you mean payload?"]
+    assert set(errors) == {"expires_in", "delay", "paylod", "result_ttl_seconds"}
+    assert Task.objects.count() == 0
+
+
+@pytest.mark.parametrize("fmt", ["json", "multipart"])
+def test_a_blank_idempotency_key_is_no_key(client_for: Any, alice: Any, fmt: str) -> None:
+    body = {"task_type": "demo.echo", "idempotency_key": ""}
+    first = client_for(alice).post(URL, body, format=fmt)
+    second = client_for(alice).post(URL, body, format=fmt)
+
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.json()["id"] != second.json()["id"]
+    assert set(Task.objects.values_list("idempotency_key", flat=True)) == {None}
+
+
+def test_a_naive_run_at_from_a_form_is_utc(client_for: Any, alice: Any) -> None:
+    # when the browsable API's date widget sends a time without an offset (a form body)
+    response = client_for(alice).post(URL, {"task_type": "demo.echo", "run_at": "2030-01-01T12:00"}, format="multipart")
+
+    # then it is read as UTC
+    assert response.status_code == 201, response.json()
+    assert Task.objects.get().run_at == datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+
+# --- Idempotency --------------------------------------------------------------------------------
+
+
+def test_a_reused_key_with_other_fields_is_a_409_naming_them(client_for: Any, alice: Any, bucket_keys: Any) -> None:
+    # given a task submitted with a key and an input file
+    fields = {"task_type": "demo.echo", "payload": '{"n": 1}', "expires_in_seconds": "3600", "idempotency_key": "k"}
+    first = client_for(alice).post(
+        URL, {**fields, "input_file": SimpleUploadedFile("a.txt", b"one")}, format="multipart"
+    )
+    assert first.status_code == 201
+    keys_before = bucket_keys("tasks/")
+
+    # when the key comes again with another payload, lifetime and file
+    changed = {**fields, "payload": '{"n": 2}', "expires_in_seconds": "60"}
+    response = client_for(alice).post(
+        URL, {**changed, "input_file": SimpleUploadedFile("a.txt", b"two")}, format="multipart"
+    )
+
+    # then 409 names the fields as sent, and nothing new is stored
+    assert response.status_code == 409
+    body = response.json()
+    assert set(body["conflicting_fields"]) == {"payload", "expires_in_seconds", "input_file"}
+    assert body["task_id"] == first.json()["id"]
+    assert "payload" in body["detail"]
+    assert Task.objects.count() == 1
+    assert StoredObject.objects.count() == 1
+    assert bucket_keys("tasks/") == keys_before
+
+
+def test_a_reused_key_whose_task_expired_is_a_410(client_for: Any, alice: Any) -> None:
+    body = {"task_type": "demo.echo", "idempotency_key": "k", "expires_in_seconds": 60}
+    first = client_for(alice).post(URL, body, format="json")
+    Task.objects.filter(pk=first.json()["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    response = client_for(alice).post(URL, body, format="json")
+
+    assert response.status_code == 410
+    assert response.json()["id"] == first.json()["id"]
+    assert Task.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_with_one_key_make_one_task(alice: Any) -> None:
+    # given six clients sending the same keyed request at the same instant
+    from django.db import connection
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=alice).key
+    barrier = threading.Barrier(6)
+    codes: list[int] = []
+    ids: set[str] = set()
+
+    def post() -> None:
+        try:
+            client = APIClient()
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+            barrier.wait(timeout=10)
+            response = client.post(URL, {"task_type": "demo.echo", "idempotency_key": "once"}, format="json")
+            codes.append(response.status_code)
+            ids.add(response.json()["id"])
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then one of them created it and the others got it back
+    assert sorted(codes) == [200] * 5 + [201]
+    assert len(ids) == 1
+    assert Task.objects.count() == 1
 
 
 def test_messages_speak_of_the_fields_as_sent(client_for: Any, alice: Any) -> None:
@@ -226,7 +338,13 @@ def test_list_shows_only_the_callers_tasks_newest_first_with_filters_and_cursor(
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({"status": "finished"}, "status"), ({"task_type": "t" * 201}, "task_type"), ({"cursor": "garbage"}, "cursor")],
+    [
+        ({"status": "finished"}, "status"),
+        ({"task_type": "t" * 201}, "task_type"),
+        ({"cursor": "garbage"}, "cursor"),
+        ({"stauts": "queued"}, "stauts"),  # an unknown parameter would filter nothing
+        ({"page": "2"}, "page"),
+    ],
 )
 def test_list_rejects_a_bad_filter_naming_it(client_for: Any, alice: Any, params: dict[str, str], field: str) -> None:
     response = client_for(alice).get(URL, params)

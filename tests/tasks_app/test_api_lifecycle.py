@@ -83,6 +83,7 @@ def test_data_past_its_expiry_is_not_served_even_before_a_sweep(client_for: Any,
     shown = client.get(f"{URL}{task.pk}/")
     assert shown.status_code == 410
     assert (shown.json()["status"], shown.json()["expired_at"]) == ("queued", None)
+    assert shown.json()["final_status"] == "queued"  # was "": the status it has until the sweep
     assert client.get(f"{URL}{task.pk}/result/").status_code == 410
 
 

@@ -13,8 +13,9 @@ from django.core.files.base import ContentFile
 from django.db import connection
 from django.utils import timezone
 
+from tasks_app.exceptions import IdempotencyConflict
 from tasks_app.models import StoredObject, Task, TaskStatus
-from tasks_app.services import cancel, submit
+from tasks_app.services import cancel, submit, submit_outcome
 from tests.tasks_app.slow_storage import _slow_uploads
 
 NOW = timezone.now()
@@ -127,47 +128,141 @@ def test_result_ttl_default_comes_from_settings(settings: Any) -> None:
 @pytest.mark.django_db
 def test_idempotency_key_returns_existing_task_per_owner(make_user: Any) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    first = submit("demo.echo", {"n": 1}, owner=alice, idempotency_key="k1")
-    again = submit("demo.echo", {"n": 2}, owner=alice, idempotency_key="k1")
+    first = submit("demo.echo", {"n": 1}, owner=alice, idempotency_key="k1", delay=timedelta(minutes=5))
+    # the same arguments later (a delay counts as asked, not as the instant it names)
+    again = submit_outcome(
+        "demo.echo", {"n": 1}, owner=alice, idempotency_key="k1", delay=timedelta(minutes=5), now=NOW + timedelta(1)
+    )
     other_owner = submit("demo.echo", {"n": 3}, owner=bob, idempotency_key="k1")
     system = submit("demo.echo", {"n": 4}, idempotency_key="k1")
-    system_again = submit("demo.echo", {"n": 5}, idempotency_key="k1")
-    assert again.id == first.id
+    system_again = submit("demo.echo", {"n": 4}, idempotency_key="k1")
+    assert (again.task.id, again.created) == (first.id, False)
     assert other_owner.id != first.id
     assert system_again.id == system.id
     assert Task.objects.count() == 3
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("changed", "named"),
+    [
+        ({"payload": {"n": 2}}, ["payload"]),
+        ({"task_type": "demo.report"}, ["task_type"]),
+        ({"delay": timedelta(minutes=6)}, ["delay"]),
+        ({"delay": None, "run_at": NOW + timedelta(minutes=5)}, ["run_at", "delay"]),
+        ({"expires_in": timedelta(hours=2), "result_ttl": timedelta(0)}, ["expires_in", "result_ttl"]),
+        ({"input_file": b"other bytes"}, ["input_file"]),
+    ],
+    ids=["payload", "task_type", "delay", "run_at-instead", "lifetimes", "input_file"],
+)
+def test_a_reused_key_with_other_arguments_is_refused_naming_them(
+    make_user: Any, bucket_keys: Any, changed: dict[str, Any], named: list[str]
+) -> None:
+    # given a task submitted with a key
+    alice = make_user("alice")
+    arguments: dict[str, Any] = {
+        "task_type": "demo.echo",
+        "payload": {"n": 1},
+        "delay": timedelta(minutes=5),
+        "expires_in": timedelta(hours=1),
+        "input_file": ContentFile(b"scan", name="scan.pdf"),
+    }
+    first = submit(**arguments, owner=alice, idempotency_key="k1")
+    objects_before = bucket_keys("tasks/")
+
+    # when the key comes again with other arguments
+    with pytest.raises(IdempotencyConflict) as raised:
+        submit(
+            **{**arguments, "input_file": ContentFile(b"scan", name="scan.pdf"), **changed},
+            owner=alice,
+            idempotency_key="k1",
+        )
+
+    # then the conflict names exactly the arguments that differ, and nothing new is stored
+    assert sorted(raised.value.message_dict) == sorted(named)
+    assert raised.value.task.pk == first.pk
+    assert isinstance(raised.value, ValidationError)  # callers catching submit()'s errors see it
+    assert Task.objects.count() == 1
+    assert StoredObject.objects.count() == 1
+    assert bucket_keys("tasks/") == objects_before
+
+
+@pytest.mark.django_db
+def test_the_same_input_file_bytes_repeat_a_submission(make_user: Any) -> None:
+    alice = make_user("alice")
+    first = submit("demo.echo", {}, owner=alice, idempotency_key="k", input_file=ContentFile(b"scan", name="a.pdf"))
+    again = submit_outcome(
+        "demo.echo", {}, owner=alice, idempotency_key="k", input_file=ContentFile(b"scan", name="b.pdf")
+    )
+    assert (again.task.pk, again.created) == (first.pk, False)
+
+
+@pytest.mark.django_db
+def test_a_key_whose_task_has_no_fingerprint_is_decided_by_the_key_alone(make_user: Any) -> None:
+    # given a task from before fingerprints existed (or a tombstone, whose fingerprint is cleared)
+    alice = make_user("alice")
+    first = submit("demo.echo", {"n": 1}, owner=alice, idempotency_key="k1")
+    Task.objects.filter(pk=first.pk).update(submit_fingerprint=None)
+
+    # then the key returns it, whatever the arguments
+    assert submit("demo.echo", {"n": 2}, owner=alice, idempotency_key="k1").pk == first.pk
+
+
+@pytest.mark.django_db
+def test_only_a_keyed_submission_pays_for_a_fingerprint(make_user: Any) -> None:
+    plain = submit("demo.echo", {"n": 1})
+    keyed = submit("demo.echo", {"n": 1}, idempotency_key="k")
+    assert plain.submit_fingerprint is None
+    assert keyed.submit_fingerprint is not None
+    assert set(keyed.submit_fingerprint) == {
+        "task_type",
+        "payload",
+        "run_at",
+        "delay",
+        "expires_in",
+        "result_ttl",
+        "input_file",
+    }
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("with_owner", [True, False], ids=["owner", "system"])
 def test_concurrent_submits_with_same_key_get_one_task(with_owner: bool, make_user: Any) -> None:
-    # given many threads that submit the same owner + key at the same instant
+    # given many threads that submit the same owner + key at the same instant, half of them with another payload
     owner = make_user() if with_owner else None
     threads_count = 8
     barrier = threading.Barrier(threads_count)
-    ids: list[Any] = []
+    outcomes: list[tuple[int, Any]] = []
     errors: list[BaseException] = []
 
-    def worker() -> None:
+    def worker(n: int) -> None:
         try:
             barrier.wait(timeout=10)
-            ids.append(submit("demo.echo", {"x": 1}, owner=owner, idempotency_key="same", delay=timedelta(hours=1)).id)
+            task = submit("demo.echo", {"x": n % 2}, owner=owner, idempotency_key="same", delay=timedelta(hours=1))
+            outcomes.append((n % 2, task.id))
+        except IdempotencyConflict as conflict:
+            outcomes.append((n % 2, conflict))
         except BaseException as exc:
             errors.append(exc)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(threads_count)]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(threads_count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
 
-    # then every caller got the same task and only one row exists
+    # then only one row exists; callers with its payload got it, the others a conflict naming the payload
     assert errors == []
-    assert len(ids) == threads_count
-    assert len(set(ids)) == 1
-    assert Task.objects.count() == 1
+    assert len(outcomes) == threads_count
+    task = Task.objects.get()
+    for parity, outcome in outcomes:
+        if parity == task.payload["x"]:
+            assert outcome == task.id
+        else:
+            assert isinstance(outcome, IdempotencyConflict)
+            assert list(outcome.message_dict) == ["payload"]
 
 
 @pytest.mark.django_db

@@ -11,6 +11,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from tasks_app import dispatch
+from tasks_app.exceptions import IdempotencyConflict
 from tasks_app.models import Task, TaskStatus
 from tasks_app.services import submit, submit_many
 
@@ -79,12 +80,32 @@ def test_idempotency_keys_in_a_batch_return_the_existing_tasks(make_user: Any) -
     first = submit("demo.echo", {"n": 1}, owner=owner, idempotency_key="order-1")
     tasks = submit_many(
         [
-            {"task_type": "demo.echo", "owner": owner, "idempotency_key": "order-1"},
+            {"task_type": "demo.echo", "payload": {"n": 1}, "owner": owner, "idempotency_key": "order-1"},
             {"task_type": "demo.echo", "owner": owner, "idempotency_key": "order-2"},
         ]
     )
     assert tasks[0].pk == first.pk
     assert Task.objects.filter(owner=owner).count() == 2
+
+
+@pytest.mark.django_db
+def test_a_reused_key_with_other_arguments_rejects_the_batch_naming_index_and_argument(make_user: Any) -> None:
+    # given a task submitted with a key
+    owner = make_user()
+    submit("demo.echo", {"n": 1}, owner=owner, idempotency_key="order-1")
+
+    # when a batch repeats the key with another payload after a new task
+    with pytest.raises(IdempotencyConflict) as raised:
+        submit_many(
+            [
+                {"task_type": "demo.echo", "owner": owner, "idempotency_key": "order-2"},
+                {"task_type": "demo.echo", "payload": {"n": 2}, "owner": owner, "idempotency_key": "order-1"},
+            ]
+        )
+
+    # then the error names the request and the argument, and the batch wrote nothing
+    assert list(raised.value.message_dict) == ["1.payload"]
+    assert Task.objects.filter(owner=owner).count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
