@@ -8,5 +8,5 @@ from retention.api.views import AuditExportView, DeletionReceiptView
 
 urlpatterns = [
     path("audit/", AuditExportView.as_view(), name="audit-export"),
-    path("tasks/<uuid:task_id>/receipt/", DeletionReceiptView.as_view(), name="task-receipt"),
+    path("tasks/<str:task_id>/receipt/", DeletionReceiptView.as_view(), name="task-receipt"),
 ]

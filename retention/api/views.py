@@ -144,6 +144,7 @@ class DeletionReceiptView(APIView):
 
     @extend_schema(
         summary="A purged task's deletion receipt",
+        parameters=[OpenApiParameter("task_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
         description=(
             "The task's audit records, the seal covering each with an RFC 6962 inclusion proof, and a listing of "
             "the task's storage prefix taken now (objects; on a versioned bucket also versions and delete "
@@ -156,13 +157,17 @@ class DeletionReceiptView(APIView):
             409: OpenApiResponse(_DETAIL, description="The task's data is not deleted yet."),
         },
     )
-    def get(self, request: Request, task_id: UUID) -> Response:
+    def get(self, request: Request, task_id: str) -> Response:
+        try:
+            task_uuid = UUID(task_id)
+        except ValueError as exc:
+            raise Http404 from exc  # as the task routes answer an id that is not one
         user = request.user
         auditor = user.is_staff and user.has_perm("retention.view_auditrecord")
-        if not auditor and receipts.receipt_owner_id(task_id) != user.pk:
+        if not auditor and receipts.receipt_owner_id(task_uuid) != user.pk:
             raise Http404
         try:
-            return Response(receipts.build(task_id, now=timezone.now()))
+            return Response(receipts.build(task_uuid, now=timezone.now()))
         except receipts.NoSuchDeletion as exc:
             raise Http404 from exc
         except receipts.NotDeletedYet as exc:
