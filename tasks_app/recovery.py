@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from tasks_app import conf
 from tasks_app.dispatch import Delivery, publish_safely
-from tasks_app.models import Task, TaskStatus
+from tasks_app.models import AttemptOutcome, Task, TaskAttempt, TaskStatus
 from tasks_app.signals import task_finished
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def _recover_expired_leases(now: datetime, limit: int, counts: Recovered) -> int
         )
         retry = [Delivery(task_id=i, run_at=None, timeout=t) for i, a, m, t in rows if a < m]
         exhausted = [i for i, a, m, _ in rows if a >= m]
+        _close_lost_attempts([(i, a) for i, a, _, _ in rows], now)
         if retry:
             Task.objects.filter(pk__in=[d.task_id for d in retry]).update(
                 status=TaskStatus.QUEUED,
@@ -62,6 +63,18 @@ def _recover_expired_leases(now: datetime, limit: int, counts: Recovered) -> int
     counts.expired_leases += len(rows)
     counts.dead += len(exhausted)
     return len(rows)
+
+
+def _close_lost_attempts(attempts: list[tuple[UUID, int]], now: datetime) -> None:
+    """End the history rows of attempts whose worker stopped renewing their lease (one UPDATE)."""
+    if not attempts:
+        return
+    which = Q()
+    for task_id, attempt in attempts:
+        which |= Q(task_id=task_id, attempt=attempt)
+    TaskAttempt.objects.filter(which, finished_at__isnull=True).update(
+        finished_at=now, outcome=AttemptOutcome.LOST, error=WORKER_LOST
+    )
 
 
 def _stale_queued(now: datetime) -> QuerySet[Task]:

@@ -13,6 +13,12 @@ compared as an expression (``status || ''``), which no status index can answer. 
 column, PostgreSQL planned them on ``task_status_fin_idx`` (status, finished_at) once its
 statistics said few tasks are queued or running, and then walked every queued or running row's
 index entry for each take and finish: a burst of n tasks cost n² index reads.
+
+Each attempt's history row (``TaskAttempt``) rides in the same statements on PostgreSQL: the
+take inserts it from the row its UPDATE returned, the finish updates it from the row its UPDATE
+returned (data-modifying CTEs), so the history costs no extra round trip on the hot path and is
+written exactly when the task row changed. SQLite (the embedded mode) writes it in a second
+statement of the same transaction.
 """
 
 from __future__ import annotations
@@ -23,11 +29,19 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Field
 
 from tasks_app import storable
-from tasks_app.models import Task, TaskResult, TaskStatus
+from tasks_app.models import AttemptOutcome, Task, TaskAttempt, TaskResult, TaskStatus
+
+# The outcome an attempt gets from the status its finish writes.
+OUTCOMES = {
+    TaskStatus.SUCCEEDED: AttemptOutcome.SUCCEEDED,
+    TaskStatus.SCHEDULED: AttemptOutcome.RETRY,
+    TaskStatus.FAILED: AttemptOutcome.FAILED,
+    TaskStatus.DEAD: AttemptOutcome.DEAD,
+}
 
 
 @functools.cache
@@ -71,7 +85,7 @@ def _value(name: str, value: Any) -> Any:
 @functools.cache
 def _take_sql() -> str:
     c = _column
-    return (
+    update = (
         # Table and column names from the model; the values are parameters.
         f"UPDATE {connection.ops.quote_name(Task._meta.db_table)} SET {c('status')} = %s, "  # noqa: S608
         f"{c('attempts')} = {c('attempts')} + 1, {c('started_at')} = %s, {c('status_changed_at')} = %s, "
@@ -80,6 +94,18 @@ def _take_sql() -> str:
         f"AND ({c('run_at')} IS NULL OR {c('run_at')} <= %s) "
         f"AND ({c('expires_at')} IS NULL OR {c('expires_at')} > %s) "
         f"RETURNING {_row_reader()[2]}"
+    )
+    if connection.vendor != "postgresql":
+        return update
+    # The attempt row comes from the row the UPDATE returned: no take, no attempt.
+    return (
+        f"WITH taken AS ({update}), "  # noqa: S608 - our own SQL and names; the values are parameters
+        f"attempt AS (INSERT INTO {connection.ops.quote_name(TaskAttempt._meta.db_table)} "
+        f"(task_id, attempt, worker, started_at, finished_at, outcome, error) "
+        f"SELECT {c('id')}, {c('attempts')}, {c('worker')}, {c('started_at')}, NULL, '', '' FROM taken "
+        f"ON CONFLICT (task_id, attempt) DO UPDATE SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at, "
+        f"finished_at = NULL, outcome = '', error = '') "
+        f"SELECT {_row_reader()[2]} FROM taken"
     )
 
 
@@ -97,10 +123,30 @@ def take(task_id: UUID | str, *, now: datetime, lease_until: datetime, worker: s
         at,
         at,
     ]
+    if connection.vendor != "postgresql":
+        return _take_in_two_statements(params)
     with connection.cursor() as cursor:
         cursor.execute(_take_sql(), params)
         rows = cursor.fetchall()
     return _tasks(rows)[0] if rows else None
+
+
+def _take_in_two_statements(params: list[Any]) -> Task | None:
+    """SQLite has no data-modifying CTE: the take, then its attempt row, in one transaction."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(_take_sql(), params)
+            rows = cursor.fetchall()
+        if not rows:
+            return None
+        task = _tasks(rows)[0]
+        assert task.started_at is not None
+        TaskAttempt.objects.update_or_create(
+            task_id=task.pk,
+            attempt=task.attempts,
+            defaults={"worker": task.worker, "started_at": task.started_at, "finished_at": None, "outcome": ""},
+        )
+    return task
 
 
 def _worker_name(worker: str) -> str:
@@ -133,12 +179,60 @@ def finish_sql(task: Task, changes: Mapping[str, Any]) -> tuple[str, list[Any]]:
     return _finish_sql(tuple(changes)), params
 
 
+def _attempt_end(changes: Mapping[str, Any]) -> tuple[datetime | None, str, str]:
+    """The finishing attempt's end, outcome and error, from the changes its finish writes."""
+    outcome = OUTCOMES.get(changes.get("status"), AttemptOutcome.FAILED)  # type: ignore[call-overload]
+    return changes.get("finished_at") or changes.get("status_changed_at"), str(outcome), changes.get("error", "")
+
+
+def _attempt_values(changes: Mapping[str, Any]) -> list[Any]:
+    """``_attempt_end`` as the parameters of the attempt's UPDATE."""
+    finished_at, outcome, error = _attempt_end(changes)
+    fields = TaskAttempt._meta
+    return [
+        fields.get_field("finished_at").get_db_prep_save(finished_at, connection),  # type: ignore[union-attr]
+        outcome,
+        fields.get_field("error").get_db_prep_save(error, connection),  # type: ignore[union-attr]
+    ]
+
+
+def _attempt_cte() -> str:
+    """The finishing attempt's UPDATE, from the task row the conditional UPDATE ``finished`` returned."""
+    table = connection.ops.quote_name(TaskAttempt._meta.db_table)
+    return (
+        f"attempt AS (UPDATE {table} SET finished_at = %s, outcome = %s, error = %s "  # noqa: S608 - as above
+        f"WHERE task_id IN (SELECT id FROM finished) AND attempt = %s)"
+    )
+
+
+def _finish_attempt_in_python(task: Task, changes: Mapping[str, Any]) -> None:
+    finished_at, outcome, error = _attempt_end(changes)
+    TaskAttempt.objects.filter(task_id=task.pk, attempt=task.attempts).update(
+        finished_at=finished_at, outcome=outcome, error=error
+    )
+
+
 def finish(task: Task, changes: Mapping[str, Any]) -> tuple[bool, datetime | None]:
-    """Write ``changes`` if this attempt still holds the task: (written, the row's expires_at)."""
+    """Write ``changes`` if this attempt still holds the task: (written, the row's expires_at).
+
+    The attempt's history row gets its end, outcome and error in the same statement.
+    """
     sql, params = finish_sql(task, changes)
-    with connection.cursor() as cursor:
-        cursor.execute(f"{sql} RETURNING {_column('expires_at')}", params)
-        row = cursor.fetchone()
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"{sql} RETURNING {_column('expires_at')}", params)
+                row = cursor.fetchone()
+            if row is not None:
+                _finish_attempt_in_python(task, changes)
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH finished AS ({sql} RETURNING id, expires_at), {_attempt_cte()} "  # noqa: S608 - as above
+                "SELECT expires_at FROM finished",
+                [*params, *_attempt_values(changes), task.attempts],
+            )
+            row = cursor.fetchone()
     if row is None:
         return False, None
     return True, _expiry(row[0])
@@ -156,6 +250,7 @@ def finish_with_result(task: Task, changes: Mapping[str, Any], result: TaskResul
         cursor.execute(
             f"""
             WITH finished AS ({sql} RETURNING id, expires_at),
+            {_attempt_cte()},
             stored AS (
                 INSERT INTO {TaskResult._meta.db_table} (task_id, data, created_at, expires_at)
                 SELECT id, %s, %s, %s FROM finished
@@ -164,7 +259,7 @@ def finish_with_result(task: Task, changes: Mapping[str, Any], result: TaskResul
             )
             SELECT expires_at FROM finished
             """,  # noqa: S608 - our own SQL and table names; the values are parameters
-            [*params, data, result.created_at, result.expires_at],
+            [*params, *_attempt_values(changes), task.attempts, data, result.created_at, result.expires_at],
         )
         row = cursor.fetchone()
     if row is None:
