@@ -181,7 +181,7 @@ def finish_sql(task: Task, changes: Mapping[str, Any]) -> tuple[str, list[Any]]:
 
 def _attempt_end(changes: Mapping[str, Any]) -> tuple[datetime | None, str, str]:
     """The finishing attempt's end, outcome and error, from the changes its finish writes."""
-    outcome = OUTCOMES.get(changes.get("status"), AttemptOutcome.FAILED)  # type: ignore[call-overload]
+    outcome = OUTCOMES.get(changes.get("status"), AttemptOutcome.FAILED)  # type: ignore[arg-type]
     return changes.get("finished_at") or changes.get("status_changed_at"), str(outcome), changes.get("error", "")
 
 
@@ -190,9 +190,9 @@ def _attempt_values(changes: Mapping[str, Any]) -> list[Any]:
     finished_at, outcome, error = _attempt_end(changes)
     fields = TaskAttempt._meta
     return [
-        fields.get_field("finished_at").get_db_prep_save(finished_at, connection),  # type: ignore[union-attr]
+        fields.get_field("finished_at").get_db_prep_save(finished_at, connection),
         outcome,
-        fields.get_field("error").get_db_prep_save(error, connection),  # type: ignore[union-attr]
+        fields.get_field("error").get_db_prep_save(error, connection),
     ]
 
 
