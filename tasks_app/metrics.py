@@ -30,6 +30,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from tasks_app import workers
 from tasks_app.models import MetricTotal, Task, TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -200,6 +201,8 @@ class TasksSnapshot:
     estimated: frozenset[str] = field(default_factory=frozenset)
     backlog: int = 0
     oldest_backlog_age: timedelta = timedelta(0)
+    queued: int = 0
+    scheduled_due: int = 0
 
 
 def _backlog(now: datetime) -> tuple[QuerySet, QuerySet]:
@@ -219,7 +222,8 @@ def snapshot(now: datetime) -> TasksSnapshot:
         if guessed:
             estimated.add(status)
     queued, overdue = _backlog(now)
-    backlog = min(count_upto(queued) + count_upto(overdue), COUNT_LIMIT + 1)
+    queued_count, overdue_count = count_upto(queued), count_upto(overdue)
+    backlog = min(queued_count + overdue_count, COUNT_LIMIT + 1)
     # The oldest scheduled row comes off task_due_idx in one step; queued rows are the backlog itself.
     oldest = [
         rows.order_by("run_at").values_list("run_at", flat=True).first()
@@ -227,7 +231,7 @@ def snapshot(now: datetime) -> TasksSnapshot:
     ]
     due_since = min((at for at in oldest if at is not None), default=None)
     age = max(now - due_since, timedelta(0)) if due_since is not None else timedelta(0)
-    return TasksSnapshot(by_status, frozenset(estimated), backlog, age)
+    return TasksSnapshot(by_status, frozenset(estimated), backlog, age, queued_count, overdue_count)
 
 
 def lateness_totals() -> tuple[list[tuple[str, float]], float]:
@@ -262,10 +266,30 @@ class TasksCollector:
             f"Tasks due and not started: queued, or scheduled past run_at (counted up to {COUNT_LIMIT + 1}).",
             value=snap.backlog,
         )
+        by_state = GaugeMetricFamily(
+            "tasks_backlog_by_state",
+            f"The backlog split: queued (published), scheduled_due (past run_at, not dispatched yet); "
+            f"each counted up to {COUNT_LIMIT + 1}.",
+            labels=["state"],
+        )
+        by_state.add_metric(["queued"], snap.queued)
+        by_state.add_metric(["scheduled_due"], snap.scheduled_due)
+        yield by_state
         yield GaugeMetricFamily(
             "tasks_backlog_oldest_age_seconds",
             "How long the oldest task due and not started has waited since its run_at (0 if none).",
             value=snap.oldest_backlog_age.total_seconds(),
+        )
+        found = workers.counts(now)
+        yield GaugeMetricFamily(
+            "tasks_workers_up",
+            "Celery workers whose heartbeat is fresh (within three TASKS_WORKER_HEARTBEAT intervals).",
+            value=found["up"],
+        )
+        yield GaugeMetricFamily(
+            "tasks_workers_gone",
+            "Celery workers that stopped beating without a clean shutdown (heard from within a day).",
+            value=found["gone"],
         )
         buckets, total = lateness_totals()
         yield HistogramMetricFamily(
