@@ -21,3 +21,7 @@ class ResultGone(Exception):
 
 class ErasureRefused(Exception):
     """A user-requested erasure may not happen now (a legal hold covers the task)."""
+
+
+class ActionRefused(Exception):
+    """An operator's action (run again, cancel, retry) does not apply to the task as it is; the message says why."""

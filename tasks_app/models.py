@@ -252,6 +252,13 @@ class TaskAttempt(models.Model):
     def __str__(self) -> str:
         return f"attempt {self.attempt} of {self.task_id}"
 
+    @property
+    def runtime_seconds(self) -> float | None:
+        """How long the attempt ran, once it ended."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
 
 class WorkerHeartbeat(models.Model):
     """A Celery worker's last heartbeat: what it is, what it runs, when it last said so.
