@@ -114,6 +114,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Dates in the admin to the second, one format on every page (project/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["project.formats"]
 
 # --- Static and media files ----------------------------------------------------------------
 STATIC_URL = "static/"

@@ -153,7 +153,7 @@ def short_rule(deadline: reports.Deadline) -> str:
 
 
 def _when(moment: datetime | None, *, utc: bool = True) -> str:
-    return "" if moment is None else f"{moment:%Y-%m-%d %H:%M}{' UTC' if utc else ''}"
+    return "" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}{' UTC' if utc else ''}"
 
 
 def retention_html(task: Task, now: datetime) -> str:

@@ -191,7 +191,7 @@ def test_an_expired_task_is_read_only_and_a_live_one_has_its_actions(
     page = admin_page
     page.goto(f"{live_server.url}/admin/tasks_app/task/?expiring=1h")
     expect(page.locator("#result_list tbody tr")).to_have_count(1)
-    expect(page.locator("#result_list")).to_contain_text(f"{live.expires_at:%Y-%m-%d %H:%M} UTC")
+    expect(page.locator("#result_list")).to_contain_text(f"{live.expires_at:%Y-%m-%d %H:%M:%S} UTC")
     assert _fits(page), "the task list must fit the screen without scrolling sideways"
     shot(page, "06-task-list-expiring-1h")
 

@@ -305,3 +305,16 @@ def test_workers_state_helper_is_what_the_list_shows() -> None:
     now = timezone.now()
     row = _worker("w@h", timedelta(seconds=31))
     assert workers.state(row, now) == "gone"
+
+
+def test_dates_in_lists_and_pages_show_seconds_in_one_format(admin_client: Any, make_task: Any) -> None:
+    # given a task created at a time with seconds
+    created = timezone.now().replace(microsecond=0, second=7)
+    task = make_task(status=TaskStatus.QUEUED, created_at=created)
+
+    # when the operator opens the task page and the worker list
+    page = admin_client.get(_change(task)).content.decode()
+
+    # then the date reads 2026-12-05 04:21:07, not "Dec. 5, 2026, 4:21 a.m."
+    assert f"{created:%Y-%m-%d %H:%M:%S}" in page
+    assert f"{created:%b}." not in page
