@@ -248,6 +248,7 @@ class TaskAttempt(models.Model):
             models.UniqueConstraint(fields=["task", "attempt"], name="taskattempt_task_attempt_uniq"),
         ]
         ordering = ["task", "attempt"]
+        verbose_name = "task attempt"
 
     def __str__(self) -> str:
         return f"attempt {self.attempt} of {self.task_id}"
@@ -280,6 +281,7 @@ class WorkerHeartbeat(models.Model):
     running_ids = models.JSONField(default=list, blank=True, help_text="Their task ids (at most 50).")
 
     class Meta:
+        verbose_name = "worker"
         ordering = ["hostname"]
 
     def __str__(self) -> str:
