@@ -1,10 +1,11 @@
-"""What tasks_app tells /metrics: tasks by status, the backlog, and dispatch lateness.
+"""What tasks_app tells /metrics: tasks by status, the backlog, workers, dispatch lateness and runtime.
 
 Counts are read from the database at scrape time, each with a bounded, indexed query: a
 status with more than COUNT_LIMIT rows is reported as PostgreSQL's planner estimate instead of
 being counted row by row, so a scrape costs the same with ten or ten million tasks.
 
-Dispatch lateness (start − ``run_at``) is observed in the worker process that takes a task. Workers
+Dispatch lateness (start − ``run_at``) is observed in the worker process that takes a task, and
+each attempt's runtime (per task type) in the process that finishes it. Workers
 run on many hosts and restart, and a Celery worker serves no HTTP, so the histogram lives in the
 database (``MetricTotal``: one row per bucket plus the sum): each process counts in memory and a
 timer adds its counts in one short transaction FLUSH_SECONDS later. A task start costs no write;
@@ -41,6 +42,10 @@ COUNT_LIMIT = 100_000
 FLUSH_SECONDS = 5.0
 LATENESS = "dispatch_lateness_seconds"
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, math.inf)
+RUNTIME = "runtime_seconds"
+RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, math.inf)
+# MetricTotal names are at most 200 characters: a longer task type is cut (types are short in practice).
+RUNTIME_TYPE_CHARS = 120
 
 
 # --- Bounded counts ------------------------------------------------------------------------------
@@ -103,20 +108,34 @@ def bucket_name(upper: float) -> str:
     return f"{LATENESS}:le={'+Inf' if math.isinf(upper) else repr(upper)}"
 
 
-def observe_lateness(seconds: float) -> None:
-    """Count one task start ``seconds`` after its ``run_at`` (negative counts as on time)."""
-    seconds = max(seconds, 0.0)
+def runtime_prefix(task_type: str) -> str:
+    """The MetricTotal name prefix of one task type's runtime histogram."""
+    return f"{RUNTIME}|{task_type[:RUNTIME_TYPE_CHARS]}|"
+
+
+def _observe(prefix: str, buckets: tuple[float, ...], seconds: float) -> None:
+    """Count one observation in this process's pending totals (cumulative buckets and the sum)."""
     with _pending.lock:
         totals = _pending.totals
-        for upper in LATENESS_BUCKETS:
+        for upper in buckets:
             if seconds <= upper:
-                name = bucket_name(upper)
+                name = f"{prefix}le={'+Inf' if math.isinf(upper) else repr(upper)}"
                 totals[name] = totals.get(name, 0) + 1
-        totals[f"{LATENESS}:sum"] = totals.get(f"{LATENESS}:sum", 0.0) + seconds
+        totals[f"{prefix}sum"] = totals.get(f"{prefix}sum", 0.0) + seconds
         if _pending.timer is None:
             _pending.timer = threading.Timer(FLUSH_SECONDS, _flush_from_timer)
             _pending.timer.daemon = True
             _pending.timer.start()
+
+
+def observe_lateness(seconds: float) -> None:
+    """Count one task start ``seconds`` after its ``run_at`` (negative counts as on time)."""
+    _observe(f"{LATENESS}:", LATENESS_BUCKETS, max(seconds, 0.0))
+
+
+def observe_runtime(task_type: str, seconds: float) -> None:
+    """Count one attempt of ``task_type`` that ran ``seconds`` (from its take to its outcome)."""
+    _observe(runtime_prefix(task_type), RUNTIME_BUCKETS, max(seconds, 0.0))
 
 
 def observe_start(task: Task) -> None:
@@ -241,6 +260,19 @@ def lateness_totals() -> tuple[list[tuple[str, float]], float]:
     return buckets, stored.get(f"{LATENESS}:sum", 0.0)
 
 
+def runtime_totals() -> dict[str, tuple[list[tuple[str, float]], float]]:
+    """The runtime histogram per task type, summed over every process: cumulative buckets and the sum."""
+    stored: dict[str, dict[str, float]] = {}
+    for name, value in MetricTotal.objects.filter(name__startswith=f"{RUNTIME}|").values_list("name", "value"):
+        _, task_type, key = name.split("|", 2)
+        stored.setdefault(task_type, {})[key] = value
+    found = {}
+    for task_type, values in stored.items():
+        labels = ["+Inf" if math.isinf(u) else repr(u) for u in RUNTIME_BUCKETS]
+        found[task_type] = ([(label, values.get(f"le={label}", 0.0)) for label in labels], values.get("sum", 0.0))
+    return found
+
+
 class TasksCollector:
     """prometheus-client collector of tasks_app's metrics, read from the database at each scrape."""
 
@@ -298,3 +330,11 @@ class TasksCollector:
             buckets=buckets,
             sum_value=total,
         )
+        runtime = HistogramMetricFamily(
+            f"tasks_{RUNTIME}",
+            "How long each attempt ran (take to outcome), per task type, observed by every worker process.",
+            labels=["task_type"],
+        )
+        for task_type, (type_buckets, type_sum) in sorted(runtime_totals().items()):
+            runtime.add_metric([task_type], type_buckets, type_sum)
+        yield runtime
