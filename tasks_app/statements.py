@@ -14,11 +14,13 @@ column, PostgreSQL planned them on ``task_status_fin_idx`` (status, finished_at)
 statistics said few tasks are queued or running, and then walked every queued or running row's
 index entry for each take and finish: a burst of n tasks cost n² index reads.
 
-Each attempt's history row (``TaskAttempt``) rides in the same statements on PostgreSQL: the
-take inserts it from the row its UPDATE returned, the finish updates it from the row its UPDATE
-returned (data-modifying CTEs), so the history costs no extra round trip on the hot path and is
-written exactly when the task row changed. SQLite (the embedded mode) writes it in a second
-statement of the same transaction.
+Each attempt's history row (``TaskAttempt``) is written once, when the attempt ends, by the
+finish statement itself on PostgreSQL: an INSERT fed by the row its conditional UPDATE returned
+(a data-modifying CTE), so the history costs no round trip and no extra statement on the hot
+path, and exists exactly when the outcome was written. While an attempt runs, the task row
+itself says who runs it and since when (``worker``, ``started_at``); an attempt whose worker
+died gets its row from recovery (tasks_app/recovery.py). SQLite (the embedded mode) inserts it
+in a second statement of the same transaction.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def _value(name: str, value: Any) -> Any:
 @functools.cache
 def _take_sql() -> str:
     c = _column
-    update = (
+    return (
         # Table and column names from the model; the values are parameters.
         f"UPDATE {connection.ops.quote_name(Task._meta.db_table)} SET {c('status')} = %s, "  # noqa: S608
         f"{c('attempts')} = {c('attempts')} + 1, {c('started_at')} = %s, {c('status_changed_at')} = %s, "
@@ -94,18 +96,6 @@ def _take_sql() -> str:
         f"AND ({c('run_at')} IS NULL OR {c('run_at')} <= %s) "
         f"AND ({c('expires_at')} IS NULL OR {c('expires_at')} > %s) "
         f"RETURNING {_row_reader()[2]}"
-    )
-    if connection.vendor != "postgresql":
-        return update
-    # The attempt row comes from the row the UPDATE returned: no take, no attempt.
-    return (
-        f"WITH taken AS ({update}), "  # noqa: S608 - our own SQL and names; the values are parameters
-        f"attempt AS (INSERT INTO {connection.ops.quote_name(TaskAttempt._meta.db_table)} "
-        f"(task_id, attempt, worker, started_at, finished_at, outcome, error) "
-        f"SELECT {c('id')}, {c('attempts')}, {c('worker')}, {c('started_at')}, NULL, '', '' FROM taken "
-        f"ON CONFLICT (task_id, attempt) DO UPDATE SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at, "
-        f"finished_at = NULL, outcome = '', error = '') "
-        f"SELECT {_row_reader()[2]} FROM taken"
     )
 
 
@@ -123,30 +113,10 @@ def take(task_id: UUID | str, *, now: datetime, lease_until: datetime, worker: s
         at,
         at,
     ]
-    if connection.vendor != "postgresql":
-        return _take_in_two_statements(params)
     with connection.cursor() as cursor:
         cursor.execute(_take_sql(), params)
         rows = cursor.fetchall()
     return _tasks(rows)[0] if rows else None
-
-
-def _take_in_two_statements(params: list[Any]) -> Task | None:
-    """SQLite has no data-modifying CTE: the take, then its attempt row, in one transaction."""
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(_take_sql(), params)
-            rows = cursor.fetchall()
-        if not rows:
-            return None
-        task = _tasks(rows)[0]
-        assert task.started_at is not None
-        TaskAttempt.objects.update_or_create(
-            task_id=task.pk,
-            attempt=task.attempts,
-            defaults={"worker": task.worker, "started_at": task.started_at, "finished_at": None, "outcome": ""},
-        )
-    return task
 
 
 def _worker_name(worker: str) -> str:
@@ -185,11 +155,14 @@ def _attempt_end(changes: Mapping[str, Any]) -> tuple[datetime | None, str, str]
     return changes.get("finished_at") or changes.get("status_changed_at"), str(outcome), changes.get("error", "")
 
 
-def _attempt_values(changes: Mapping[str, Any]) -> list[Any]:
-    """``_attempt_end`` as the parameters of the attempt's UPDATE."""
+def _attempt_values(task: Task, changes: Mapping[str, Any]) -> list[Any]:
+    """attempt, worker, started_at, finished_at, outcome and error of the ending attempt, as parameters."""
     finished_at, outcome, error = _attempt_end(changes)
     fields = TaskAttempt._meta
     return [
+        task.attempts,
+        fields.get_field("worker").get_db_prep_save(task.worker, connection),
+        fields.get_field("started_at").get_db_prep_save(task.started_at, connection),
         fields.get_field("finished_at").get_db_prep_save(finished_at, connection),
         outcome,
         fields.get_field("error").get_db_prep_save(error, connection),
@@ -197,25 +170,37 @@ def _attempt_values(changes: Mapping[str, Any]) -> list[Any]:
 
 
 def _attempt_cte() -> str:
-    """The finishing attempt's UPDATE, from the task row the conditional UPDATE ``finished`` returned."""
+    """The ending attempt's history row, inserted from the task row the conditional UPDATE ``finished`` returned."""
     table = connection.ops.quote_name(TaskAttempt._meta.db_table)
     return (
-        f"attempt AS (UPDATE {table} SET finished_at = %s, outcome = %s, error = %s "  # noqa: S608 - as above
-        f"WHERE task_id IN (SELECT id FROM finished) AND attempt = %s)"
+        f"attempt AS (INSERT INTO {table} "  # noqa: S608 - as above
+        "(task_id, attempt, worker, started_at, finished_at, outcome, error) "
+        "SELECT id, %s, %s, %s, %s, %s, %s FROM finished "
+        "ON CONFLICT (task_id, attempt) DO UPDATE SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at, "
+        "finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome, error = EXCLUDED.error)"
     )
 
 
 def _finish_attempt_in_python(task: Task, changes: Mapping[str, Any]) -> None:
     finished_at, outcome, error = _attempt_end(changes)
-    TaskAttempt.objects.filter(task_id=task.pk, attempt=task.attempts).update(
-        finished_at=finished_at, outcome=outcome, error=error
+    assert task.started_at is not None
+    TaskAttempt.objects.update_or_create(
+        task_id=task.pk,
+        attempt=task.attempts,
+        defaults={
+            "worker": task.worker,
+            "started_at": task.started_at,
+            "finished_at": finished_at,
+            "outcome": outcome,
+            "error": error,
+        },
     )
 
 
 def finish(task: Task, changes: Mapping[str, Any]) -> tuple[bool, datetime | None]:
     """Write ``changes`` if this attempt still holds the task: (written, the row's expires_at).
 
-    The attempt's history row gets its end, outcome and error in the same statement.
+    The attempt's history row (worker, start, end, outcome, error) is inserted by the same statement.
     """
     sql, params = finish_sql(task, changes)
     if connection.vendor != "postgresql":
@@ -230,7 +215,7 @@ def finish(task: Task, changes: Mapping[str, Any]) -> tuple[bool, datetime | Non
             cursor.execute(
                 f"WITH finished AS ({sql} RETURNING id, expires_at), {_attempt_cte()} "  # noqa: S608 - as above
                 "SELECT expires_at FROM finished",
-                [*params, *_attempt_values(changes), task.attempts],
+                [*params, *_attempt_values(task, changes)],
             )
             row = cursor.fetchone()
     if row is None:
@@ -259,7 +244,7 @@ def finish_with_result(task: Task, changes: Mapping[str, Any], result: TaskResul
             )
             SELECT expires_at FROM finished
             """,  # noqa: S608 - our own SQL and table names; the values are parameters
-            [*params, *_attempt_values(changes), task.attempts, data, result.created_at, result.expires_at],
+            [*params, *_attempt_values(task, changes), data, result.created_at, result.expires_at],
         )
         row = cursor.fetchone()
     if row is None:

@@ -76,6 +76,28 @@ def test_the_task_page_lists_each_attempt_with_its_error_preformatted(admin_clie
     )
 
 
+def test_the_attempt_under_way_is_shown_from_the_task_row(admin_client: Any, make_task: Any) -> None:
+    # given a running second attempt (its history row is written when it ends) after a lost first one
+    now = timezone.now()
+    task = make_task(status=TaskStatus.RUNNING, attempts=2, worker="celery@c:33", started_at=now, lease_expires_at=now)
+    TaskAttempt.objects.create(
+        task=task,
+        attempt=1,
+        worker="celery@a:11",
+        started_at=now - timedelta(minutes=2),
+        finished_at=now,
+        outcome="lost",
+        error="Worker lost",
+    )
+
+    page = admin_client.get(_change(task)).content.decode()
+
+    assert page.count('<tr class="attempt" data-attempt="1">') == 1
+    assert '<tr class="attempt attempt-running" data-attempt="2">' in page
+    assert "celery@c:33" in page
+    assert "worker lost" in page
+
+
 def test_the_last_error_is_preformatted_too(admin_client: Any, make_task: Any) -> None:
     task = make_task(status=TaskStatus.DEAD, error=TRACEBACK)
 

@@ -73,7 +73,7 @@ def test_a_final_failure_is_the_attempts_outcome(
     assert str(raised) in attempt.error
 
 
-def test_take_and_finish_write_the_history_in_their_own_statements(task_types: Any) -> None:
+def test_the_finish_writes_the_history_in_its_own_statement(task_types: Any) -> None:
     # given a task that succeeds with a stored result
     task_types("t.ok", lambda ctx, payload: {"n": 1})
     task = submit("t.ok", {})
@@ -83,10 +83,11 @@ def test_take_and_finish_write_the_history_in_their_own_statements(task_types: A
         assert execute(task.id, worker="w") == TaskStatus.SUCCEEDED
 
     # then the delivery still writes in two statements (take, finish with its result; the result TTL's
-    # policy lookup aside), and each carries the attempt's row
+    # policy lookup aside): the take as before, the finish carrying the attempt's row
     writes = [q["sql"] for q in queries if "tasks_app_task" in q["sql"]]
     assert len(writes) == 2, [sql[:80] for sql in writes]
-    assert all("tasks_app_taskattempt" in sql for sql in writes)
+    assert "tasks_app_taskattempt" not in writes[0]
+    assert 'INSERT INTO "tasks_app_taskattempt"' in writes[1]
     assert _history(task) == [(1, "w", AttemptOutcome.SUCCEEDED)]
 
 
@@ -100,7 +101,7 @@ def test_an_ignored_delivery_records_no_attempt(task_types: Any) -> None:
     assert not TaskAttempt.objects.filter(task=task).exists()
 
 
-def test_a_superseded_attempt_keeps_its_row_open_and_recovery_ends_it_as_lost(task_types: Any) -> None:
+def test_a_superseded_attempt_is_recorded_as_lost_by_recovery_not_by_its_late_finish(task_types: Any) -> None:
     # given an attempt that loses its lease while running (the lease lapses, recovery takes the task)
     def slow(ctx: Any, payload: Any) -> str:
         Task.objects.filter(pk=ctx.task.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
@@ -113,24 +114,30 @@ def test_a_superseded_attempt_keeps_its_row_open_and_recovery_ends_it_as_lost(ta
     # when it finishes late
     assert execute(task.id, worker="celery@old:1") == "superseded"
 
-    # then its history row says the worker was lost, and the late outcome was not written to it
+    # then its history row, written by recovery, says the worker was lost; the late outcome changed nothing
     (attempt,) = TaskAttempt.objects.filter(task=task)
-    assert (attempt.outcome, attempt.error) == (AttemptOutcome.LOST, recovery.WORKER_LOST)
-    assert attempt.finished_at is not None
+    assert (attempt.worker, attempt.outcome, attempt.error) == (
+        "celery@old:1",
+        AttemptOutcome.LOST,
+        recovery.WORKER_LOST,
+    )
+    assert attempt.started_at < attempt.finished_at
     assert Task.objects.get(pk=task.pk).status == TaskStatus.QUEUED
 
 
-def test_recovery_ends_only_the_lapsed_attempts_rows() -> None:
-    # given one running task whose lease lapsed and one whose lease holds, each with its attempt row
+def test_recovery_records_only_the_lapsed_attempts() -> None:
+    # given one running task whose lease lapsed and one whose lease holds, both on their second attempt
     now = timezone.now()
+    started = now - timedelta(seconds=5)
     lapsed, healthy = submit("demo.echo", {}), submit("demo.echo", {})
     for task, lease in ((lapsed, now - timedelta(seconds=1)), (healthy, now + timedelta(seconds=9))):
-        Task.objects.filter(pk=task.pk).update(status="running", attempts=1, lease_expires_at=lease)
-        TaskAttempt.objects.create(task=task, attempt=1, worker="w", started_at=now - timedelta(seconds=5))
+        Task.objects.filter(pk=task.pk).update(
+            status="running", attempts=2, lease_expires_at=lease, worker="celery@h:7", started_at=started
+        )
 
     # when recovery runs
     recovery.recover_stuck(now)
 
-    # then only the lapsed attempt is ended, as lost
-    outcomes = dict(TaskAttempt.objects.values_list("task_id", "outcome"))
-    assert outcomes == {lapsed.pk: AttemptOutcome.LOST, healthy.pk: ""}
+    # then only the lapsed attempt has its row: worker, start, lost; the healthy one is still the task row's
+    rows = list(TaskAttempt.objects.values_list("task_id", "attempt", "worker", "started_at", "outcome"))
+    assert rows == [(lapsed.pk, 2, "celery@h:7", started, AttemptOutcome.LOST)]

@@ -310,7 +310,7 @@ def test_a_real_worker_beats_shows_what_it_runs_and_is_gone_once_killed(fleet: F
     fleet.start("beat")
     slow = submit("fleet.count", {"sleep": 4}).id
 
-    # then its row names the task it runs, its pool size and queues, and the attempt names the worker
+    # then its row names the task it runs, its pool size and queues, and the running task names the worker
     def beating_with_task() -> bool:
         row = WorkerHeartbeat.objects.filter(hostname__startswith=f"{name}@").first()
         return row is not None and str(slow) in row.running_ids
@@ -319,13 +319,15 @@ def test_a_real_worker_beats_shows_what_it_runs_and_is_gone_once_killed(fleet: F
     row = WorkerHeartbeat.objects.get(hostname__startswith=f"{name}@")
     assert (row.concurrency, row.pool, set(row.queues)) == (2, "prefork", {"celery", "retention"})
     assert workers.state(row, timezone.now()) == "up"
-    assert TaskAttempt.objects.get(task_id=slow).worker.startswith(f"{row.hostname}:")
+    assert Task.objects.get(pk=slow).worker.startswith(f"{row.hostname}:")
 
     # when the worker is killed without warning
     fleet.kill(name)
 
-    # then after three missed beats it is gone
+    # then after three missed beats it is gone, and recovery records its attempt as lost on that worker
     wait_until(
         lambda: workers.state(WorkerHeartbeat.objects.get(pk=row.pk), timezone.now()) == "gone", 30, "gone worker"
     )
     assert workers.counts(timezone.now())["gone"] == 1
+    wait_until(lambda: TaskAttempt.objects.filter(task_id=slow, outcome="lost").exists(), 30, "the lost attempt")
+    assert TaskAttempt.objects.get(task_id=slow, attempt=1).worker.startswith(f"{row.hostname}:")
