@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tasks_app', '0010_task_owner_index_covered_by_owner_created'),
+        ('tasks_app', '0011_task_submit_fingerprint'),
     ]
 
     operations = [
