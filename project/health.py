@@ -2,8 +2,16 @@
 
 ``/healthz`` checks each dependency in its own thread with HEALTHZ_TIMEOUT (seconds), all at
 once, so a hung dependency costs the timeout and never the whole request: 200 when all three
-answer, else 503 naming each that failed. ``/metrics`` reads everything from the database at
-scrape time (tasks_app/metrics.py, retention/metrics.py), so every web process answers the same.
+answer, else 503 naming each that failed.
+
+Workers are reported (``workers``: how many are up, gone, stopped) but never fail ``/healthz``:
+it is what a load balancer or orchestrator asks of *this web process*, and taking web out of
+rotation because no worker runs would add an API and admin outage to a worker outage (the admin
+is where an operator sees which worker went). "No worker up" is alerted on from /metrics instead
+(``tasks_workers_up``, the TasksNoWorkerUp rule in deploy/prometheus/alerts.yml).
+
+``/metrics`` reads everything from the database at scrape time (tasks_app/metrics.py,
+retention/metrics.py), so every web process answers the same.
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ from django.conf import settings
 from django.core.files.storage import storages
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from retention.monitoring.metrics import RetentionCollector
+from tasks_app import workers
 from tasks_app.metrics import TasksCollector
 from tasks_app.storage import PREFIX
 
@@ -132,8 +142,18 @@ def healthz(request: HttpRequest) -> JsonResponse:
     """200 when the database, the broker and the storage all answer; 503 naming those that did not."""
     checks = run_checks()
     failed = [name for name, result in checks.items() if not result["ok"]]
-    body = {"status": "unavailable" if failed else "ok", "failed": failed, "checks": checks}
+    body: dict[str, Any] = {"status": "unavailable" if failed else "ok", "failed": failed, "checks": checks}
+    # Read only once the database answered its check: never a hang of this request.
+    body["workers"] = _workers() if checks["database"]["ok"] else None
     return JsonResponse(body, status=503 if failed else 200)
+
+
+def _workers() -> dict[str, int] | None:
+    """Workers up, gone and stopped (informational: never fails /healthz, see the module's note)."""
+    try:
+        return workers.counts(timezone.now())
+    except Exception:
+        return None
 
 
 @never_cache

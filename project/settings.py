@@ -114,6 +114,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Dates in the admin to the second, one format on every page (project/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["project.formats"]
 
 # --- Static and media files ----------------------------------------------------------------
 STATIC_URL = "static/"
@@ -197,6 +199,7 @@ _BROKER_DIR = VAR_DIR / "broker"
 TASKS_LEASE = envconf.read_seconds("TASKS_LEASE", timedelta(seconds=30), allow_zero=False)
 TASKS_QUEUED_TIMEOUT = envconf.read_seconds("TASKS_QUEUED_TIMEOUT", timedelta(seconds=60), allow_zero=False)
 TASKS_DOWNLOAD_URL_TTL = envconf.read_seconds("TASKS_DOWNLOAD_URL_TTL", timedelta(seconds=60), allow_zero=False)
+TASKS_WORKER_HEARTBEAT = envconf.read_seconds("TASKS_WORKER_HEARTBEAT", timedelta(seconds=10), allow_zero=False)
 # Redis re-delivers an unacknowledged message after this long. Leases and the recovery
 # pass re-dispatch lost work much sooner; this only has to outlast the longest task so a
 # healthy long-running task is not delivered twice.

@@ -13,7 +13,7 @@ class TasksAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from tasks_app import conf, registry
+        from tasks_app import conf, registry, workers  # noqa: F401 - workers connects the heartbeat signals
 
         # Web, worker, beat and management commands all call django.setup(): each of them
         # knows every task type, as Celery's ``imports`` would give.

@@ -46,6 +46,14 @@ def queued_timeout() -> timedelta:
     return getattr(settings, "TASKS_QUEUED_TIMEOUT", timedelta(seconds=60))
 
 
+def worker_heartbeat() -> timedelta:
+    """How often each worker writes its heartbeat row (TASKS_WORKER_HEARTBEAT, seconds).
+
+    A worker silent for more than three of its intervals is shown as gone.
+    """
+    return getattr(settings, "TASKS_WORKER_HEARTBEAT", timedelta(seconds=10))
+
+
 def dispatch_batch_size() -> int:
     """Rows the dispatcher claims per transaction (TASKS_DISPATCH_BATCH_SIZE)."""
     return getattr(settings, "TASKS_DISPATCH_BATCH_SIZE", 500)

@@ -42,3 +42,7 @@ class IdempotencyConflict(ValidationError):
         super().__init__({f"{prefix}{argument}": [message] for argument in arguments})
         self.task = task
         self.arguments = arguments
+
+
+class ActionRefused(Exception):
+    """An operator's action (run again, cancel, retry) does not apply to the task as it is; the message says why."""

@@ -196,6 +196,7 @@ def _store_success(task: Task, ctx: TaskContext, result: Any) -> str:
     if not finished.written:
         logger.warning("result dropped: lease lost", extra={"task_id": str(task.id)})
         return "superseded"
+    _observe_runtime(task, now)
     logger.info("task succeeded", extra={"task_id": str(task.id), "attempt": task.attempts})
     task_finished.send(sender=Task, task_id=task.id, status=TaskStatus.SUCCEEDED, expires_at=finished.expires_at)
     return TaskStatus.SUCCEEDED
@@ -217,6 +218,12 @@ def _finish_with_result(task: Task, outcome: dict[str, Any], stored: TaskResult 
     return Finished(*statements.finish_with_result(task, outcome, stored))
 
 
+def _observe_runtime(task: Task, finished_at: datetime) -> None:
+    """Count the attempt's runtime in memory (added to the database off the hot path, metrics.FLUSH_SECONDS later)."""
+    if task.started_at is not None:
+        metrics.observe_runtime(task.task_type, (finished_at - task.started_at).total_seconds())
+
+
 def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool, with_usage: bool = True) -> str:
     now = timezone.now()
     changes: dict[str, Any] = {"error": error, "status_changed_at": now}
@@ -229,6 +236,7 @@ def _fail(task: Task, ctx: TaskContext, error: str, *, permanent: bool, with_usa
     finished = _finish(task, **changes)
     if not finished.written:
         return "superseded"
+    _observe_runtime(task, now)
     logger.warning(
         "task attempt failed",
         extra={"task_id": str(task.id), "attempt": task.attempts, "status": changes["status"]},

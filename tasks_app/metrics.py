@@ -1,10 +1,11 @@
-"""What tasks_app tells /metrics: tasks by status, the backlog, and dispatch lateness.
+"""What tasks_app tells /metrics: tasks by status, the backlog, workers, dispatch lateness and runtime.
 
 Counts are read from the database at scrape time, each with a bounded, indexed query: a
 status with more than COUNT_LIMIT rows is reported as PostgreSQL's planner estimate instead of
 being counted row by row, so a scrape costs the same with ten or ten million tasks.
 
-Dispatch lateness (start − ``run_at``) is observed in the worker process that takes a task. Workers
+Dispatch lateness (start − ``run_at``) is observed in the worker process that takes a task, and
+each attempt's runtime (per task type) in the process that finishes it. Workers
 run on many hosts and restart, and a Celery worker serves no HTTP, so the histogram lives in the
 database (``MetricTotal``: one row per bucket plus the sum): each process counts in memory and a
 timer adds its counts in one short transaction FLUSH_SECONDS later. A task start costs no write;
@@ -30,6 +31,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from tasks_app import workers
 from tasks_app.models import MetricTotal, Task, TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,10 @@ COUNT_LIMIT = 100_000
 FLUSH_SECONDS = 5.0
 LATENESS = "dispatch_lateness_seconds"
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, math.inf)
+RUNTIME = "runtime_seconds"
+RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, math.inf)
+# MetricTotal names are at most 200 characters: a longer task type is cut (types are short in practice).
+RUNTIME_TYPE_CHARS = 120
 
 
 # --- Bounded counts ------------------------------------------------------------------------------
@@ -102,20 +108,34 @@ def bucket_name(upper: float) -> str:
     return f"{LATENESS}:le={'+Inf' if math.isinf(upper) else repr(upper)}"
 
 
-def observe_lateness(seconds: float) -> None:
-    """Count one task start ``seconds`` after its ``run_at`` (negative counts as on time)."""
-    seconds = max(seconds, 0.0)
+def runtime_prefix(task_type: str) -> str:
+    """The MetricTotal name prefix of one task type's runtime histogram."""
+    return f"{RUNTIME}|{task_type[:RUNTIME_TYPE_CHARS]}|"
+
+
+def _observe(prefix: str, buckets: tuple[float, ...], seconds: float) -> None:
+    """Count one observation in this process's pending totals (cumulative buckets and the sum)."""
     with _pending.lock:
         totals = _pending.totals
-        for upper in LATENESS_BUCKETS:
+        for upper in buckets:
             if seconds <= upper:
-                name = bucket_name(upper)
+                name = f"{prefix}le={'+Inf' if math.isinf(upper) else repr(upper)}"
                 totals[name] = totals.get(name, 0) + 1
-        totals[f"{LATENESS}:sum"] = totals.get(f"{LATENESS}:sum", 0.0) + seconds
+        totals[f"{prefix}sum"] = totals.get(f"{prefix}sum", 0.0) + seconds
         if _pending.timer is None:
             _pending.timer = threading.Timer(FLUSH_SECONDS, _flush_from_timer)
             _pending.timer.daemon = True
             _pending.timer.start()
+
+
+def observe_lateness(seconds: float) -> None:
+    """Count one task start ``seconds`` after its ``run_at`` (negative counts as on time)."""
+    _observe(f"{LATENESS}:", LATENESS_BUCKETS, max(seconds, 0.0))
+
+
+def observe_runtime(task_type: str, seconds: float) -> None:
+    """Count one attempt of ``task_type`` that ran ``seconds`` (from its take to its outcome)."""
+    _observe(runtime_prefix(task_type), RUNTIME_BUCKETS, max(seconds, 0.0))
 
 
 def observe_start(task: Task) -> None:
@@ -205,6 +225,8 @@ class TasksSnapshot:
     estimated: frozenset[str] = field(default_factory=frozenset)
     backlog: int = 0
     oldest_backlog_age: timedelta = timedelta(0)
+    queued: int = 0
+    scheduled_due: int = 0
 
 
 def _backlog(now: datetime) -> tuple[QuerySet, QuerySet]:
@@ -224,7 +246,8 @@ def snapshot(now: datetime) -> TasksSnapshot:
         if guessed:
             estimated.add(status)
     queued, overdue = _backlog(now)
-    backlog = min(count_upto(queued) + count_upto(overdue), COUNT_LIMIT + 1)
+    queued_count, overdue_count = count_upto(queued), count_upto(overdue)
+    backlog = min(queued_count + overdue_count, COUNT_LIMIT + 1)
     # The oldest scheduled row comes off task_due_idx in one step; queued rows are the backlog itself.
     oldest = [
         rows.order_by("run_at").values_list("run_at", flat=True).first()
@@ -232,7 +255,7 @@ def snapshot(now: datetime) -> TasksSnapshot:
     ]
     due_since = min((at for at in oldest if at is not None), default=None)
     age = max(now - due_since, timedelta(0)) if due_since is not None else timedelta(0)
-    return TasksSnapshot(by_status, frozenset(estimated), backlog, age)
+    return TasksSnapshot(by_status, frozenset(estimated), backlog, age, queued_count, overdue_count)
 
 
 def lateness_totals() -> tuple[list[tuple[str, float]], float]:
@@ -240,6 +263,19 @@ def lateness_totals() -> tuple[list[tuple[str, float]], float]:
     stored = dict(MetricTotal.objects.filter(name__startswith=f"{LATENESS}:").values_list("name", "value"))
     buckets = [("+Inf" if math.isinf(u) else repr(u), stored.get(bucket_name(u), 0.0)) for u in LATENESS_BUCKETS]
     return buckets, stored.get(f"{LATENESS}:sum", 0.0)
+
+
+def runtime_totals() -> dict[str, tuple[list[tuple[str, float]], float]]:
+    """The runtime histogram per task type, summed over every process: cumulative buckets and the sum."""
+    stored: dict[str, dict[str, float]] = {}
+    for name, value in MetricTotal.objects.filter(name__startswith=f"{RUNTIME}|").values_list("name", "value"):
+        _, task_type, key = name.split("|", 2)
+        stored.setdefault(task_type, {})[key] = value
+    found = {}
+    for task_type, values in stored.items():
+        labels = ["+Inf" if math.isinf(u) else repr(u) for u in RUNTIME_BUCKETS]
+        found[task_type] = ([(label, values.get(f"le={label}", 0.0)) for label in labels], values.get("sum", 0.0))
+    return found
 
 
 class TasksCollector:
@@ -267,10 +303,30 @@ class TasksCollector:
             f"Tasks due and not started: queued, or scheduled past run_at (counted up to {COUNT_LIMIT + 1}).",
             value=snap.backlog,
         )
+        by_state = GaugeMetricFamily(
+            "tasks_backlog_by_state",
+            f"The backlog split: queued (published), scheduled_due (past run_at, not dispatched yet); "
+            f"each counted up to {COUNT_LIMIT + 1}.",
+            labels=["state"],
+        )
+        by_state.add_metric(["queued"], snap.queued)
+        by_state.add_metric(["scheduled_due"], snap.scheduled_due)
+        yield by_state
         yield GaugeMetricFamily(
             "tasks_backlog_oldest_age_seconds",
             "How long the oldest task due and not started has waited since its run_at (0 if none).",
             value=snap.oldest_backlog_age.total_seconds(),
+        )
+        found = workers.counts(now)
+        yield GaugeMetricFamily(
+            "tasks_workers_up",
+            "Celery workers whose heartbeat is fresh (within three TASKS_WORKER_HEARTBEAT intervals).",
+            value=found["up"],
+        )
+        yield GaugeMetricFamily(
+            "tasks_workers_gone",
+            "Celery workers that stopped beating without a clean shutdown (heard from within a day).",
+            value=found["gone"],
         )
         buckets, total = lateness_totals()
         yield HistogramMetricFamily(
@@ -279,3 +335,11 @@ class TasksCollector:
             buckets=buckets,
             sum_value=total,
         )
+        runtime = HistogramMetricFamily(
+            f"tasks_{RUNTIME}",
+            "How long each attempt ran (take to outcome), per task type, observed by every worker process.",
+            labels=["task_type"],
+        )
+        for task_type, (type_buckets, type_sum) in sorted(runtime_totals().items()):
+            runtime.add_metric([task_type], type_buckets, type_sum)
+        yield runtime

@@ -17,10 +17,13 @@ __all__ = [
     "PENDING_STATUSES",
     "TERMINAL_STATUSES",
     "MetricTotal",
+    "AttemptOutcome",
     "StoredObject",
     "Task",
+    "TaskAttempt",
     "TaskResult",
     "TaskStatus",
+    "WorkerHeartbeat",
 ]
 
 
@@ -219,3 +222,75 @@ class MetricTotal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} = {self.value}"
+
+
+class AttemptOutcome(models.TextChoices):
+    """How one attempt ended (empty while it runs)."""
+
+    SUCCEEDED = "succeeded", "succeeded"
+    RETRY = "retry", "failed, retry scheduled"
+    FAILED = "failed", "failed (permanent)"
+    DEAD = "dead", "failed, attempts exhausted"
+    LOST = "lost", "worker lost"
+
+
+class TaskAttempt(models.Model):
+    """One attempt of a task: which worker ran it, when, and how it ended.
+
+    Written by the executor's own take and finish statements (tasks_app/statements.py), not by
+    extra round trips. Holds the attempt's error text (user data): retention deletes a task's
+    attempts in the same transaction that turns the task into a tombstone.
+    """
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempt_rows", db_index=False)
+    attempt = models.PositiveIntegerField(help_text="1 for the first attempt.")
+    worker = models.CharField(max_length=255, blank=True, help_text="Celery node and process id that ran it.")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=AttemptOutcome.choices, blank=True)
+    error = models.TextField(blank=True, help_text="The attempt's error (traceback); cleared with the task's data.")
+
+    class Meta:
+        constraints = [
+            # Also the index a task's history and the executor's finish find their rows by.
+            models.UniqueConstraint(fields=["task", "attempt"], name="taskattempt_task_attempt_uniq"),
+        ]
+        ordering = ["task", "attempt"]
+        verbose_name = "task attempt"
+
+    def __str__(self) -> str:
+        return f"attempt {self.attempt} of {self.task_id}"
+
+    @property
+    def runtime_seconds(self) -> float | None:
+        """How long the attempt ran, once it ended."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class WorkerHeartbeat(models.Model):
+    """A Celery worker's last heartbeat: what it is, what it runs, when it last said so.
+
+    Each worker upserts its own row from a timer thread (tasks_app/workers.py), one statement
+    per beat. A row whose beat is older than three of its intervals is a worker gone.
+    """
+
+    hostname = models.CharField(max_length=255, unique=True, help_text="Celery node name, e.g. celery@host.")
+    pid = models.PositiveIntegerField(help_text="The worker's main process id.")
+    concurrency = models.PositiveIntegerField(default=0, help_text="Pool size.")
+    pool = models.CharField(max_length=64, blank=True, help_text="Pool implementation (prefork, threads, …).")
+    queues = models.JSONField(default=list, blank=True)
+    interval = models.FloatField(help_text="Seconds between beats (TASKS_WORKER_HEARTBEAT).")
+    started_at = models.DateTimeField()
+    last_beat_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True, help_text="Set when the worker shut down cleanly.")
+    running = models.PositiveIntegerField(default=0, help_text="Tasks running at the last beat.")
+    running_ids = models.JSONField(default=list, blank=True, help_text="Their task ids (at most 50).")
+
+    class Meta:
+        verbose_name = "worker"
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from tasks_app import conf
 from tasks_app.dispatch import Delivery, publish_safely
-from tasks_app.models import Task, TaskStatus
+from tasks_app.models import AttemptOutcome, Task, TaskAttempt, TaskStatus
 from tasks_app.signals import task_finished
 
 logger = logging.getLogger(__name__)
@@ -39,10 +39,11 @@ def _recover_expired_leases(now: datetime, limit: int, counts: Recovered) -> int
             Task.objects.filter(status=TaskStatus.RUNNING, lease_expires_at__lt=now)
             .select_for_update(skip_locked=True)
             .order_by("lease_expires_at")
-            .values_list("id", "attempts", "max_attempts", "timeout")[:limit]
+            .values_list("id", "attempts", "max_attempts", "timeout", "worker", "started_at")[:limit]
         )
-        retry = [Delivery(task_id=i, run_at=None, timeout=t) for i, a, m, t in rows if a < m]
-        exhausted = [i for i, a, m, _ in rows if a >= m]
+        retry = [Delivery(task_id=i, run_at=None, timeout=t) for i, a, m, t, _, _ in rows if a < m]
+        exhausted = [i for i, a, m, _, _, _ in rows if a >= m]
+        _record_lost_attempts([(i, a, w, s) for i, a, _, _, w, s in rows], now)
         if retry:
             Task.objects.filter(pk__in=[d.task_id for d in retry]).update(
                 status=TaskStatus.QUEUED,
@@ -62,6 +63,29 @@ def _recover_expired_leases(now: datetime, limit: int, counts: Recovered) -> int
     counts.expired_leases += len(rows)
     counts.dead += len(exhausted)
     return len(rows)
+
+
+def _record_lost_attempts(attempts: list[tuple[UUID, int, str, datetime | None]], now: datetime) -> None:
+    """Write the history rows of attempts whose worker stopped renewing their lease (one INSERT).
+
+    A running attempt has no row of its own (the finish writes it); one that will never finish gets
+    it here, from the task row: who ran it, since when, and that the worker was lost.
+    """
+    TaskAttempt.objects.bulk_create(
+        [
+            TaskAttempt(
+                task_id=task_id,
+                attempt=attempt,
+                worker=worker,
+                started_at=started_at or now,
+                finished_at=now,
+                outcome=AttemptOutcome.LOST,
+                error=WORKER_LOST,
+            )
+            for task_id, attempt, worker, started_at in attempts
+        ],
+        ignore_conflicts=True,  # never expected (a finish needs the row lock held here); a row there stays
+    )
 
 
 def _stale_queued(now: datetime) -> QuerySet[Task]:

@@ -13,6 +13,14 @@ compared as an expression (``status || ''``), which no status index can answer. 
 column, PostgreSQL planned them on ``task_status_fin_idx`` (status, finished_at) once its
 statistics said few tasks are queued or running, and then walked every queued or running row's
 index entry for each take and finish: a burst of n tasks cost n² index reads.
+
+Each attempt's history row (``TaskAttempt``) is written once, when the attempt ends, by the
+finish statement itself on PostgreSQL: an INSERT fed by the row its conditional UPDATE returned
+(a data-modifying CTE), so the history costs no round trip and no extra statement on the hot
+path, and exists exactly when the outcome was written. While an attempt runs, the task row
+itself says who runs it and since when (``worker``, ``started_at``); an attempt whose worker
+died gets its row from recovery (tasks_app/recovery.py). SQLite (the embedded mode) inserts it
+in a second statement of the same transaction.
 """
 
 from __future__ import annotations
@@ -23,11 +31,19 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Field
 
 from tasks_app import storable
-from tasks_app.models import Task, TaskResult, TaskStatus
+from tasks_app.models import AttemptOutcome, Task, TaskAttempt, TaskResult, TaskStatus
+
+# The outcome an attempt gets from the status its finish writes.
+OUTCOMES = {
+    TaskStatus.SUCCEEDED: AttemptOutcome.SUCCEEDED,
+    TaskStatus.SCHEDULED: AttemptOutcome.RETRY,
+    TaskStatus.FAILED: AttemptOutcome.FAILED,
+    TaskStatus.DEAD: AttemptOutcome.DEAD,
+}
 
 
 @functools.cache
@@ -133,12 +149,75 @@ def finish_sql(task: Task, changes: Mapping[str, Any]) -> tuple[str, list[Any]]:
     return _finish_sql(tuple(changes)), params
 
 
+def _attempt_end(changes: Mapping[str, Any]) -> tuple[datetime | None, str, str]:
+    """The finishing attempt's end, outcome and error, from the changes its finish writes."""
+    outcome = OUTCOMES.get(changes.get("status"), AttemptOutcome.FAILED)  # type: ignore[arg-type]
+    return changes.get("finished_at") or changes.get("status_changed_at"), str(outcome), changes.get("error", "")
+
+
+def _attempt_values(task: Task, changes: Mapping[str, Any]) -> list[Any]:
+    """attempt, worker, started_at, finished_at, outcome and error of the ending attempt, as parameters."""
+    finished_at, outcome, error = _attempt_end(changes)
+    fields = TaskAttempt._meta
+    return [
+        task.attempts,
+        fields.get_field("worker").get_db_prep_save(task.worker, connection),
+        fields.get_field("started_at").get_db_prep_save(task.started_at, connection),
+        fields.get_field("finished_at").get_db_prep_save(finished_at, connection),
+        outcome,
+        fields.get_field("error").get_db_prep_save(error, connection),
+    ]
+
+
+def _attempt_cte() -> str:
+    """The ending attempt's history row, inserted from the task row the conditional UPDATE ``finished`` returned."""
+    table = connection.ops.quote_name(TaskAttempt._meta.db_table)
+    return (
+        f"attempt AS (INSERT INTO {table} "  # noqa: S608 - as above
+        "(task_id, attempt, worker, started_at, finished_at, outcome, error) "
+        "SELECT id, %s, %s, %s, %s, %s, %s FROM finished "
+        "ON CONFLICT (task_id, attempt) DO UPDATE SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at, "
+        "finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome, error = EXCLUDED.error)"
+    )
+
+
+def _finish_attempt_in_python(task: Task, changes: Mapping[str, Any]) -> None:
+    finished_at, outcome, error = _attempt_end(changes)
+    assert task.started_at is not None
+    TaskAttempt.objects.update_or_create(
+        task_id=task.pk,
+        attempt=task.attempts,
+        defaults={
+            "worker": task.worker,
+            "started_at": task.started_at,
+            "finished_at": finished_at,
+            "outcome": outcome,
+            "error": error,
+        },
+    )
+
+
 def finish(task: Task, changes: Mapping[str, Any]) -> tuple[bool, datetime | None]:
-    """Write ``changes`` if this attempt still holds the task: (written, the row's expires_at)."""
+    """Write ``changes`` if this attempt still holds the task: (written, the row's expires_at).
+
+    The attempt's history row (worker, start, end, outcome, error) is inserted by the same statement.
+    """
     sql, params = finish_sql(task, changes)
-    with connection.cursor() as cursor:
-        cursor.execute(f"{sql} RETURNING {_column('expires_at')}", params)
-        row = cursor.fetchone()
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"{sql} RETURNING {_column('expires_at')}", params)
+                row = cursor.fetchone()
+            if row is not None:
+                _finish_attempt_in_python(task, changes)
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH finished AS ({sql} RETURNING id, expires_at), {_attempt_cte()} "  # noqa: S608 - as above
+                "SELECT expires_at FROM finished",
+                [*params, *_attempt_values(task, changes)],
+            )
+            row = cursor.fetchone()
     if row is None:
         return False, None
     return True, _expiry(row[0])
@@ -156,6 +235,7 @@ def finish_with_result(task: Task, changes: Mapping[str, Any], result: TaskResul
         cursor.execute(
             f"""
             WITH finished AS ({sql} RETURNING id, expires_at),
+            {_attempt_cte()},
             stored AS (
                 INSERT INTO {TaskResult._meta.db_table} (task_id, data, created_at, expires_at)
                 SELECT id, %s, %s, %s FROM finished
@@ -164,7 +244,7 @@ def finish_with_result(task: Task, changes: Mapping[str, Any], result: TaskResul
             )
             SELECT expires_at FROM finished
             """,  # noqa: S608 - our own SQL and table names; the values are parameters
-            [*params, data, result.created_at, result.expires_at],
+            [*params, *_attempt_values(task, changes), data, result.created_at, result.expires_at],
         )
         row = cursor.fetchone()
     if row is None:

@@ -3,13 +3,11 @@
 Every query ranges over an indexed column inside a fixed window (48 hours of ``expires_at``,
 30 days of ``occurred_at``, 14 days of ``started_at`` per sweep kind) and groups by a truncated
 time, so the page costs the same with ten tasks or ten million. No JavaScript, no CDN: the
-charts are plain SVG drawn here.
+charts are plain SVG (tasks_app/charts.py draws them for the execution console too).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,22 +22,16 @@ from retention import conf
 from retention.choices import DELETING_ACTIONS, TASK_GONE_ACTIONS, SweepKind
 from retention.models import AuditRecord, SweepRun
 from retention.monitoring import metrics
+from tasks_app.charts import Bar, bar_chart, duration_text, nice_peak
 from tasks_app.models import GONE_STATUSES, Task
+
+__all__ = ["Bar", "bar_chart", "context", "duration_text", "lag_gauge", "nice_peak"]
 
 HOURS_AHEAD = 48
 DAYS_BACK = 30
 FAILURE_DAYS = 14
 RECENT_FAILURES = 20
 # Actions that deleted something (a shadow record deleted nothing).
-
-
-@dataclass(frozen=True)
-class Bar:
-    """One bar of a chart: its axis label, value and tooltip."""
-
-    label: str
-    value: float
-    title: str
 
 
 # --- Queries -------------------------------------------------------------------------------------
@@ -132,48 +124,6 @@ def recent_failures(now: datetime) -> list[SweepRun]:
 # --- Charts ----------------------------------------------------------------------------------------
 
 
-def nice_peak(value: float) -> float:
-    """The top of the axis: 2, 4, 6, 8 or 10 times a power of ten at or above ``value`` (its half is round too)."""
-    if value <= 2:
-        return 2
-    power = 10 ** math.floor(math.log10(value))
-    return next(m * power for m in (1, 2, 4, 6, 8, 10) if m * power >= value)
-
-
-def bar_chart(
-    bars: Sequence[Bar], *, label: str, fmt: Callable[[float], str] = lambda v: f"{v:g}", every: int = 1
-) -> SafeString:
-    """An SVG bar chart; every ``every``-th bar gets its axis label."""
-    width, height, left, right, top, bottom = 460, 170, 64, 6, 12, 28
-    plot_w, plot_h = width - left - right, height - top - bottom
-    peak = nice_peak(max((bar.value for bar in bars), default=0))
-    step = plot_w / max(len(bars), 1)
-    out = [
-        f'<svg class="chart" role="img" aria-label="{escape(label)}" viewBox="0 0 {width} {height}" '
-        f'xmlns="http://www.w3.org/2000/svg" data-total="{sum(bar.value for bar in bars):g}">',
-    ]
-    for fraction in (0, 0.5, 1):
-        y = top + plot_h * (1 - fraction)
-        out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        out.append(
-            f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt(peak * fraction))}</text>'
-        )
-    for index, bar in enumerate(bars):
-        bar_h = plot_h * bar.value / peak
-        x = left + index * step + step * 0.1
-        out.append(
-            f'<rect class="bar" x="{x:.1f}" y="{top + plot_h - bar_h:.1f}" width="{step * 0.8:.1f}" '
-            f'height="{bar_h:.1f}" data-value="{bar.value:g}"><title>{escape(bar.title)}</title></rect>'
-        )
-        if index % every == 0:
-            out.append(
-                f'<text class="axis" x="{x + step * 0.4:.1f}" y="{height - 10}" text-anchor="middle">'
-                f"{escape(bar.label)}</text>"
-            )
-    out.append("</svg>")
-    return mark_safe("".join(out))  # noqa: S308 - every interpolated text above is escaped
-
-
 def lag_gauge(lag: timedelta, alert: timedelta) -> SafeString:
     """A horizontal gauge of the retention lag against its alert threshold (the middle mark)."""
     width, height, left, right = 460, 48, 6, 6
@@ -191,19 +141,6 @@ def lag_gauge(lag: timedelta, alert: timedelta) -> SafeString:
         f'<text class="axis" x="{left + span / 2}" y="44" text-anchor="middle">'
         f"alert at {escape(duration_text(alert))}</text></svg>"
     )
-
-
-def duration_text(delta: timedelta) -> str:
-    """A short human duration: 0 s, 42 s, 5 min, 3 h 20 min, 2 d 4 h."""
-    seconds = int(delta.total_seconds())
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
-    if days:
-        return f"{days} d {hours % 24} h"
-    if hours:
-        return f"{hours} h {minutes % 60} min"
-    return f"{minutes} min"
 
 
 def context(now: datetime) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -96,3 +96,24 @@ class DueByPolicyFilter(admin.SimpleListFilter):
         if policy is None:
             return queryset.none()
         return queryset.filter(pk__in=reports.due_by_policy(policy, timezone.now(), policies).values("pk"))
+
+
+class SweepOutcomeFilter(admin.SimpleListFilter):
+    """Sweep runs that did something, that failed, or that found nothing to do (most of them)."""
+
+    title = "outcome"
+    parameter_name = "outcome"
+    DID_SOMETHING = Q(claimed__gt=0) | Q(purged__gt=0) | Q(shadow__gt=0) | Q(objects_deleted__gt=0)
+    FAILED = Q(failed__gt=0) | ~Q(errors=[])
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("did", "did something"), ("failed", "failed"), ("noop", "nothing to do")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "did":
+            return queryset.filter(self.DID_SOMETHING | self.FAILED)
+        if self.value() == "failed":
+            return queryset.filter(self.FAILED)
+        if self.value() == "noop":
+            return queryset.exclude(self.DID_SOMETHING | self.FAILED)
+        return queryset

@@ -10,8 +10,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import conditional_escape, format_html
+from django.utils.safestring import mark_safe
 
 from retention import services
+from retention.admin.audit import short_uuid, when
 from retention.models import LegalHold
 
 
@@ -32,13 +35,45 @@ def release_holds(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
 
 @admin.register(LegalHold)
 class LegalHoldAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "reason", "task_type", "owner", "task", "created_by", "created_at", "released_at"]
+    list_display = ["hold", "scope", "reason_text", "created_by", "created", "released"]
+    list_display_links = ["hold"]
+    list_select_related = ["owner", "created_by"]
     list_filter = [("released_at", admin.EmptyFieldListFilter), "task_type"]
     search_fields = ["reason", "task_type", "=task__id", "owner__username"]
     raw_id_fields = ["task", "owner"]
     readonly_fields = ["created_by", "created_at"]
     actions = [release_selected_holds]
     change_form_template = "admin/retention/legalhold/change_form.html"
+
+    @admin.display(description="hold", ordering="pk")
+    def hold(self, legal_hold: LegalHold) -> str:
+        state = "released" if legal_hold.released_at else "active"
+        return format_html('#{} <span class="hold-{}">{}</span>', legal_hold.pk, state, state)
+
+    @admin.display(description="covers")
+    def scope(self, legal_hold: LegalHold) -> str:
+        parts = []
+        if legal_hold.task_id:
+            parts.append(format_html("task {}", short_uuid(legal_hold.task_id)))
+        if legal_hold.owner_id:
+            parts.append(format_html("owner {}", legal_hold.owner))
+        if legal_hold.task_type:
+            parts.append(format_html("type {}", legal_hold.task_type))
+        # Each part is already escaped by format_html.
+        return mark_safe(", ".join(conditional_escape(p) for p in parts)) if parts else "-"  # noqa: S308
+
+    @admin.display(description="reason")
+    def reason_text(self, legal_hold: LegalHold) -> str:
+        text = legal_hold.reason if len(legal_hold.reason) <= 80 else legal_hold.reason[:79] + "…"
+        return format_html('<span title="{}">{}</span>', legal_hold.reason, text)
+
+    @admin.display(description="placed at", ordering="created_at")
+    def created(self, legal_hold: LegalHold) -> str:
+        return when(legal_hold.created_at)
+
+    @admin.display(description="released at", ordering="released_at")
+    def released(self, legal_hold: LegalHold) -> str:
+        return when(legal_hold.released_at)
 
     def has_change_permission(self, request: HttpRequest, obj: LegalHold | None = None) -> bool:
         # A placed hold is a record: its scope and reason stay as placed; it is only released.

@@ -21,6 +21,10 @@ from retention.monitoring import reports
 logger = logging.getLogger(__name__)
 
 
+DURATION_FIELDS = ("keep_for", "result_ttl")
+DURATION_HINT = "Seconds, HH:MM:SS, or days then HH:MM:SS: 3600, 01:00:00 and 2 00:00:00 (two days)."
+
+
 def impact_text(impact: reports.Impact) -> str:
     """The sentence the policy form shows before saving."""
     held = f"; {impact.held} more are held back by legal holds" if impact.held else ""
@@ -52,6 +56,14 @@ class RetentionPolicyAdmin(admin.ModelAdmin):
     fields = ["task_type", "status", "keep_for", "keep_last", "result_ttl", "mode", "enabled"]
     readonly_fields = ["created_at", "updated_at", "updated_by"]
     change_form_template = "admin/retention/retentionpolicy/change_form.html"
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if field is not None and db_field.name in DURATION_FIELDS:
+            # Django reads "3600", "01:00:00" and "2 00:00:00"; none of that is obvious from an empty box.
+            field.help_text = f"{DURATION_HINT} {field.help_text}".strip()
+            field.widget.attrs.setdefault("placeholder", "e.g. 30 00:00:00")
+        return field
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         return [*self.fields, *(self.readonly_fields if obj is not None else [])]

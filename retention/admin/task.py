@@ -31,7 +31,7 @@ from retention.exceptions import TaskOnLegalHold
 from retention.models import LegalHold, PendingDeletion
 from retention.monitoring import reports
 from retention.storage import objects
-from tasks_app.admin import TaskAdmin
+from tasks_app.admin import EXECUTION_ACTIONS, TaskAdmin
 from tasks_app.models import GONE_STATUSES, Task, TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def short_rule(deadline: reports.Deadline) -> str:
 
 
 def _when(moment: datetime | None, *, utc: bool = True) -> str:
-    return "" if moment is None else f"{moment:%Y-%m-%d %H:%M}{' UTC' if utc else ''}"
+    return "" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}{' UTC' if utc else ''}"
 
 
 def retention_html(task: Task, now: datetime) -> str:
@@ -230,7 +230,7 @@ class RetentionTaskAdmin(TaskAdmin):
     search_help_text = "Search by task id (exact UUID)."
     date_hierarchy = None  # type: ignore[assignment]  # its DISTINCT over every task's date would not stay fast
     list_per_page = 50
-    actions = [purge_now_action, place_legal_hold_action]
+    actions = [*EXECUTION_ACTIONS, purge_now_action, place_legal_hold_action]
     change_form_template = "admin/retention/task_change_form.html"
     fieldsets = [
         ("Retention", {"fields": ["retention", "legal_holds"]}),
@@ -250,12 +250,12 @@ class RetentionTaskAdmin(TaskAdmin):
                     "max_attempts",
                     "payload",
                     "usage",
-                    "error",
+                    "error_text",
                 ],
             },
         ),
     ]
-    readonly_fields = ["retention", "legal_holds"]
+    readonly_fields = ["retention", "legal_holds", "error_text"]
 
     def has_purge_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("tasks_app.delete_task")

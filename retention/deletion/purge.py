@@ -29,7 +29,7 @@ from retention.deletion.ledger import among
 from retention.models import AuditRecord
 from retention.rules import policies
 from retention.storage import objects
-from tasks_app.models import PENDING_STATUSES, StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.models import PENDING_STATUSES, StoredObject, Task, TaskAttempt, TaskResult, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ def _close(rows: list[dict[str, Any]], stopped: set[UUID], now: datetime, run_id
     AuditRecord.objects.bulk_create(records)
     if finished:
         among(TaskResult.objects.all(), "task", finished).delete()
+        # The attempts' errors are the task's data too: they go with it, in this transaction.
+        among(TaskAttempt.objects.all(), "task", finished).delete()
         among(Task.objects.all(), "id", finished).update(**tombstone_values(now))
     if given_back:
         claims.give_back(given_back, now)

@@ -22,7 +22,9 @@ from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from retention.models import AuditRecord, LegalHold, RetentionPolicy, SweepRun
-from tasks_app.models import Task, TaskStatus
+from tasks_app.executor import execute
+from tasks_app.models import Task, TaskStatus, WorkerHeartbeat
+from tasks_app.services import submit
 from tasks_app.storage import save_object
 
 
@@ -43,6 +45,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENS = Path("/tmp/admin-screens")  # noqa: S108 - a fixed place the lead looks at
+EXECUTION_SCREENS = Path("/tmp/shots")  # noqa: S108 - the execution pages' screenshots, looked at by people
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +110,11 @@ def _task(task_type: str = "demo.report", **fields: Any) -> Task:
 def _fits(page: Page) -> bool:
     """Whether the change list's table fits its box (no sideways scrolling)."""
     return page.evaluate("(r => r.scrollWidth <= r.clientWidth)(document.querySelector('#changelist .results'))")
+
+
+def _no_sideways_scroll(page: Page) -> bool:
+    """Whether the whole page fits the viewport's width (nothing hidden to the right)."""
+    return page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
 
 
 def _impact(page: Page) -> dict[str, str]:
@@ -191,7 +199,7 @@ def test_an_expired_task_is_read_only_and_a_live_one_has_its_actions(
     page = admin_page
     page.goto(f"{live_server.url}/admin/tasks_app/task/?expiring=1h")
     expect(page.locator("#result_list tbody tr")).to_have_count(1)
-    expect(page.locator("#result_list")).to_contain_text(f"{live.expires_at:%Y-%m-%d %H:%M} UTC")
+    expect(page.locator("#result_list")).to_contain_text(f"{live.expires_at:%Y-%m-%d %H:%M:%S} UTC")
     assert _fits(page), "the task list must fit the screen without scrolling sideways"
     shot(page, "06-task-list-expiring-1h")
 
@@ -236,7 +244,7 @@ def test_place_and_release_a_legal_hold(admin_page: Page, live_server: Any, shot
 
     # then it is released, stays on record, and the task is due again
     expect(page.locator(".messagelist")).to_contain_text("Released")
-    expect(page.locator(".field-released_at")).not_to_contain_text("-")
+    expect(page.locator(".field-released_at")).to_contain_text(re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"))
     expect(page.locator("input[name=_save]")).to_have_count(0)  # a hold is a record: released, never edited
     shot(page, "11-hold-released")
     legal_hold.refresh_from_db()
@@ -356,3 +364,260 @@ def test_a_purged_tasks_deletion_receipt_page_shows_its_sealed_records_and_an_em
     expect(page.locator("#result_list tbody tr")).to_have_count(1)
     shot(page, "21-audit-seals")
     assert _fits(page)
+
+
+# --- Execution -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def exec_shot(shot: Callable[[Page, str], Path]) -> Callable[[Page, str], Path]:
+    """``shot``, also copied to /tmp/shots/."""
+    EXECUTION_SCREENS.mkdir(exist_ok=True)
+
+    def take(page: Page, name: str) -> Path:
+        path = shot(page, name)
+        shutil.copy(path, EXECUTION_SCREENS / path.name)
+        return path
+
+    return take
+
+
+def _worker(hostname: str, silent: timedelta, **fields: Any) -> WorkerHeartbeat:
+    now = timezone.now()
+    values: dict[str, Any] = {"pid": 4242, "concurrency": 8, "pool": "prefork", "interval": 10.0}
+    values.update({"queues": ["celery", "retention"], **fields})
+    return WorkerHeartbeat.objects.create(
+        hostname=hostname, started_at=now - timedelta(hours=3), last_beat_at=now - silent, **values
+    )
+
+
+def test_the_worker_list_marks_a_gone_worker_and_refreshes_itself(
+    admin_page: Page, live_server: Any, exec_shot: Any
+) -> None:
+    # given a worker running two tasks, one that stopped beating two minutes ago, and one shut down cleanly
+    running = [_task(status=TaskStatus.RUNNING, finished_at=None) for _ in range(2)]
+    _worker("worker1@web-7.prod.example.com", timedelta(seconds=3), running=2, running_ids=[str(t.pk) for t in running])
+    _worker("worker2@web-8.prod.example.com", timedelta(minutes=2))
+    _worker("worker3@web-9.prod.example.com", timedelta(hours=1), stopped_at=timezone.now() - timedelta(hours=1))
+
+    # when the operator opens the worker list from the admin index
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/")
+    page.click("#execution-console-link a:text-is('Workers')")
+
+    # then each worker's state is marked, the running tasks link to their pages, nothing is cut off
+    expect(page.locator("#result_list tbody tr")).to_have_count(3)
+    expect(page.locator(".worker-gone").first).to_be_visible()
+    expect(page.locator("#worker-summary")).to_contain_text("1 up, 1 gone, 1 stopped")
+    expect(page.locator("#result_list .worker-up")).to_have_count(1)
+    expect(page.locator("#result_list .worker-gone")).to_have_count(1)
+    expect(page.locator("#result_list .worker-stopped")).to_have_count(1)
+    expect(page.locator("a.running-task")).to_have_count(2)
+    assert _fits(page), "the worker list must fit the screen without scrolling sideways"
+    assert _no_sideways_scroll(page)
+    exec_shot(page, "20-workers")
+
+    # when auto-refresh is switched on
+    page.click("#refresh-toggle a.refresh-5")
+
+    # then the page reloads itself every 5 s, and says so
+    expect(page.locator("meta[http-equiv=refresh]")).to_have_attribute("content", "5")
+    expect(page.locator("#refresh-toggle .refresh-on")).to_have_text("every 5 s")
+    expect(page.locator("#result_list tbody tr")).to_have_count(3)
+    page.click(f"a.running-task[title='{running[0].pk}']")
+    expect(page).to_have_url(re.compile(f"/admin/tasks_app/task/{running[0].pk}/change/"))
+
+
+def test_the_execution_console_shows_queue_workers_and_charts(
+    admin_page: Page, live_server: Any, exec_shot: Any
+) -> None:
+    # given a backlog, a running task, and tasks that finished over the last hour and days (some failed)
+    now = timezone.now()
+    for minutes in (1, 4, 9):
+        _task(status=TaskStatus.QUEUED, finished_at=None, run_at=now - timedelta(minutes=minutes))
+    _task(status=TaskStatus.SCHEDULED, finished_at=None, run_at=now - timedelta(seconds=20))
+    _task(status=TaskStatus.RUNNING, finished_at=None, started_at=now)
+    finished = 0
+    for minutes in range(0, 60, 3):
+        for _ in range(minutes % 4 + 1):
+            at = now - timedelta(minutes=minutes)
+            _task(status=TaskStatus.SUCCEEDED, started_at=at - timedelta(seconds=minutes % 7 + 1), finished_at=at)
+            finished += 1
+    for minutes in (5, 17, 40):
+        at = now - timedelta(minutes=minutes)
+        _task(status=TaskStatus.DEAD, started_at=at - timedelta(seconds=3), finished_at=at)
+    for hours in (3, 7, 30):
+        at = now - timedelta(hours=hours)
+        _task(status=TaskStatus.SUCCEEDED, started_at=at - timedelta(seconds=40), finished_at=at)
+    _worker("worker1@web-7", timedelta(seconds=2))
+    _worker("worker2@web-8", timedelta(minutes=5))
+
+    # when the operator opens the console from the admin index
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/")
+    page.click("#execution-console-link a:text-is('Execution console')")
+
+    # then the queue figures, the workers and the three charts of the last hour are there
+    expect(page.locator("#queue-queued .value")).to_have_text("3")
+    expect(page.locator("#queue-scheduled-due .value")).to_have_text("1")
+    expect(page.locator("#queue-running .value")).to_have_text("1")
+    expect(page.locator("#queue-oldest .value")).to_have_text("9 min")
+    expect(page.locator("#execution-workers")).to_contain_text("1 up, 1 gone")
+    expect(page.locator("svg.chart")).to_have_count(3)
+    throughput = page.locator("#chart-throughput rect.bar")
+    expect(throughput).to_have_count(60)
+    assert sum(float(v) for v in throughput.evaluate_all("bars => bars.map(b => b.dataset.value)")) == finished
+    failures = page.locator("#chart-failures rect.bar")
+    assert sum(float(v) for v in failures.evaluate_all("bars => bars.map(b => b.dataset.value)")) == 3
+    drawn = page.locator("#chart-runtime rect.bar").evaluate_all(
+        "bars => bars.filter(b => b.getBBox().height > 0).length"
+    )
+    assert drawn == 23  # 20 minutes with successes, 3 more with a dead task
+    assert _no_sideways_scroll(page)
+    exec_shot(page, "21-execution-last-hour")
+
+    # when the operator switches to 48 hours
+    page.click("a.window-48h")
+
+    # then the charts count per hour, the older tasks included
+    throughput = page.locator("#chart-throughput rect.bar")
+    expect(throughput).to_have_count(48)
+    assert sum(float(v) for v in throughput.evaluate_all("bars => bars.map(b => b.dataset.value)")) == finished + 3
+    exec_shot(page, "22-execution-48h")
+
+
+def test_a_tasks_attempt_history_then_retry_and_run_again(
+    admin_page: Page, live_server: Any, exec_shot: Any, task_types: Any
+) -> None:
+    # given a task that failed on every attempt, with a nested traceback, on two workers
+    def parse(payload: Any) -> None:
+        raise ValueError(f"cannot parse page {payload['page']}")
+
+    def failing(ctx: Any, payload: Any) -> None:
+        try:
+            parse(payload)
+        except ValueError as exc:
+            raise RuntimeError("the OCR step failed") from exc
+
+    task_types("t.ocr", failing, max_attempts=2)
+    task = submit("t.ocr", {"page": 3})
+    for worker in ("worker1@web-7:311", "worker2@web-8:422"):
+        execute(task.id, worker=worker)
+        Task.objects.filter(pk=task.pk, status=TaskStatus.SCHEDULED).update(status=TaskStatus.QUEUED, run_at=None)
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.DEAD
+
+    # when the operator opens its page
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/tasks_app/task/{task.pk}/change/")
+
+    # then each attempt shows worker, times to the second, outcome, and the traceback with its indentation
+    rows = page.locator("#attempt-history tr.attempt")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("worker1@web-7:311")
+    expect(rows.nth(0)).to_contain_text("failed, retry scheduled")
+    expect(rows.nth(1)).to_contain_text("failed, attempts exhausted")
+    error = page.locator("#attempt-history pre.attempt-error").first
+    expect(error).to_be_visible()
+    text = error.inner_text()
+    assert "\n  File " in text
+    assert "\n    raise ValueError(" in text
+    assert "The above exception was the direct cause" in text
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", rows.nth(0).inner_text())
+    assert _no_sideways_scroll(page)
+    exec_shot(page, "23-task-attempt-history")
+
+    # when it is retried from its page
+    page.click("button.task-retry")
+
+    # then it is queued again in place, and says so
+    expect(page.locator(".messagelist")).to_contain_text("Retried: 1 task(s).")
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.QUEUED
+    expect(page.locator("button.task-cancel")).to_be_visible()
+    exec_shot(page, "24-task-retried")
+
+    # when the operator cancels it from the list's action instead
+    page.goto(f"{live_server.url}/admin/tasks_app/task/?status=queued")
+    page.check(f"input[name=_selected_action][value='{task.pk}']")
+    page.select_option("select[name=action]", "cancel_action")
+    page.click("button[name=index]")
+    expect(page.locator(".messagelist")).to_contain_text("Cancelled: 1 task(s).")
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.CANCELLED
+
+    # and runs it again from its page: a new task, linked
+    page.goto(f"{live_server.url}/admin/tasks_app/task/{task.pk}/change/")
+    page.click("button.task-run-again")
+    expect(page.locator(".messagelist")).to_contain_text("Ran again: 1 task(s).")
+    new = Task.objects.exclude(pk=task.pk).get()
+    assert (new.task_type, new.payload) == ("t.ocr", {"page": 3})
+    exec_shot(page, "25-task-ran-again")
+    page.click(f".messagelist a:text-is('{new.pk}')")
+    expect(page.locator("#attempt-history")).to_contain_text("No attempt yet.")
+
+
+def test_an_action_on_a_tombstone_is_refused_with_its_reason(
+    admin_page: Page, live_server: Any, exec_shot: Any
+) -> None:
+    tombstone = _task(status=TaskStatus.EXPIRED, expired_at=timezone.now(), final_status="dead")
+
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/tasks_app/task/")
+    page.check(f"input[name=_selected_action][value='{tombstone.pk}']")
+    page.select_option("select[name=action]", "retry_action")
+    page.click("button[name=index]")
+
+    expect(page.locator(".messagelist .error")).to_contain_text("its data is deleted and it is read-only")
+    exec_shot(page, "26-action-refused")
+
+
+def test_audit_sweep_run_and_hold_lists_fit_1280_pixels(admin_page: Page, live_server: Any, exec_shot: Any) -> None:
+    # given realistic rows: long task types, big numbers, long reasons
+    now = timezone.now()
+    task = _task("reports.quarterly.finance-export", expires_at=now + timedelta(days=30))
+    for action, reason in (
+        ("task_purged", "expires_at"),
+        ("user_erasure", "user_request"),
+        ("result_purged", "policy:12"),
+    ):
+        AuditRecord.objects.create(
+            task_id=uuid.uuid4(),
+            owner_id=123456,
+            task_type="reports.quarterly.finance-export",
+            action=action,
+            reason=reason,
+            objects_deleted=123456,
+            bytes_freed=98_765_432_109,
+        )
+    for kind, purged, failed in (("tasks", 1234, 0), ("orphans", 0, 17), ("policies", 0, 0)):
+        SweepRun.objects.create(
+            kind=kind,
+            started_at=now,
+            finished_at=now + timedelta(seconds=2.5),
+            claimed=purged + failed,
+            purged=purged,
+            failed=failed,
+            objects_deleted=purged * 3,
+            bytes_freed=purged * 1_000_000,
+            missing_objects=failed,
+        )
+    LegalHold.objects.create(
+        task=task, reason="Litigation hold for case 2026-17, Smith v. Example Corp., do not delete"
+    )
+    LegalHold.objects.create(task_type="reports.quarterly.finance-export", reason="Regulator inquiry 2026/441")
+
+    page = admin_page
+    for name, url in (
+        ("27-audit-list", "/admin/retention/auditrecord/"),
+        ("28-sweep-runs", "/admin/retention/sweeprun/"),
+        ("29-holds", "/admin/retention/legalhold/"),
+    ):
+        page.goto(f"{live_server.url}{url}")
+        expect(page.locator("#result_list tbody tr").first).to_be_visible()
+        exec_shot(page, name)
+        assert _fits(page), f"{url} must fit 1280 px without scrolling sideways"
+        assert _no_sideways_scroll(page), url
+
+    # and the sweep-run list filters to runs that did something or failed
+    page.goto(f"{live_server.url}/admin/retention/sweeprun/")
+    page.click("#changelist-filter a:text-is('failed')")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    expect(page.locator("#result_list")).to_contain_text("2.50 s")

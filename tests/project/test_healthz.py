@@ -62,6 +62,27 @@ def test_head_answers_as_get_does(client: Any, monkeypatch: pytest.MonkeyPatch, 
     assert client.post("/healthz").status_code == 405
 
 
+def test_no_worker_up_is_reported_but_web_stays_healthy(client: Any) -> None:
+    # given one worker that stopped beating a minute ago and none beating
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks_app.models import WorkerHeartbeat
+
+    now = timezone.now()
+    WorkerHeartbeat.objects.create(
+        hostname="w@h", pid=1, interval=10, started_at=now - timedelta(hours=1), last_beat_at=now - timedelta(minutes=1)
+    )
+
+    # when /healthz is asked
+    status, body = get(client)
+
+    # then web is healthy (200: a balancer keeps it), and the body says no worker is up and one is gone
+    assert status == 200, body
+    assert body["workers"] == {"up": 0, "gone": 1, "stopped": 0}
+
+
 @pytest.mark.django_db
 def test_database_down_is_503_naming_it(client: Any, monkeypatch: pytest.MonkeyPatch, short_timeout: None) -> None:
     # given the database settings pointing at a port nothing listens on (new connections fail)

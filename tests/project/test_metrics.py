@@ -145,6 +145,7 @@ def test_exposition_passes_promtool_check_metrics(client: Any, tmp_path: Path) -
     now = timezone.now()
     queued_task(now - timedelta(seconds=5))
     task_metrics.observe_lateness(0.2)
+    task_metrics.observe_runtime("demo.echo", 0.03)
     task_metrics.flush()
     SweepRun.objects.create(kind="results", finished_at=now, purged=1)
 
@@ -156,6 +157,57 @@ def test_exposition_passes_promtool_check_metrics(client: Any, tmp_path: Path) -
     result = subprocess.run([binary, "check", "metrics"], input=body, capture_output=True, check=False)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
     assert b"tasks_dispatch_lateness_seconds_bucket" in body
+    assert b'tasks_runtime_seconds_bucket{le="0.05",task_type="demo.echo"}' in body
+
+
+@pytest.mark.django_db
+def test_runtime_is_a_histogram_per_task_type(client: Any, task_types: Any) -> None:
+    # given two tasks of a quick type and one of a slow type (0.3 s), run in this process
+    import time
+
+    from tasks_app.executor import execute
+    from tasks_app.services import submit
+
+    task_types("t.quick", lambda ctx, payload: None)
+    task_types("t.slow", lambda ctx, payload: time.sleep(0.3))
+    task_metrics.flush()
+    for name in ("t.quick", "t.quick", "t.slow"):
+        execute(submit(name, {}).id, worker="w")
+
+    # when the observations are added and /metrics is scraped
+    task_metrics.flush()
+    samples = scrape(client)
+
+    # then each type has its own histogram
+    runtime = "tasks_runtime_seconds"
+    assert samples[f"{runtime}_count"][(("task_type", "t.quick"),)] == 2
+    assert samples[f"{runtime}_bucket"][(("le", "0.25"), ("task_type", "t.quick"))] == 2
+    assert samples[f"{runtime}_count"][(("task_type", "t.slow"),)] == 1
+    assert samples[f"{runtime}_bucket"][(("le", "0.25"), ("task_type", "t.slow"))] == 0
+    assert samples[f"{runtime}_bucket"][(("le", "0.5"), ("task_type", "t.slow"))] == 1
+    assert 0.3 <= samples[f"{runtime}_sum"][(("task_type", "t.slow"),)] < 0.5
+
+
+@pytest.mark.django_db
+def test_workers_and_the_backlog_split_are_in_metrics(client: Any) -> None:
+    from tasks_app.models import WorkerHeartbeat
+
+    now = timezone.now()
+    for hostname, silent in (("a@h", 1), ("b@h", 5), ("c@h", 120)):
+        WorkerHeartbeat.objects.create(
+            hostname=hostname, pid=1, interval=10, started_at=now, last_beat_at=now - timedelta(seconds=silent)
+        )
+    queued_task(now - timedelta(seconds=5))
+    Task.objects.create(
+        task_type="demo.echo", status="scheduled", run_at=now - timedelta(seconds=1), timeout=timedelta(1)
+    )
+
+    samples = scrape(client)
+
+    assert samples["tasks_workers_up"][()] == 2
+    assert samples["tasks_workers_gone"][()] == 1
+    assert samples["tasks_backlog_by_state"][(("state", "queued"),)] == 1
+    assert samples["tasks_backlog_by_state"][(("state", "scheduled_due"),)] == 1
 
 
 @pytest.mark.django_db

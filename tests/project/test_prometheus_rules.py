@@ -43,6 +43,8 @@ def test_every_alert_has_a_unit_test() -> None:
         "RetentionBacklogGrowing",
         "TasksBacklogGrowing",
         "RetentionNoRecentSweep",
+        "TasksNoWorkerUp",
+        "TasksWorkerGone",
     ]
     for alert in alerts:
         assert f"alertname: {alert}\n        exp_alerts:\n          - exp_labels" in tested, alert

@@ -230,7 +230,7 @@ def test_task_list_filters_and_its_deletes_at_column(admin_client: Any, make_tas
     assert listed("q=not-a-uuid") == set()
     # and the deletes-at column shows each task's own expiry
     page = admin_client.get(TASKS_URL).content.decode()
-    assert f"{soon.expires_at:%Y-%m-%d %H:%M} UTC" in page
+    assert f"{soon.expires_at:%Y-%m-%d %H:%M:%S} UTC" in page
     assert 'title="own expiry"' in page
 
 
@@ -269,7 +269,8 @@ def test_task_page_names_the_rule_or_the_hold_that_decides(admin_client: Any, ma
 
     # then each shows the effective deletion time and the deciding rule, and the buttons
     assert (
-        f"{aged.finished_at + timedelta(days=7):%Y-%m-%d %H:%M} UTC, by age limit of policy #{policy.pk}" in aged_page
+        f"{aged.finished_at + timedelta(days=7):%Y-%m-%d %H:%M:%S} UTC, by age limit of policy #{policy.pk}"
+        in aged_page
     )
     assert "Never while held" in held_page
     assert f"legal hold #{legal_hold.pk}" in held_page
@@ -541,3 +542,39 @@ def test_dashboard_queries_are_served_by_their_indexes() -> None:
     assert "sweeprun_kind_started_idx" in failures
     assert len(recent) == 4
     assert all("sweeprun_kind_started_idx" in plan for plan in recent)
+
+
+def test_policy_duration_fields_say_what_they_accept_and_take_seconds(admin_client: Any) -> None:
+    # given the add form
+    page = admin_client.get(reverse(f"{POLICY_URL}_add")).content.decode()
+
+    # then both duration fields give their format
+    assert page.count("Seconds, HH:MM:SS, or days then HH:MM:SS") == 2
+
+    # and plain seconds are what they say
+    admin_client.post(reverse(f"{POLICY_URL}_add"), _policy_form(task_type="t.hint", keep_for="3600"))
+    assert RetentionPolicy.objects.get(task_type="t.hint").keep_for == timedelta(hours=1)
+
+
+def test_sweep_runs_filter_by_what_they_did_and_show_their_duration(admin_client: Any) -> None:
+    # given a no-op run, one that purged, one that failed, and one still running
+    now = timezone.now()
+    noop = SweepRun.objects.create(kind="tasks", started_at=now, finished_at=now + timedelta(milliseconds=120))
+    did = SweepRun.objects.create(
+        kind="tasks", started_at=now, finished_at=now + timedelta(seconds=3), claimed=2, purged=2
+    )
+    failed = SweepRun.objects.create(kind="orphans", started_at=now, finished_at=now, errors=["S3 said no"])
+    running = SweepRun.objects.create(kind="results", started_at=now, claimed=5)
+    url = reverse("admin:retention_sweeprun_changelist")
+
+    def listed(query: str) -> set[int]:
+        return {run.pk for run in admin_client.get(url + query).context["cl"].result_list}
+
+    # then each filter lists its runs, and the list shows each run's duration
+    assert listed("?outcome=did") == {did.pk, failed.pk, running.pk}
+    assert listed("?outcome=failed") == {failed.pk}
+    assert listed("?outcome=noop") == {noop.pk}
+    page = admin_client.get(url).content.decode()
+    assert "0.12 s" in page
+    assert "3.00 s" in page
+    assert "running" in page

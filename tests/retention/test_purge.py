@@ -28,7 +28,7 @@ from retention.models import AuditAction, AuditRecord, AuditSeal, LegalHold, Swe
 from retention.storage import objects
 from retention.sweeping import runs, sweeps
 from tasks_app.executor import execute
-from tasks_app.models import StoredObject, Task, TaskResult, TaskStatus
+from tasks_app.models import StoredObject, Task, TaskAttempt, TaskResult, TaskStatus
 from tasks_app.services import submit
 from tasks_app.storage import task_prefix
 from tests.threads import in_thread
@@ -97,6 +97,33 @@ def test_tasks_with_files_expire_completely_and_leave_a_billing_tombstone(make_u
     assert run.objects_deleted == 6
     assert run.bytes_freed == sum(b for _, b in expected.values())
     assert run.finished_at is not None
+
+
+@pytest.mark.django_db
+def test_a_purged_task_leaves_no_attempt_history(task_types: Any) -> None:
+    # given a task that failed once (a traceback in its first attempt's row) and then succeeded, and
+    # another task's attempt that must stay
+    def flaky(ctx: Any, payload: Any) -> str:
+        if ctx.attempt == 1:
+            raise ValueError("secret customer detail in the error")
+        return "ok"
+
+    task_types("t.flaky", flaky, max_attempts=2)
+    task = submit("t.flaky", {}, expires_in=timedelta(hours=1))
+    other = submit("t.flaky", {})
+    for _ in range(2):
+        execute(task.id, worker="w")
+        Task.objects.filter(pk=task.pk, status=TaskStatus.SCHEDULED).update(status=TaskStatus.QUEUED, run_at=None)
+    execute(other.id, worker="w")
+    assert TaskAttempt.objects.filter(task=task).count() == 2
+
+    # when the tasks sweep purges it after expiry
+    sweeps.sweep_tasks(timezone.now() + timedelta(hours=1, seconds=1))
+
+    # then its attempts (and their error text) are gone with its data; the other task's stays
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.EXPIRED
+    assert not TaskAttempt.objects.filter(task=task).exists()
+    assert TaskAttempt.objects.filter(task=other).count() == 1
 
 
 @pytest.mark.django_db

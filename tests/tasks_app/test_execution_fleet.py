@@ -299,3 +299,35 @@ def test_two_beats_run_a_schedule_once_per_period(fleet: Fleet) -> None:
     # touches at most 6 firing periods, 7 with the gap between firing and creation (two beats: ~12)
     assert 3 <= runs <= 7, f"{runs} runs in 10 s of a 2 s schedule"
     print(f"\nschedule with two beats: {runs} runs in 10 s of a 2 s schedule")
+
+
+def test_a_real_worker_beats_shows_what_it_runs_and_is_gone_once_killed(fleet: Fleet) -> None:
+    # given a worker beating every second, busy with a slow task
+    from tasks_app import workers
+    from tasks_app.models import TaskAttempt, WorkerHeartbeat
+
+    name = fleet.start("worker", TASKS_WORKER_HEARTBEAT="1")
+    fleet.start("beat")
+    slow = submit("fleet.count", {"sleep": 4}).id
+
+    # then its row names the task it runs, its pool size and queues, and the running task names the worker
+    def beating_with_task() -> bool:
+        row = WorkerHeartbeat.objects.filter(hostname__startswith=f"{name}@").first()
+        return row is not None and str(slow) in row.running_ids
+
+    wait_until(beating_with_task, 60, f"a heartbeat running {slow}:\n{fleet.log(name)[-2000:]}")
+    row = WorkerHeartbeat.objects.get(hostname__startswith=f"{name}@")
+    assert (row.concurrency, row.pool, set(row.queues)) == (2, "prefork", {"celery", "retention"})
+    assert workers.state(row, timezone.now()) == "up"
+    assert Task.objects.get(pk=slow).worker.startswith(f"{row.hostname}:")
+
+    # when the worker is killed without warning
+    fleet.kill(name)
+
+    # then after three missed beats it is gone, and recovery records its attempt as lost on that worker
+    wait_until(
+        lambda: workers.state(WorkerHeartbeat.objects.get(pk=row.pk), timezone.now()) == "gone", 30, "gone worker"
+    )
+    assert workers.counts(timezone.now())["gone"] == 1
+    wait_until(lambda: TaskAttempt.objects.filter(task_id=slow, outcome="lost").exists(), 30, "the lost attempt")
+    assert TaskAttempt.objects.get(task_id=slow, attempt=1).worker.startswith(f"{row.hostname}:")
