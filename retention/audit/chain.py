@@ -10,9 +10,9 @@ the exported seals, in seal order, with the audit CSV's columns) and ``seals.jso
 line). It exits 0 when every seal's records, Merkle root, chain link and signature hold, else 1,
 naming the first CSV line or seal that does not. docs/audit-seals.md describes the format.
 
-- A record's canonical form is its CSV cells as the export writes them (the eight columns, each
-  cell exactly as in the file), encoded as a compact JSON array in UTF-8; its leaf hash is
-  SHA-256(0x00 ‖ form), as in RFC 6962.
+- A record's canonical form is its cells as the export writes them (the audit CSV's eight columns,
+  then policy_id and sweep_run_id; each cell exactly as in the file), encoded as a compact JSON array
+  in UTF-8; its leaf hash is SHA-256(0x00 ‖ form), as in RFC 6962.
 - A seal's Merkle root is RFC 6962's tree hash over its records' leaves in record-id order
   (interior nodes SHA-256(0x01 ‖ left ‖ right)).
 - A seal's hash is SHA-256 over the compact, key-sorted JSON of its fields (``SEAL_FIELDS``), the
@@ -43,7 +43,7 @@ SEAL_FIELDS = (
     "sealed_at",
     "key_id",
 )
-CSV_COLUMNS = 8
+CSV_COLUMNS = 10  # the audit CSV's eight, then policy_id and sweep_run_id
 
 
 def sha256(data: bytes) -> bytes:
@@ -163,9 +163,21 @@ def compare_leaves(expected: Sequence[bytes], found: Sequence[bytes], labels: Se
     return None
 
 
-def check_export(rows: Iterable[list[str]], seals: Sequence[dict[str, Any]], keys: dict[str, bytes]) -> Problem | None:
-    """An exported trail: CSV rows (header first) against its seals, in order."""
-    problem = check_seal_chain(seals, keys, previous=None)
+def check_export(
+    rows: Iterable[list[str]], seals: Sequence[dict[str, Any]], keys: dict[str, bytes], *, after: str = ""
+) -> Problem | None:
+    """An exported trail: CSV rows (header first) against its seals, in order.
+
+    ``after``: the hash of the seal before the first exported one ("" when the export starts at seal 1).
+    """
+    if not seals:
+        return Problem("seals.jsonl", "no seal")
+    if not after and seals[0]["seq"] != 1:
+        return Problem(
+            f"seal {seals[0]['seq']}",
+            "the export does not start at seal 1: give --after with the hash of the seal before it",
+        )
+    problem = check_seal_chain(seals, keys, previous=after)
     if problem:
         return problem
     lines = iter(enumerate(rows, start=1))
@@ -206,14 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("csv", type=Path, help="audit.csv from retention_verify --export")
     parser.add_argument("seals", type=Path, help="seals.jsonl from retention_verify --export")
     parser.add_argument("--key", action="append", default=[], help="KEY_ID:SECRET of a signing key (repeatable)")
+    parser.add_argument("--after", default="", help="The hash of the seal before the first one exported, if not 1")
     args = parser.parse_args(argv)
     try:
         keys = parse_keys(args.key)
     except ValueError as exc:
         parser.error(str(exc))
-    seals = [json.loads(line) for line in args.seals.read_text().splitlines() if line.strip()]
+    seals = [json.loads(line) for line in args.seals.read_text(encoding="utf-8").splitlines() if line.strip()]
     with args.csv.open(newline="", encoding="utf-8") as f:
-        problem = check_export(csv.reader(f), seals, keys)
+        problem = check_export(csv.reader(f), seals, keys, after=args.after)
     if problem:
         print(f"FAILED: {problem}")
         return 1

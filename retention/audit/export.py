@@ -21,14 +21,21 @@ CSV_COLUMNS = [
     "bytes_freed",
     "occurred_at",
 ]
+# The audit seals' export (retention_verify --export) adds the two columns the CSV report leaves out;
+# a seal commits to all ten (retention/audit/seals.py).
+SEALED_COLUMNS = [*CSV_COLUMNS, "policy_id", "sweep_run_id"]
 # A spreadsheet treats a cell starting with one of these as a formula (OWASP "CSV injection").
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# A cell that starts with the quote neutralise() adds is quoted once more, so no two values give the
+# same cell: the quote is removed exactly once on reading back.
+NEUTRALISED = (*FORMULA_PREFIXES, "'")
 EXPORT_CHUNK = 2000
 
 
 def neutralise(cell: str) -> str:
-    """Prefix a cell a spreadsheet would evaluate as a formula with a quote, so it stays text."""
-    return f"'{cell}" if cell.startswith(FORMULA_PREFIXES) else cell
+    """Prefix a cell a spreadsheet would evaluate as a formula with a quote, so it stays text (and a cell
+    that starts with a quote, so the mapping stays one-to-one)."""
+    return f"'{cell}" if cell.startswith(NEUTRALISED) else cell
 
 
 def _iso_utc(moment: datetime) -> str:
@@ -48,6 +55,12 @@ def csv_row(record: AuditRecord) -> list[str]:
         _iso_utc(record.occurred_at),
     ]
     return [neutralise(str(cell)) for cell in cells]
+
+
+def sealed_cells(record: AuditRecord) -> list[str]:
+    """What a seal commits to for one record: its CSV cells, then policy_id and sweep_run_id (SEALED_COLUMNS)."""
+    extra = ["" if value is None else str(value) for value in (record.policy_id, record.sweep_run_id)]
+    return [*csv_row(record), *(neutralise(cell) for cell in extra)]
 
 
 class _Line:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from retention.audit.export import csv_row
+from retention.audit.export import sealed_cells
 from retention.audit.seals import receipt_proofs, sealed_at_text
 from retention.choices import AuditAction
 from retention.models import AuditRecord
@@ -58,7 +58,7 @@ def build(task_id: UUID, *, now: datetime) -> dict[str, Any]:
                 "objects_deleted": record.objects_deleted,
                 "bytes_freed": record.bytes_freed,
                 "occurred_at": sealed_at_text(record.occurred_at),
-                "csv_cells": csv_row(record),
+                "sealed_cells": sealed_cells(record),
                 "proof": proofs[record.pk],
             }
             for record in records

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Max, QuerySet
 
 from retention import conf
@@ -34,21 +35,31 @@ from retention.audit.chain import (
     seal_hash,
     sign,
 )
-from retention.audit.export import CSV_COLUMNS, csv_row
+from retention.audit.export import SEALED_COLUMNS, sealed_cells
+from retention.choices import TaskName
 from retention.models import AuditRecord, AuditSeal
 from retention.storage import objects
 
 logger = logging.getLogger(__name__)
 
 SEAL_LOCK_KEY = 0x5345_414C  # "SEAL": the fence the audit insert trigger takes shared (migration 0012)
-# Audit inserts queue behind a waiting seal: it waits this long at most, then tries at the next tick.
-SEAL_LOCK_WAIT = "2s"
+# A seal asks for the fence without waiting (audit inserts never queue behind it) every
+# SEAL_LOCK_POLL seconds for SEAL_LOCK_TRIES tries, then waits in the queue at most SEAL_LOCK_WAIT
+# (the longest an audit insert can wait for a seal); failing that, the next tick seals.
+SEAL_LOCK_POLL = 0.01
+SEAL_LOCK_TRIES = 50
+SEAL_LOCK_WAIT = "100ms"
+# Below every id a record can have: the first seal covers everything up to its last id.
+MIN_ID = -(2**63)
 LEAF_CHUNK = 5000
 COPY_PREFIX = "audit-seals/"
 # One seal's records at most (its leaves are one row: 32 bytes each, 1.6 MB at this size).
 MAX_SEAL_RECORDS = 50_000
 # A record this much older than two seal intervals and still in no seal is reported by verify.
 UNSEALED_GRACE = timedelta(minutes=1)
+# A sweep run still open this long is closed as abandoned (retention.sweeping.runs.ABANDONED_AFTER):
+# no record a run writes is dated further back than this.
+BACKDATED_AFTER = timedelta(hours=6)
 
 
 def sealed_at_text(moment: datetime) -> str:
@@ -56,12 +67,30 @@ def sealed_at_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class FenceBusy(Exception):
+    """Transactions writing audit records kept the sealing fence the whole time: seal at the next tick."""
+
+
+def _take_fence(cursor: Any) -> None:
+    """The sealing fence, exclusively, for this transaction (PostgreSQL); FenceBusy when it stays taken."""
+    for _ in range(SEAL_LOCK_TRIES):
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEAL_LOCK_KEY])
+        if cursor.fetchone()[0]:
+            return
+        time.sleep(SEAL_LOCK_POLL)
+    cursor.execute(f"SET LOCAL lock_timeout = '{SEAL_LOCK_WAIT}'")
+    try:
+        with transaction.atomic():  # a savepoint: the timeout leaves the outer transaction usable
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEAL_LOCK_KEY])
+    except OperationalError as exc:
+        raise FenceBusy(str(exc)) from exc
+
+
 def _highest_committed_record_id() -> int | None:
     """The highest record id below which no transaction can still commit a record."""
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(f"SET LOCAL lock_timeout = '{SEAL_LOCK_WAIT}'")
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEAL_LOCK_KEY])
+            _take_fence(cursor)
         # SQLite commits one writer at a time, in id order: what it shows is final.
         cursor.execute("SELECT max(id) FROM retention_auditrecord")
         (highest,) = cursor.fetchone()
@@ -69,8 +98,9 @@ def _highest_committed_record_id() -> int | None:
 
 
 def _cell(sql: str) -> str:
-    """A CSV cell in SQL, neutralised as export.neutralise does (the prefixes are FORMULA_PREFIXES)."""
-    return f"CASE WHEN left({sql}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) THEN chr(39) || {sql} ELSE {sql} END"
+    """A CSV cell in SQL, neutralised as export.neutralise does (the prefixes are export.NEUTRALISED)."""
+    prefixes = "'=', '+', '-', '@', chr(9), chr(13), chr(39)"
+    return f"CASE WHEN left({sql}, 1) IN ({prefixes}) THEN chr(39) || {sql} ELSE {sql} END"
 
 
 _UTC = "(occurred_at AT TIME ZONE 'UTC')"
@@ -88,8 +118,10 @@ _CELLS = [
     "objects_deleted::text",
     "bytes_freed::text",
     f"({_OCCURRED})",
+    "coalesce(policy_id::text, '')",
+    "coalesce(sweep_run_id::text, '')",
 ]
-# chain.leaf_hash(csv_row(record)) computed by PostgreSQL: to_json escapes a string as Python's
+# chain.leaf_hash(sealed_cells(record)) computed by PostgreSQL: to_json escapes a string as Python's
 # json.dumps(ensure_ascii=False) does (tests/retention/test_seals.py checks it on awkward values).
 # Built from the constants above only: no value enters the text.
 LEAVES_SQL = (
@@ -107,7 +139,7 @@ def _leaves(after: int, upto: int, limit: int) -> list[tuple[int, bytes]]:
     in Python, from the records, with chain.py.
     """
     if connection.vendor != "postgresql":
-        return [(r.pk, leaf_hash(csv_row(r))) for r in islice(_records(after, upto), limit)]
+        return [(r.pk, leaf_hash(sealed_cells(r))) for r in islice(_records(after, upto), limit)]
     found: list[tuple[int, bytes]] = []
     while len(found) < limit:
         with connection.cursor() as cursor:
@@ -133,15 +165,21 @@ def _records(after: int, upto: int) -> Iterator[AuditRecord]:
 def covered_records(seal_row: AuditSeal) -> Iterator[AuditRecord]:
     """The records a seal covers: above the previous seal's last id, up to its own."""
     before = AuditSeal.objects.filter(seq=seal_row.seq - 1).values_list("last_record_id", flat=True).first()
-    return _records(before or 0, seal_row.last_record_id)
+    return _records(MIN_ID if before is None else before, seal_row.last_record_id)
 
 
 def seal(now: datetime, *, reason: str = "interval") -> AuditSeal | None:
     """Seal the records committed since the last seal (at most MAX_SEAL_RECORDS of them); None when there
     are none, or another sealer took this seal's number first (its seal covers them)."""
-    highest = _highest_committed_record_id()
+    try:
+        highest = _highest_committed_record_id()
+    except FenceBusy:
+        logger.warning("audit seal postponed: records were being written the whole time")
+        return None
     last = AuditSeal.objects.order_by("-seq").first()
-    after = last.last_record_id if last else 0
+    after = last.last_record_id if last else MIN_ID
+    if last is not None:
+        now = max(now, last.sealed_at)  # seal times never go backwards, whoever sealed last
     if highest is None or highest <= after:
         return None
     # Only leaves are kept (32 bytes a record); a backlog is sealed MAX_SEAL_RECORDS at a time.
@@ -250,7 +288,8 @@ def verify(since: datetime | None = None, until: datetime | None = None, *, now:
     _, keys = conf.seal_keys()
     seals = list(sealed_between(since, until))
     if not seals:
-        return Verification(0, 0, _unsealed_since(0, now) if since is None and until is None else None)
+        open_ended = since is None and until is None
+        return Verification(0, 0, (_removed_copies(0) or _unsealed_since(None, now)) if open_ended else None)
     before = AuditSeal.objects.filter(seq=seals[0].seq - 1).first()
     if seals[0].seq > 1 and before is None:
         return Verification(0, 0, Problem(f"seal {seals[0].seq - 1}", "missing (removed)"))
@@ -258,7 +297,7 @@ def verify(since: datetime | None = None, until: datetime | None = None, *, now:
     expected_seq = seals[0].seq
     locked = objects.object_lock_enabled()
     records = 0
-    after = before.last_record_id if before else 0
+    after = before.last_record_id if before else MIN_ID
     for seal_row in seals:
         if seal_row.seq != expected_seq:
             return Verification(0, records, Problem(f"seal {expected_seq}", "missing (removed)"))
@@ -270,7 +309,7 @@ def verify(since: datetime | None = None, until: datetime | None = None, *, now:
             return Verification(0, records, Problem(f"seal {seal_row.seq}", "its leaves do not match its Merkle root"))
         found = list(_records(after, seal_row.last_record_id))
         labels = [f"record {record.pk} (task {record.task_id or '-'}, {record.action})" for record in found]
-        difference = compare_leaves(leaves, [leaf_hash(csv_row(record)) for record in found], labels)
+        difference = compare_leaves(leaves, [leaf_hash(sealed_cells(record)) for record in found], labels)
         if difference:
             return Verification(0, records, Problem(f"seal {seal_row.seq}", difference))
         if locked:
@@ -280,20 +319,60 @@ def verify(since: datetime | None = None, until: datetime | None = None, *, now:
         records += len(found)
         previous, after, expected_seq = seal_row.seal_hash, seal_row.last_record_id, expected_seq + 1
     last_seal = AuditSeal.objects.aggregate(top=Max("seq"))["top"]
-    problem = _unsealed_since(after, now) if until is None and seals[-1].seq == last_seal else None
+    problem = None
+    if until is None and seals[-1].seq == last_seal:
+        problem = (_removed_copies(last_seal) if locked else None) or _unsealed_since(seals[-1], now)
     return Verification(len(seals), records, problem)
 
 
-def _unsealed_since(after: int, now: datetime) -> Problem | None:
-    """Records past the last seal that a seal should already cover (two intervals and a minute old)."""
-    overdue = now - 2 * conf.seal_interval() - UNSEALED_GRACE
-    late = AuditRecord.objects.filter(pk__gt=after, occurred_at__lt=overdue).order_by("pk").first()
+def sealing_interval() -> timedelta:
+    """How often seals are due: the beat entry's interval (editable in the admin) or the setting, the longer."""
+    from django_celery_beat.models import PeriodicTask
+
+    entry = PeriodicTask.objects.filter(task=TaskName.SEAL_AUDIT_TRAIL, enabled=True, interval__isnull=False)
+    beat = [e.interval.schedule.run_every for e in entry.select_related("interval")]
+    return max([conf.seal_interval(), *beat])
+
+
+def _unsealed_since(last: AuditSeal | None, now: datetime) -> Problem | None:
+    """A record past the last seal that a seal should already cover.
+
+    Two ways: the last seal is older than two intervals and a minute while records older than that wait
+    (sealing stopped, or the seal that covered them was removed); or a record is dated before any sweep
+    run still open could have dated it (inserted afterwards with an old time). A record's own time alone
+    is not enough: a sweep run dates its records when it started, up to BACKDATED_AFTER before they commit.
+    """
+    overdue = now - 2 * sealing_interval() - UNSEALED_GRACE
+    after = last.last_record_id if last else MIN_ID
+    stale_seal = last is None or last.sealed_at < overdue
+    cutoff = overdue if stale_seal else overdue - BACKDATED_AFTER
+    late = AuditRecord.objects.filter(pk__gt=after, occurred_at__lt=cutoff).order_by("pk").first()
     if late is None:
         return None
-    return Problem(
-        f"record {late.pk} (task {late.task_id or '-'}, {late.action})",
-        "older than two seal intervals but in no seal (the seal covering it was removed, or sealing stopped)",
+    what = (
+        "older than two seal intervals but in no seal (the seal covering it was removed, or sealing stopped)"
+        if stale_seal
+        else "dated before any open sweep run could have written it, and in no seal (inserted afterwards)"
     )
+    return Problem(f"record {late.pk} (task {late.task_id or '-'}, {late.action})", what)
+
+
+def _removed_copies(last_seq: int) -> Problem | None:
+    """A seal whose object-locked copy is in the bucket but which is gone from the database."""
+    if not objects.object_lock_enabled():
+        return None
+    copied = [_copy_seq(item.key) for item in objects.iter_objects(COPY_PREFIX)]
+    beyond = sorted(seq for seq in copied if seq is not None and seq > last_seq)
+    if not beyond:
+        return None
+    return Problem(
+        f"seal {beyond[0]}", "removed: its object-locked copy is in the bucket, the database has no such seal"
+    )
+
+
+def _copy_seq(name: str) -> int | None:
+    stem = name.removeprefix(COPY_PREFIX).removesuffix(".json")
+    return int(stem) if stem.isdigit() else None
 
 
 def seal_all(now: datetime, *, reason: str = "interval", limit: int = 100) -> int:
@@ -318,7 +397,7 @@ def receipt_proofs(records: list[AuditRecord]) -> list[dict[str, Any]]:
             proofs.append({"record_id": record.pk, "seal": None})
             continue
         leaves = stored_leaves(covering)
-        leaf = leaf_hash(csv_row(record))
+        leaf = leaf_hash(sealed_cells(record))
         proofs.append(
             {
                 "record_id": record.pk,
@@ -338,11 +417,14 @@ def export(folder: str, since: datetime | None, until: datetime | None) -> int:
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     written = 0
-    with (target / "seals.jsonl").open("w") as seal_file, (target / "audit.csv").open("w", newline="") as csv_file:
+    with (
+        (target / "seals.jsonl").open("w", encoding="utf-8") as seal_file,
+        (target / "audit.csv").open("w", newline="", encoding="utf-8") as csv_file,
+    ):
         rows = csv.writer(csv_file, lineterminator="\r\n")
-        rows.writerow(CSV_COLUMNS)
+        rows.writerow(SEALED_COLUMNS)
         for seal_row in chosen:
-            rows.writerows(csv_row(record) for record in covered_records(seal_row))
+            rows.writerows(sealed_cells(record) for record in covered_records(seal_row))
             line = {**seal_fields(seal_row), "leaves": [leaf.hex() for leaf in stored_leaves(seal_row)]}
             seal_file.write(json.dumps(line) + "\n")
             written += 1

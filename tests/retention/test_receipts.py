@@ -83,7 +83,7 @@ def _check(receipt: dict[str, Any], action: str, reason: str) -> None:
     assert [(r["action"], r["reason"]) for r in records] == [(action, reason)]
     for record in records:
         proof = record["proof"]
-        leaf = chain.leaf_hash(record["csv_cells"])
+        leaf = chain.leaf_hash(record["sealed_cells"])
         assert proof["leaf_hash"] == leaf.hex()
         seal = proof["seal"]
         assert chain.check_seal_chain([seal], keys, previous=None) is None

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from retention import conf
 from retention.audit import chain, seals
-from retention.audit.export import csv_row
+from retention.audit.export import sealed_cells
 from retention.models import AppendOnlyError, AuditRecord, AuditSeal
 from tests.embedded import run_embedded
 from tests.retention.records import make_record
@@ -350,7 +350,7 @@ def test_each_seal_is_copied_under_object_lock_and_a_re_signed_rewrite_shows(
     _, keys = conf.seal_keys()
     second = AuditSeal.objects.get(seq=2)
     leaves = seals.stored_leaves(second)
-    leaves[-1] = chain.leaf_hash(csv_row(AuditRecord.objects.get(pk=made[3].pk)))
+    leaves[-1] = chain.leaf_hash(sealed_cells(AuditRecord.objects.get(pk=made[3].pk)))
     fields = {**seals.seal_fields(second), "merkle_root": chain.merkle_root(leaves).hex()}
     forged = chain.seal_hash(fields)
     _as_owner(
@@ -444,6 +444,12 @@ def test_postgresql_hashes_each_record_exactly_as_chain_py_does() -> None:
     # then each is the leaf Python computes from the record's CSV cells (what verification recomputes)
     assert [pk for pk, _ in leaves] == [r.pk for r in records]
     for (_, leaf), record in zip(leaves, records, strict=True):
-        assert leaf == chain.leaf_hash(csv_row(AuditRecord.objects.get(pk=record.pk))), csv_row(record)
+        assert leaf == chain.leaf_hash(sealed_cells(AuditRecord.objects.get(pk=record.pk))), sealed_cells(record)
     seals.seal(timezone.now())
     assert seals.verify(now=timezone.now()).problem is None
+
+
+def test_no_sweep_run_dates_a_record_further_back_than_verify_allows() -> None:
+    from retention.sweeping.runs import ABANDONED_AFTER
+
+    assert seals.BACKDATED_AFTER >= ABANDONED_AFTER

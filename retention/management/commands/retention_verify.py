@@ -26,6 +26,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         since = options["since"] and parse_moment(options["since"], "--since", end_of_day=False)
         until = options["until"] and parse_moment(options["until"], "--until", end_of_day=True)
+        if since and until and since >= until:
+            raise CommandError(f"--since {options['since']!r} must be before --until {options['until']!r}.")
         result = seals.verify(since or None, until or None, now=timezone.now())
         if result.problem:
             raise CommandError(f"audit trail NOT intact: {result.problem}")
