@@ -62,6 +62,7 @@ def test_head_answers_as_get_does(client: Any, monkeypatch: pytest.MonkeyPatch, 
     assert client.post("/healthz").status_code == 405
 
 
+@pytest.mark.django_db
 def test_no_worker_up_is_reported_but_web_stays_healthy(client: Any) -> None:
     # given one worker that stopped beating a minute ago and none beating
     from datetime import timedelta

@@ -171,6 +171,7 @@ def _reverse(name: str, objects: dict[str, Any]) -> list[str]:
         {"id": pk},
         {"app_label": "retention"},
         {"content_type_id": 1, "object_id": pk},
+        {"task_id": objects["tasks_app_task"]},  # a deletion receipt
     )
     for kwargs in candidates:
         try:
