@@ -148,6 +148,7 @@ DOCUMENTED_400 = [
     ("cursor", "Invalid cursor"),  # a cursor is opaque: only one from next/previous is valid
     ("until", "until must be later than since."),
     ("payload", "payload cannot be stored"),  # a NUL character anywhere in the JSON
+    ("payload", "Value must be valid JSON."),  # multipart: a string that must parse as JSON (not expressible in 3.0)
     ("run_at", "run_at is further away than TASKS_MAX_EXPIRES_IN"),  # a date-time has no maximum in OpenAPI 3.0
     ("run_at", "Give run_at or delay_seconds, not both."),
     ("delay_seconds", "Give run_at or delay_seconds, not both."),
