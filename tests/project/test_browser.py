@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import shutil
 import uuid
@@ -19,48 +18,19 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from retention.models import AuditRecord, LegalHold, RetentionPolicy, SweepRun
 from tasks_app.executor import execute
 from tasks_app.models import Task, TaskStatus, WorkerHeartbeat
 from tasks_app.services import submit
 from tasks_app.storage import save_object
-
-
-@pytest.fixture(autouse=True, scope="module")
-def sync_orm_beside_playwright() -> Iterator[None]:
-    """Playwright's sync API runs an event loop in this thread; the ORM calls in between are still
-    synchronous. Allowed for this module only: the variable must not leak into later tests' processes."""
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    yield
-    if previous is None:
-        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    else:
-        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
-
+from tests.browser import sync_orm_beside_playwright  # noqa: F401 - an autouse fixture for this module
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENS = Path("/tmp/admin-screens")  # noqa: S108 - a fixed place the lead looks at
 EXECUTION_SCREENS = Path("/tmp/shots")  # noqa: S108 - the execution pages' screenshots, looked at by people
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's chromium, headless, never a downloaded browser."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
