@@ -14,8 +14,10 @@ folders come from the transport options (``project/settings.py``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from queue import Empty
@@ -29,8 +31,25 @@ from kombu.utils.json import dumps, loads
 logger = logging.getLogger(__name__)
 
 
+# A claimed message is read and removed within microseconds of its claim; one still claimed this
+# long after (its ctime: the rename) belongs to a reader that died in between, and is put back.
+ABANDONED_CLAIM = 60.0
+
+
 class Channel(filesystem.Channel):
     """Writes each message whole, then renames it into place; takes one by renaming it away."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._return_abandoned_claims()
+
+    def _return_abandoned_claims(self) -> None:
+        claims = self._folder("claim_folder")
+        for claimed in claims.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - claimed.stat().st_ctime > ABANDONED_CLAIM:
+                    os.rename(claimed, Path(self.data_folder_in) / claimed.name)
+                    logger.warning("broker message of a reader that died put back", extra={"path": str(claimed)})
 
     def _folder(self, option: str) -> Path:
         folder = Path(self.transport_options[option])

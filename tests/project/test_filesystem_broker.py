@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from pathlib import Path
 from queue import Empty
 
+import pytest
 from kombu import Connection
+
+from project import filesystem_broker
 
 TRANSPORT = "project.filesystem_broker:Transport"
 WRITERS = 4
@@ -85,3 +89,21 @@ def test_an_undecodable_file_is_set_aside_and_the_next_message_is_delivered(tmp_
         message = queue.get(timeout=5)
         assert message.payload == {"ok": True}
     assert [p.name for p in (tmp_path / "rejected").iterdir()] == ["1_bad.burst.msg"]
+
+
+def test_a_message_claimed_by_a_reader_that_died_is_put_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a message a reader renamed into the claim folder and never read (it died), and one just claimed
+    options(tmp_path)
+    stale = tmp_path / "claimed" / "1_dead.burst.msg"
+    stale.write_bytes(b'{"body": "x"}')
+    time.sleep(1.2)
+    fresh = tmp_path / "claimed" / "2_live.burst.msg"
+    fresh.write_bytes(b'{"body": "y"}')
+    monkeypatch.setattr(filesystem_broker, "ABANDONED_CLAIM", 1.0)
+
+    # when a channel opens (a worker starting), then the old claim is back in the queue, the new one stays
+    with connect(tmp_path) as conn:
+        conn.default_channel  # noqa: B018 - opening the channel is the step under test
+    assert (tmp_path / "messages" / "1_dead.burst.msg").exists()
+    assert not stale.exists()
+    assert fresh.exists()
