@@ -8,7 +8,8 @@ from typing import Any
 from uuid import UUID
 
 from retention.audit.export import sealed_cells
-from retention.audit.seals import receipt_proofs, sealed_at_text
+from retention.audit.seals import sealed_at_text
+from retention.audit.verification import receipt_proofs
 from retention.choices import AuditAction
 from retention.models import AuditRecord
 from retention.storage.objects import prefix_listing

@@ -20,7 +20,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from retention.audit import seals  # noqa: E402
+from retention.audit import seals, verification  # noqa: E402
 from retention.models import AuditAction, AuditRecord, AuditSeal  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def main() -> None:
     covered: list[int] = []
     for seal_row in AuditSeal.objects.all():
         covered += [r.pk for r in seals.covered_records(seal_row)]
-    result = seals.verify(now=timezone.now() + timedelta(days=1))
+    result = verification.verify(now=timezone.now() + timedelta(days=1))
     print(
         json.dumps(
             {

@@ -21,7 +21,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from retention import conf
-from retention.audit import chain, seals
+from retention.audit import chain, seals, verification
 from retention.audit.export import sealed_cells
 from retention.models import AuditRecord, AuditSeal
 from tests.retention.records import make_record
@@ -115,7 +115,7 @@ def test_a_record_inserted_with_a_non_positive_id_is_named(forged_id: int) -> No
         )
     assert AuditRecord.objects.filter(pk=forged_id).exists()
     later = timezone.now() + timedelta(days=1)
-    assert seals.verify(now=later).problem is not None, "an unsealed, month-old forged record went unnoticed"
+    assert verification.verify(now=later).problem is not None, "an unsealed, month-old forged record went unnoticed"
 
 
 @pytest.mark.django_db
@@ -176,7 +176,7 @@ def test_an_interval_edited_in_the_admin_does_not_fail_an_untouched_trail() -> N
     entry.save()
     _sealed(1, 1)
     _record(occurred_at=timezone.now() - timedelta(minutes=4))  # written since the last seal, 4 min ago
-    result = seals.verify(now=timezone.now())
+    result = verification.verify(now=timezone.now())
     assert result.problem is None, str(result.problem)
 
 
@@ -191,7 +191,7 @@ def test_a_long_sweep_run_does_not_fail_an_untouched_trail(make_task: Any) -> No
     make_task(expires_at=timezone.now() - timedelta(hours=1), files={"out/a.txt": b"abc"})
     sweeps.sweep_tasks(timezone.now() - timedelta(minutes=4))  # the run started 4 minutes ago, purges now
     assert AuditRecord.objects.count() == 2
-    result = seals.verify(now=timezone.now())
+    result = verification.verify(now=timezone.now())
     assert result.problem is None, str(result.problem)
 
 
@@ -209,7 +209,7 @@ def test_seal_times_never_go_backwards_so_until_selects_whole_seals() -> None:
     seals.seal(t)  # worker A's next iteration, same now
     assert list(AuditSeal.objects.values_list("seq", flat=True)) == [1, 2, 3]
     until = t + timedelta(seconds=1)
-    result = seals.verify(until=until, now=timezone.now())
+    result = verification.verify(until=until, now=timezone.now())
     assert result.problem is None, str(result.problem)
 
 
@@ -272,7 +272,7 @@ def test_a_seal_waits_for_a_lower_id_inserted_by_sql_of_any_kind(style: str, loc
     sealer.join(10)
     assert isinstance(out["seal"], AuditSeal), out
     assert out["seal"].record_count == AuditRecord.objects.count()
-    assert seals.verify(now=timezone.now() + timedelta(days=1)).problem is None
+    assert verification.verify(now=timezone.now() + timedelta(days=1)).problem is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def test_concurrent_writers_and_two_sealers_through_pgbouncer(lock_waiters: Any)
     assert set(covered) == ids
     assert sum(s.record_count for s in AuditSeal.objects.all()) == len(ids)
     assert out["s1"] + out["s2"] >= 2  # sealed while the writers wrote (how often depends on the machine's load)
-    assert seals.verify(now=timezone.now() + timedelta(days=1)).problem is None
+    assert verification.verify(now=timezone.now() + timedelta(days=1)).problem is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -548,7 +548,7 @@ def test_a_seal_inserted_without_the_key_is_named() -> None:
 def test_a_record_inserted_out_of_band_after_the_last_seal_with_an_old_date_is_named() -> None:
     _sealed(2, 1)
     _record(occurred_at=timezone.now() - timedelta(days=3))
-    assert seals.verify(now=timezone.now()).problem is not None
+    assert verification.verify(now=timezone.now()).problem is not None
 
 
 WEIRD = [
@@ -769,4 +769,4 @@ def test_a_wiped_trail_shows_against_the_object_locked_copies(
         cursor.execute("TRUNCATE retention_auditseal, retention_auditrecord")
     assert AuditSeal.objects.count() == AuditRecord.objects.count() == 0
     later = timezone.now() + timedelta(days=1)
-    assert seals.verify(now=later).problem is not None, _verify()
+    assert verification.verify(now=later).problem is not None, _verify()

@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from retention import conf
-from retention.audit import chain, seals
+from retention.audit import chain, seals, verification
 from retention.audit.export import sealed_cells
 from retention.models import AppendOnlyError, AuditRecord, AuditSeal
 from tests.embedded import run_embedded
@@ -156,10 +156,10 @@ def test_removing_the_last_seal_shows_once_its_records_should_have_been_sealed()
     _sealed_trail()
     _as_owner("DELETE FROM retention_auditseal WHERE seq = 3", table="retention_auditseal")
     # right after, the records simply wait for the next seal
-    assert seals.verify(now=timezone.now()).problem is None
+    assert verification.verify(now=timezone.now()).problem is None
     # two intervals and a minute later they should be in a seal: verify names the first
     later = timezone.now() + 2 * conf.seal_interval() + timedelta(minutes=2)
-    problem = seals.verify(now=later).problem
+    problem = verification.verify(now=later).problem
     assert problem is not None
     assert "in no seal" in str(problem)
 
@@ -205,7 +205,7 @@ def test_a_seal_waits_for_a_transaction_still_inserting_a_lower_id(lock_waiters:
     made = out["seal"]
     assert isinstance(made, AuditSeal), made
     assert made.record_count == 2
-    assert seals.verify(now=timezone.now() + timedelta(days=1)).problem is None
+    assert verification.verify(now=timezone.now() + timedelta(days=1)).problem is None
 
 
 @pytest.mark.django_db
@@ -359,7 +359,7 @@ def test_a_backlog_is_sealed_in_bounded_seals(monkeypatch: pytest.MonkeyPatch) -
         (1, made[6].pk),
     ]
     assert [s.last_record_id for s in AuditSeal.objects.all()][:2] == [made[2].pk, made[5].pk]
-    assert seals.verify(now=timezone.now()).problem is None
+    assert verification.verify(now=timezone.now()).problem is None
 
 
 AWKWARD = [
@@ -406,10 +406,10 @@ def test_postgresql_hashes_each_record_exactly_as_chain_py_does() -> None:
     for (_, leaf), record in zip(leaves, records, strict=True):
         assert leaf == chain.leaf_hash(sealed_cells(AuditRecord.objects.get(pk=record.pk))), sealed_cells(record)
     seals.seal(timezone.now())
-    assert seals.verify(now=timezone.now()).problem is None
+    assert verification.verify(now=timezone.now()).problem is None
 
 
 def test_no_sweep_run_dates_a_record_further_back_than_verify_allows() -> None:
     from retention.sweeping.runs import ABANDONED_AFTER
 
-    assert seals.BACKDATED_AFTER >= ABANDONED_AFTER
+    assert verification.BACKDATED_AFTER >= ABANDONED_AFTER

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from retention.audit import seals
+from retention.audit import verification
 from retention.management.commands.retention_report import parse_moment
 
 
@@ -28,10 +28,10 @@ class Command(BaseCommand):
         until = options["until"] and parse_moment(options["until"], "--until", end_of_day=True)
         if since and until and since >= until:
             raise CommandError(f"--since {options['since']!r} must be before --until {options['until']!r}.")
-        result = seals.verify(since or None, until or None, now=timezone.now())
+        result = verification.verify(since or None, until or None, now=timezone.now())
         if result.problem:
             raise CommandError(f"audit trail NOT intact: {result.problem}")
         self.stdout.write(f"audit trail intact: {result.seals} seals, {result.records} records verified")
         if options["export"]:
-            written = seals.export(options["export"], since or None, until or None)
+            written = verification.export(options["export"], since or None, until or None)
             self.stdout.write(f"exported {written} seals to {options['export']}")
