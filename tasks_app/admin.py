@@ -2,7 +2,7 @@
 cancel or retry; the workers and their heartbeats; the execution console (queue, charts).
 
 Machine-written rows (results, manifests, attempts, heartbeats) are read-only. Each action's
-mutation is a service function (``services.run_again``, ``cancel_task``, ``retry_dead``) tested
+mutation is a service function (``actions.run_again``, ``cancel_task``, ``retry_dead``) tested
 directly; the admin only collects the selection and tells the operator what happened.
 """
 
@@ -20,7 +20,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from tasks_app import console, services, workers
+from tasks_app import actions, console, workers
 from tasks_app.exceptions import ActionRefused
 from tasks_app.models import (
     GONE_STATUSES,
@@ -137,7 +137,7 @@ def run_again_action(modeladmin: Any, request: HttpRequest, queryset: QuerySet) 
     tasks = _selected(modeladmin, request, queryset)
     if tasks is not None:
         now = timezone.now()
-        for new in apply(modeladmin, request, tasks, lambda t: services.run_again(t, now=now), "Ran again"):
+        for new in apply(modeladmin, request, tasks, lambda t: actions.run_again(t, now=now), "Ran again"):
             url = reverse("admin:tasks_app_task_change", args=[new.pk])
             modeladmin.message_user(request, format_html('New task <a href="{}">{}</a>.', url, new.pk))
 
@@ -147,7 +147,7 @@ def cancel_action(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> 
     tasks = _selected(modeladmin, request, queryset)
     if tasks is not None:
         now = timezone.now()
-        apply(modeladmin, request, tasks, lambda t: services.cancel_task(t, now=now), "Cancelled")
+        apply(modeladmin, request, tasks, lambda t: actions.cancel_task(t, now=now), "Cancelled")
 
 
 @admin.action(description="Retry (dead tasks)", permissions=["operate"])
@@ -155,7 +155,7 @@ def retry_action(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> N
     tasks = _selected(modeladmin, request, queryset)
     if tasks is not None:
         now = timezone.now()
-        apply(modeladmin, request, tasks, lambda t: services.retry_dead(t, now=now), "Retried")
+        apply(modeladmin, request, tasks, lambda t: actions.retry_dead(t, now=now), "Retried")
 
 
 EXECUTION_ACTIONS = [run_again_action, cancel_action, retry_action]

@@ -10,10 +10,11 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
+from tasks_app.actions import cancel_task, retry_dead, run_again
 from tasks_app.exceptions import ActionRefused
 from tasks_app.executor import execute
 from tasks_app.models import StoredObject, Task, TaskAttempt, TaskStatus
-from tasks_app.services import cancel_task, retry_dead, run_again, submit
+from tasks_app.services import submit
 
 pytestmark = pytest.mark.django_db
 
