@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 
 from retention.api.serializers import AuditQuerySerializer
 from retention.audit import export, receipts
-from tasks_app.api.serializers import unknown_field_errors
+from tasks_app.api.fields import unknown_field_errors
 
 # Before the first record anything could have: the default of ``since``.
 BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)

@@ -31,7 +31,7 @@ class _Augmented(OpenApiSerializerFieldExtension):
 class TaskTypeFieldSchema(_Augmented):
     """A submission's task_type: one of the registered names."""
 
-    target_class = "tasks_app.api.serializers.TaskTypeField"
+    target_class = "tasks_app.api.fields.TaskTypeField"
 
     def extra(self) -> dict[str, Any]:
         return {"enum": registry.names(), "minLength": 1}
@@ -40,7 +40,7 @@ class TaskTypeFieldSchema(_Augmented):
 class SecondsFieldSchema(_Augmented):
     """Whole seconds, from the field's least value up to TASKS_MAX_EXPIRES_IN."""
 
-    target_class = "tasks_app.api.serializers.SecondsField"
+    target_class = "tasks_app.api.fields.SecondsField"
 
     def extra(self) -> dict[str, Any]:
         return {"minimum": self.target.least, "maximum": int(conf.max_expires_in().total_seconds())}
@@ -49,7 +49,7 @@ class SecondsFieldSchema(_Augmented):
 class KeyFieldSchema(_Augmented):
     """An idempotency key: text with no NUL character (a text column refuses it)."""
 
-    target_class = "tasks_app.api.serializers.KeyField"
+    target_class = "tasks_app.api.fields.KeyField"
 
     def extra(self) -> dict[str, Any]:
         return {}
@@ -68,7 +68,7 @@ class KeyFieldSchema(_Augmented):
 class UploadFieldSchema(OpenApiSerializerFieldExtension):
     """A multipart file part: binary, never null (drf-spectacular would say a nullable URI)."""
 
-    target_class = "tasks_app.api.serializers.UploadField"
+    target_class = "tasks_app.api.fields.UploadField"
 
     def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "string", "format": "binary"}

@@ -27,6 +27,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tasks_app import downloads, hooks, services
+from tasks_app.api.fields import unknown_field_errors
 from tasks_app.api.serializers import (
     FIELD_FOR_ARGUMENT,
     ConflictSerializer,
@@ -43,7 +44,6 @@ from tasks_app.api.serializers import (
     TaskSubmitMultipartSerializer,
     TaskSubmitSerializer,
     request_errors,
-    unknown_field_errors,
 )
 from tasks_app.exceptions import ErasureRefused, IdempotencyConflict, ResultGone
 from tasks_app.models import Task, TaskStatus
